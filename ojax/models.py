@@ -1,0 +1,168 @@
+"""Flax Linen models that return their activity as an ``ojax.Trace`` tree.
+
+``MLP.apply(variables, x_BxD)`` returns ``(logits_BxC, activations)`` where
+``activations`` has the structure of ``variables['params']``: at each kernel an
+``ojax.Trace(pre, post)`` (``pre`` the layer input, ``post`` its output after
+the nonlinearity; for the output layer ``softmax(logits)`` by default, as in
+the reference formulation), ``None`` at biases and norm parameters. The tree
+feeds straight into ``ojax.oja``'s ``activations=`` argument.
+
+Linen is used (not NNX) because its modules are pure functions of explicit
+variables, which is what ``jit(vmap(scan(...)))`` over seeds wants.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ojax.rules import Trace
+
+ACTIVATIONS = ("softplus", "relu", "tanh", "identity")
+KERNEL_INITS = ("xavier_uniform", "xavier_normal", "he", "lecun", "orthogonal")
+OUTPUT_POSTS = ("softmax", "logits")
+FEEDBACKS = ("backprop", "random")
+
+_INITS: dict[str, Callable[..., Any]] = {
+    "xavier_uniform": nn.initializers.xavier_uniform,
+    "xavier_normal": nn.initializers.xavier_normal,
+    "he": nn.initializers.he_normal,
+    "lecun": nn.initializers.lecun_normal,
+    "orthogonal": nn.initializers.orthogonal,
+}
+
+
+def _choice(field: str, value: str, allowed: Sequence[str]) -> str:
+  if value not in allowed:
+    raise ValueError(f"{field}={value!r} is not known; choose one of "
+                     f"{', '.join(allowed)}.")
+  return value
+
+
+def activation_fn(name: str, beta: float = 10.0) -> Callable[[jax.Array],
+                                                              jax.Array]:
+  """The nonlinearity ``name``; softplus is ``log(1 + exp(beta z)) / beta``."""
+  _choice("activation", name, ACTIVATIONS)
+  if name == "softplus":
+    return lambda z: jax.nn.softplus(beta * z) / beta
+  if name == "relu":
+    return jax.nn.relu
+  if name == "tanh":
+    return jnp.tanh
+  return lambda z: z
+
+
+def kernel_init(name: str, gain: float = 1.0) -> Callable[..., jax.Array]:
+  """Initializer ``name`` (see ``KERNEL_INITS``) scaled by ``gain``."""
+  base = _INITS[_choice("kernel_init", name, KERNEL_INITS)]()
+
+  def init(key, shape, dtype=jnp.float32):
+    return gain * base(key, shape, dtype)
+
+  return init
+
+
+@jax.custom_vjp
+def feedback_matmul(x_BxI: jax.Array, k_IxO: jax.Array,
+                    b_IxO: jax.Array) -> jax.Array:
+  """``x @ K`` whose backward pass sends errors through ``B``, not ``K``.
+
+  This is feedback alignment (Lillicrap et al., 2016): the error reaching the
+  layer below is ``e @ B^T``; the kernel's own gradient is the usual
+  ``x^T e``. ``B`` gets no gradient.
+  """
+  return x_BxI @ k_IxO
+
+
+def _feedback_fwd(x_BxI, k_IxO, b_IxO):
+  return x_BxI @ k_IxO, (x_BxI, b_IxO)
+
+
+def _feedback_bwd(res, e_BxO):
+  x_BxI, b_IxO = res
+  return e_BxO @ b_IxO.T, x_BxI.T @ e_BxO, jnp.zeros_like(b_IxO)
+
+
+feedback_matmul.defvjp(_feedback_fwd, _feedback_bwd)
+
+
+class Dense(nn.Module):
+  """A dense layer with optional fixed random feedback (feedback alignment)."""
+
+  features: int
+  use_bias: bool = False
+  init: str = "xavier_uniform"
+  gain: float = 1.0
+  feedback: str = "backprop"
+
+  @nn.compact
+  def __call__(self, x_BxI: jax.Array) -> jax.Array:
+    shape = (x_BxI.shape[-1], self.features)
+    init = kernel_init(self.init, self.gain)
+    k_IxO = self.param("kernel", init, shape)
+    if _choice("feedback", self.feedback, FEEDBACKS) == "random":
+      b_IxO = self.variable("feedback", "kernel",
+                            lambda: init(self.make_rng("params"), shape)).value
+      z_BxO = feedback_matmul(x_BxI, k_IxO, b_IxO)
+    else:
+      z_BxO = x_BxI @ k_IxO
+    if self.use_bias:
+      z_BxO = z_BxO + self.param("bias", nn.initializers.zeros,
+                                 (self.features,))
+    return z_BxO
+
+
+class MLP(nn.Module):
+  """A multilayer perceptron that returns its activity for plasticity rules.
+
+  Attributes:
+    features: widths of the hidden layers followed by the output size.
+    activation: hidden nonlinearity, one of ``ACTIVATIONS``.
+    beta: softplus sharpness (10 in the reference formulation).
+    use_bias: add biases (the reference network has none).
+    kernel_init: initializer name, one of ``KERNEL_INITS``.
+    gain: factor on the initial kernels (1.0 = the scheme as published).
+    output_post: post-synaptic activity recorded for the output layer:
+      ``"softmax"`` (reference formulation) or ``"logits"``.
+    layer_norm: LayerNorm before each hidden nonlinearity (a "trick").
+    feedback: ``"backprop"`` or ``"random"`` (feedback alignment).
+  """
+
+  features: Sequence[int]
+  activation: str = "softplus"
+  beta: float = 10.0
+  use_bias: bool = False
+  kernel_init: str = "xavier_uniform"
+  gain: float = 1.0
+  output_post: str = "softmax"
+  layer_norm: bool = False
+  feedback: str = "backprop"
+
+  @nn.compact
+  def __call__(self, x_BxD: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    """Returns ``(logits_BxC, activations)``; see the module docstring."""
+    _choice("output_post", self.output_post, OUTPUT_POSTS)
+    act = activation_fn(self.activation, self.beta)
+    activations: dict[str, Any] = {}
+    y = x_BxD
+    last = len(self.features) - 1
+    for i, width in enumerate(self.features):
+      name = f"layer_{i}"
+      z = Dense(width, self.use_bias, self.kernel_init, self.gain,
+                self.feedback, name=name)(y)
+      trace = {"kernel": None, "bias": None} if self.use_bias else {
+          "kernel": None}
+      if i == last:
+        post = jax.nn.softmax(z) if self.output_post == "softmax" else z
+      else:
+        if self.layer_norm:
+          z = nn.LayerNorm(name=f"norm_{i}")(z)
+          activations[f"norm_{i}"] = {"scale": None, "bias": None}
+        post = act(z)
+      trace["kernel"] = Trace(pre=y, post=post)
+      activations[name] = trace
+      y = post if i != last else z
+    return y, activations
