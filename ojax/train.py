@@ -137,18 +137,21 @@ def evaluate(model: nn.Module, params: Any, model_state: Any,
 Diagnostics = Callable[[Any, Any, jax.Array], Metrics]
 
 
-def _chunk_plan(num_samples: int, eval_every: int,
-                batch_size: int) -> list[int]:
+def check_chunks(num_samples: int, eval_every: int, batch_size: int) -> None:
+  """Raises ValueError unless the sample counts fit together."""
   for field, value in (("num_samples", num_samples),
                        ("eval_every", eval_every), ("batch_size", batch_size)):
-    if not isinstance(value, (int, np.integer)) or value < 1:
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+        or value < 1):
       raise ValueError(f"{field}={value!r} must be a positive integer.")
-  if eval_every % batch_size:
-    raise ValueError(f"eval_every={eval_every} must be a multiple of "
-                     f"batch_size={batch_size}.")
-  if num_samples % batch_size:
-    raise ValueError(f"num_samples={num_samples} must be a multiple of "
-                     f"batch_size={batch_size}.")
+  for field, value in (("eval_every", eval_every),
+                       ("num_samples", num_samples)):
+    if value % batch_size:
+      raise ValueError(f"{field}={value} must be a multiple of "
+                       f"batch_size={batch_size}.")
+
+
+def _chunk_sizes(num_samples: int, eval_every: int) -> list[int]:
   sizes = [eval_every] * (num_samples // eval_every)
   if num_samples % eval_every:
     sizes.append(num_samples % eval_every)
@@ -163,20 +166,27 @@ class Progress(NamedTuple):
   history: list[Metrics]
 
 
+def init_states(model: nn.Module, tx: optax.GradientTransformation,
+                keys_S: jax.Array, input_dim: int) -> TrainState:
+  """One :class:`TrainState` per key, stacked along a leading seed axis."""
+  return jax.jit(jax.vmap(lambda k: init_state(model, tx, k, input_dim)))(
+      keys_S)
+
+
 def run(model: nn.Module, tx: optax.GradientTransformation, data: Dataset,
-        keys_S: jax.Array, *, num_samples: int, eval_every: int,
+        start: TrainState | Progress, *, num_samples: int, eval_every: int,
         batch_size: int = 1, eval_batch_size: int = 1000,
         diagnostics: Optional[Diagnostics] = None,
         on_chunk: Optional[Callable[[Progress], None]] = None,
-        resume: Optional[Progress] = None,
         log_prefix: str = "") -> Progress:
-  """Trains ``len(keys_S)`` seeds in lock-step and evaluates every chunk.
+  """Trains S seeds (or grid points) in lock-step, evaluating every chunk.
 
   Args:
     model: a module whose ``apply`` returns ``(logits, activations)``.
     tx: any optax transformation; it receives ``activations=``.
     data: the dataset; ``test_*`` is the held-out evaluation set.
-    keys_S: one PRNG key per seed, shape ``(S, ...)``.
+    start: states stacked over seeds (see :func:`init_states`), or the
+      :class:`Progress` of an interrupted run to resume from.
     num_samples: training samples per seed (several epochs if > N).
     eval_every: samples between evaluations (a multiple of ``batch_size``).
     batch_size: samples per update (1 = online learning).
@@ -184,14 +194,14 @@ def run(model: nn.Module, tx: optax.GradientTransformation, data: Dataset,
     diagnostics: optional ``f(params, model_state, test_x) -> dict`` of extra
       per-seed metrics computed at each evaluation, inside the compiled call.
     on_chunk: called on the host after each chunk (progress, checkpoints).
-    resume: a ``Progress`` to continue from instead of starting fresh.
     log_prefix: text put before each progress log line.
 
   Returns:
     The final :class:`Progress`: ``history`` is one dict per evaluation (at
     samples 0, ``eval_every``, ...) of numpy arrays shaped ``(S,)``.
   """
-  sizes = _chunk_plan(num_samples, eval_every, batch_size)
+  check_chunks(num_samples, eval_every, batch_size)
+  sizes = _chunk_sizes(num_samples, eval_every)
   x_train, y_train = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
   x_test, y_test = jnp.asarray(data.test_x), jnp.asarray(data.test_y)
 
@@ -212,15 +222,15 @@ def run(model: nn.Module, tx: optax.GradientTransformation, data: Dataset,
       return state, metrics
     return jax.vmap(one)(states)
 
-  if resume is None:
-    states = jax.jit(jax.vmap(lambda k: init_state(model, tx, k,
-                                                   data.input_dim)))(keys_S)
-    first = jax.device_get(jax.jit(jax.vmap(eval_one))(states))
-    history = [{"samples": 0, **first}]
-    done = 0
+  if isinstance(start, Progress):
+    states, history, done = start.states, list(start.history), (
+        start.samples_done)
   else:
-    states, history, done = resume.states, list(resume.history), (
-        resume.samples_done)
+    states, done = start, 0
+    first = jax.device_get(jax.jit(jax.vmap(eval_one))(states))
+    nan_S = np.full_like(first["test_loss"], np.nan)
+    history = [{"samples": 0, "train_loss": nan_S, "online_accuracy": nan_S,
+                **first}]
   for size in _remaining(sizes, done):
     tic = time.perf_counter()
     states, metrics = chunk(states, jnp.asarray(done, jnp.int32), x_train,

@@ -1,0 +1,41 @@
+# Two commands do everything: `make experiment NAME=deep_online` and `make test`.
+# Each creates .venv and installs ojax into it on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NAME ?= deep_online
+ARGS ?=
+export MALLOC_MMAP_THRESHOLD_ ?= 8000000
+export MALLOC_TRIM_THRESHOLD_ ?= 100000000
+export MALLOC_TOP_PAD_ ?= 67108864
+
+.PHONY: install experiment test bench results sweep clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $@
+
+install: $(VENV)/.installed
+
+experiment: $(VENV)/.installed
+	$(PY) experiments/main.py --config=experiments/configs/$(NAME).py $(ARGS)
+
+sweep: $(VENV)/.installed
+	$(PY) experiments/main.py --config=experiments/configs/$(NAME).py \
+	  --config.sweep.lr="(0.003,0.01,0.03,0.1)" \
+	  --config.sweep.oja_lr="(0.0,0.0003,0.001,0.003,0.01)" $(ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests $(ARGS)
+
+bench: $(VENV)/.installed-bench
+	$(PY) benchmarks/bench.py $(ARGS)
+
+clean:
+	rm -rf runs .pytest_cache

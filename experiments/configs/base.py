@@ -1,0 +1,56 @@
+"""Defaults shared by every experiment; each config starts from these.
+
+Every field can be overridden on the command line as ``--config.FIELD=VALUE``
+(nested: ``--config.model.gain=0.5``, ``--config.arms.bp_oja.oja_lr=0.01``).
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """The reference formulation: online SGD on 784-170-130-100-70-10."""
+  c = ml_collections.ConfigDict()
+  c.experiment = ""
+  # Data: embedded_mnist (5,000 real MNIST digits, offline), digits, or TFDS
+  # mnist, fashion_mnist, kmnist, emnist/balanced, cifar10.
+  c.dataset = "embedded_mnist"
+  c.data_dir = ""
+  c.download = True
+  c.validation = 0  # > 0: hold out this many training samples, evaluate there.
+  # Training stream.
+  c.seed = 0
+  c.seeds = 5
+  c.num_samples = 4000
+  c.eval_every = 500
+  c.batch_size = 1
+  c.eval_batch_size = 1000
+  c.checkpoint_every = 0  # Samples between orbax checkpoints; 0: at the end.
+  c.diagnostics = True
+  # Learning rule: optimizer at lr, plus Oja at oja_lr (0 = no Oja term).
+  c.optimizer = "sgd"
+  c.lr = 0.01
+  c.oja_lr = 0.0
+  c.oja_layers = "all"  # all (reference: output layer too) | hidden
+  # Network (reference: softplus beta=10, no biases, Xavier-uniform).
+  c.model = ml_collections.ConfigDict()
+  c.model.hidden = (170, 130, 100, 70)
+  c.model.depth = 0  # > 0: use depth hidden layers of width instead.
+  c.model.width = 100
+  c.model.activation = "softplus"
+  c.model.beta = 10.0
+  c.model.use_bias = False
+  c.model.kernel_init = "xavier_uniform"
+  c.model.gain = 1.0
+  c.model.output_post = "softmax"
+  c.model.layer_norm = False
+  c.model.feedback = "backprop"
+  # Arms (overrides of the fields above), an axis, and a vmapped sweep grid.
+  c.arms = ml_collections.ConfigDict()
+  c.reference_arm = "bp"
+  c.axis = ""
+  c.axis_values = ()
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.lr = ()
+  c.sweep.oja_lr = ()
+  c.sweep.model_gain = ()
+  return c

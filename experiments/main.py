@@ -1,0 +1,106 @@
+r"""Runs one named experiment: ``make experiment NAME=deep_online``.
+
+  python experiments/main.py --config=experiments/configs/deep_online.py \
+      --config.seeds=10 --config.dataset=mnist [--workdir=runs/mine]
+
+Every config field is a flag (``--config.FIELD=VALUE``). The run directory
+(``--workdir``, default ``runs/<experiment>/<timestamp>``) receives the config,
+metrics, figures, ``summary.md`` and orbax checkpoints; running again with the
+same ``--workdir`` resumes. Bad input gets one line on stderr and exit code 2,
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging as logging_std
+import os
+import shlex
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from experiments import runners
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, experiments/configs/<name>.py.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory; default runs/<experiment>/<timestamp>. "
+    "An existing one is resumed.")
+
+CONFIG_DIR = os.path.join(_ROOT, "experiments", "configs")
+
+
+def experiment_names() -> list[str]:
+  """The experiments that have a config file."""
+  return sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
+                if f.endswith(".py") and f not in ("__init__.py", "base.py"))
+
+
+def _fail(message: str) -> None:
+  print(f"ojax: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing that answers bad input with one line, not a trace."""
+  for arg in argv[1:]:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+      if not os.path.isfile(path):
+        name = os.path.basename(path).removesuffix(".py")
+        _fail(f"unknown experiment {name!r} (no {path}); experiments: "
+              f"{', '.join(experiment_names())}.")
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError,
+          ValueError) as err:
+    text = " ".join(str(err).replace("\\n", " ").split())
+    _fail(f"bad flag: {text.strip(chr(39))}")
+  return []
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _fail(f"unexpected arguments {argv[1:]}; use --config.FIELD=VALUE.")
+  config = _CONFIG.value
+  if config is None:
+    _fail("--config is required, e.g. --config=experiments/configs/"
+          f"deep_online.py; experiments: {', '.join(experiment_names())}.")
+  runner = runners.get(config)
+  try:
+    prepared = runner.prepare(config)
+  except Exception as err:  # pylint: disable=broad-except
+    if not runners.is_user_error(err):
+      raise
+    _fail(str(err))
+  run_dir = _WORKDIR.value or os.path.join(
+      "runs", config.experiment,
+      datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+  os.makedirs(run_dir, exist_ok=True)
+  command = " ".join(shlex.quote(a) for a in sys.argv)
+  summary = runner.run(config, prepared, run_dir, command)
+  logging.info("wrote %s", summary)
+  print(open(summary).read())
+  print(f"run directory: {run_dir}")
+
+
+class _DropOrbaxInfo(logging_std.Filter):
+  """Keeps orbax's per-checkpoint INFO lines out of the progress log."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return record.levelno > logging_std.INFO or "orbax" not in record.pathname
+
+
+if __name__ == "__main__":
+  logging.get_absl_handler().addFilter(_DropOrbaxInfo())
+  app.run(main, flags_parser=_parse_flags)

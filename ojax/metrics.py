@@ -1,0 +1,78 @@
+"""Per-layer diagnostics of a network, computed inside the compiled loop.
+
+For each kernel ``K_l`` (fan_in, fan_out) and its post-synaptic activity
+``y_l`` on held-out inputs:
+
+- ``orthonormality_error``: ``||K^T K - I||_F / sqrt(fan_out)``; Oja's
+  subspace rule drives ``K`` towards orthonormal columns, where this is 0.
+- ``participation_ratio``: ``tr(C)^2 / tr(C^2)`` of the covariance ``C`` of
+  ``y_l``: the effective dimension of the activation subspace (1 to fan_out).
+- ``activation_norm``: mean over inputs of ``||y_l||_2`` (exploding or
+  vanishing signals).
+- ``weight_norm``: ``||K_l||_F``.
+
+Each is an array of shape ``(num_layers,)`` per seed, in layer order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DIAGNOSTICS = ("orthonormality_error", "participation_ratio",
+               "activation_norm", "weight_norm")
+
+
+def layer_names(tree: dict[str, Any]) -> list[str]:
+  """``layer_0, layer_1, ...`` in numeric order."""
+  names = [k for k in tree if k.startswith("layer_")]
+  return sorted(names, key=lambda k: int(k.split("_")[1]))
+
+
+def orthonormality_error(kernel_IxO: jax.Array) -> jax.Array:
+  """``||K^T K - I||_F / sqrt(fan_out)``."""
+  n = kernel_IxO.shape[1]
+  gram_OxO = kernel_IxO.T @ kernel_IxO
+  return jnp.linalg.norm(gram_OxO - jnp.eye(n)) / jnp.sqrt(n)
+
+
+def participation_ratio(y_NxO: jax.Array) -> jax.Array:
+  """``tr(C)^2 / tr(C^2)`` for the covariance ``C`` of the rows of ``y``."""
+  centered = y_NxO - y_NxO.mean(axis=0)
+  cov_OxO = centered.T @ centered / y_NxO.shape[0]
+  return jnp.trace(cov_OxO) ** 2 / jnp.maximum(jnp.sum(cov_OxO ** 2), 1e-30)
+
+
+def layer_diagnostics(model: nn.Module, num_inputs: int = 512
+                      ) -> Callable[[Any, Any, jax.Array], dict[str, Any]]:
+  """A ``diagnostics`` function for :func:`ojax.train.run`.
+
+  Args:
+    model: a model whose ``apply`` returns ``(logits, activations)`` with an
+      ``ojax.Trace`` at ``activations['layer_i']['kernel']``.
+    num_inputs: how many held-out inputs to measure activity on.
+
+  Returns:
+    ``f(params, model_state, x_MxD) -> {name: array (num_layers,)}``.
+  """
+
+  def diagnostics(params, model_state, x_MxD):
+    _, acts = model.apply({"params": params, **model_state},
+                          x_MxD[:num_inputs])
+    names = layer_names(params)
+    kernels = [params[n]["kernel"] for n in names]
+    posts = [acts[n]["kernel"].post for n in names]
+    return {
+        "orthonormality_error": jnp.stack(
+            [orthonormality_error(k) for k in kernels]),
+        "participation_ratio": jnp.stack(
+            [participation_ratio(y) for y in posts]),
+        "activation_norm": jnp.stack(
+            [jnp.linalg.norm(y, axis=-1).mean() for y in posts]),
+        "weight_norm": jnp.stack([jnp.linalg.norm(k) for k in kernels]),
+    }
+
+  return diagnostics
