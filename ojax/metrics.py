@@ -47,7 +47,7 @@ def participation_ratio(y_NxO: jax.Array) -> jax.Array:
 
 
 def layer_diagnostics(model: nn.Module, num_inputs: int = 512
-                      ) -> Callable[[Any, Any, jax.Array], dict[str, Any]]:
+                      ) -> Callable[..., dict[str, Any]]:
   """A ``diagnostics`` function for :func:`ojax.train.run`.
 
   Args:
@@ -56,10 +56,11 @@ def layer_diagnostics(model: nn.Module, num_inputs: int = 512
     num_inputs: how many held-out inputs to measure activity on.
 
   Returns:
-    ``f(params, model_state, x_MxD) -> {name: array (num_layers,)}``.
+    ``f(params, model_state, x_MxD, y_M) -> {name: array (num_layers,)}``.
   """
 
-  def diagnostics(params, model_state, x_MxD):
+  def diagnostics(params, model_state, x_MxD, y_M):
+    del y_M
     _, acts = model.apply({"params": params, **model_state},
                           x_MxD[:num_inputs])
     names = layer_names(params)

@@ -134,7 +134,7 @@ def evaluate(model: nn.Module, params: Any, model_state: Any,
   return {"test_loss": jnp.sum(loss) / m, "test_accuracy": jnp.sum(correct) / m}
 
 
-Diagnostics = Callable[[Any, Any, jax.Array], Metrics]
+Diagnostics = Callable[[Any, Any, jax.Array, jax.Array], Metrics]
 
 
 def check_chunks(num_samples: int, eval_every: int, batch_size: int) -> None:
@@ -191,8 +191,9 @@ def run(model: nn.Module, tx: optax.GradientTransformation, data: Dataset,
     eval_every: samples between evaluations (a multiple of ``batch_size``).
     batch_size: samples per update (1 = online learning).
     eval_batch_size: evaluation batch size (memory only, not results).
-    diagnostics: optional ``f(params, model_state, test_x) -> dict`` of extra
-      per-seed metrics computed at each evaluation, inside the compiled call.
+    diagnostics: optional ``f(params, model_state, test_x, test_y) -> dict``
+      of extra per-seed metrics computed at each evaluation, inside the
+      compiled call.
     on_chunk: called on the host after each chunk (progress, checkpoints).
     log_prefix: text put before each progress log line.
 
@@ -209,7 +210,8 @@ def run(model: nn.Module, tx: optax.GradientTransformation, data: Dataset,
     metrics = evaluate(model, state.params, state.model_state, x_test, y_test,
                        eval_batch_size)
     if diagnostics is not None:
-      metrics.update(diagnostics(state.params, state.model_state, x_test))
+      metrics.update(diagnostics(state.params, state.model_state, x_test,
+                                 y_test))
     metrics["diverged_at"] = state.diverged_at
     return metrics
 
