@@ -95,7 +95,10 @@ def _tfds_split(name: str, split: str, data_dir: Optional[str],
 
 
 def _to_arrays(source) -> tuple[np.ndarray, np.ndarray]:
-  records = source.__getitems__(list(range(len(source))))
+  try:
+    records = source.__getitems__(list(range(len(source))))
+  except TypeError:  # tfds.testing.mock_data's sources read one at a time.
+    records = [source[i] for i in range(len(source))]
   x = np.stack([np.asarray(r["image"]) for r in records])
   y = np.asarray([r["label"] for r in records], np.int32)
   return x.reshape(len(x), -1).astype(np.float32) / 255.0, y
@@ -124,10 +127,10 @@ def load(name: str = "embedded_mnist", *, data_dir: Optional[str] = None,
   if name in EMBEDDED:
     data = _embedded(name, split_seed)
   else:
-    train_x, train_y = _to_arrays(_tfds_split(name, "train", data_dir,
-                                              download))
+    train = _tfds_split(name, "train", data_dir, download)
+    train_x, train_y = _to_arrays(train)
     test_x, test_y = _to_arrays(_tfds_split(name, "test", data_dir, download))
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    num_classes = int(train.dataset_info.features["label"].num_classes)
     data = Dataset(train_x, train_y, test_x, test_y, num_classes, name)
   if validation:
     n = len(data.train_y)

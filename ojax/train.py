@@ -85,6 +85,7 @@ def train_steps(model: nn.Module, tx: optax.GradientTransformation,
   and the online accuracy (each sample scored by the forward pass that then
   learns from it, i.e. before the update).
   """
+  x_NxD, y_N = jnp.asarray(x_NxD), jnp.asarray(y_N)
   idx = sample_indices(state.data_key, start, num_steps * batch_size,
                        x_NxD.shape[0]).reshape(num_steps, batch_size)
   grad_fn = jax.value_and_grad(functools.partial(_loss_fn, model),
