@@ -13,8 +13,10 @@ before anything is written.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import logging as logging_std
 import os
+import re
 import shlex
 import sys
 
@@ -28,11 +30,13 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from experiments import runners
-
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, experiments/configs/<name>.py.",
     lock_config=True)
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (one "
+    "process per host; the coordinator comes from the cluster environment or "
+    "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory; default runs/<experiment>/<timestamp>. "
     "An existing one is resumed.")
@@ -51,6 +55,32 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def _unknown_config_field(argv: list[str]) -> str:
+  """Names the first ``--config.a.b=v`` whose field does not exist, or ''."""
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")),
+              None)
+  if path is None:
+    return ""
+  spec = importlib.util.spec_from_file_location("_ojax_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    field = arg[len("--config."):].split("=", 1)[0]
+    node = config
+    for i, part in enumerate(field.split(".")):
+      if not hasattr(node, "keys") or part not in node:
+        where = ".".join(field.split(".")[:i]) or "config"
+        known = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else (
+            "none: it is not a group")
+        return (f"bad flag {arg}: no config field {field!r}; fields of "
+                f"{where}: {known}.")
+      node = node[part]
+  return ""
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing that answers bad input with one line, not a trace."""
   for arg in argv[1:]:
@@ -64,8 +94,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError,
           ValueError) as err:
-    text = " ".join(str(err).replace("\\n", " ").split())
-    _fail(f"bad flag: {text.strip(chr(39))}")
+    unknown = _unknown_config_field(argv)
+    if unknown:
+      _fail(unknown)
+    text = " ".join(re.sub(r"\\n|\\'|'", " ", str(err)).split())
+    _fail(f"bad flag: {text}")
   return []
 
 
@@ -76,8 +109,14 @@ def main(argv: list[str]) -> None:
   if config is None:
     _fail("--config is required, e.g. --config=experiments/configs/"
           f"deep_online.py; experiments: {', '.join(experiment_names())}.")
-  runner = runners.get(config)
+  if _DISTRIBUTED.value and not _WORKDIR.value:
+    _fail("--distributed needs --workdir on a file system every host shares.")
+  from experiments import runners  # Heavy (JAX); after the flags are good.
+  if _DISTRIBUTED.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
   try:
+    runner = runners.get(config)
     prepared = runner.prepare(config)
   except Exception as err:  # pylint: disable=broad-except
     if not runners.is_user_error(err):

@@ -102,11 +102,18 @@ def _slug(value: Any) -> str:
 def expand(config: ml_collections.ConfigDict) -> list[Job]:
   """The jobs of ``config``: every axis value times every arm."""
   arms = dict(config.arms) if config.arms else {"default": {}}
+  if config.get("select_arms"):
+    chosen = [a.strip() for a in config.select_arms.split(",") if a.strip()]
+    for arm in chosen:
+      if arm not in arms:
+        raise ConfigError(f"select_arms names {arm!r}; arms are "
+                          f"{', '.join(arms)}.")
+    arms = {a: arms[a] for a in chosen}
   axis_values = tuple(config.axis_values) if config.axis else (None,)
   if config.axis and not axis_values:
     raise ConfigError(f"axis={config.axis!r} needs axis_values, e.g. "
                       "--config.axis_values='(2, 5)'.")
-  jobs = []
+  jobs, seen = [], set()
   for value in axis_values:
     for arm, overrides in arms.items():
       cfg = copy.deepcopy(config)
@@ -115,6 +122,13 @@ def expand(config: ml_collections.ConfigDict) -> list[Job]:
       if config.axis:
         _set(cfg, config.axis, value)
       _apply_overrides(cfg, overrides)
+      for field in config.sweep:  # A swept field overrides the arms' values.
+        if config.sweep[field]:
+          _set(cfg, field.replace("model_", "model."), config.sweep[field][0])
+      fingerprint = cfg.to_json_best_effort(sort_keys=True)
+      if fingerprint in seen:  # Arms that differ only in swept fields.
+        continue
+      seen.add(fingerprint)
       prefix = f"{config.axis.split('.')[-1]}={_slug(value)}-" if (
           config.axis) else ""
       jobs.append(Job(prefix + _slug(arm), value, arm, cfg))
@@ -150,8 +164,12 @@ def _check_top(config: ml_collections.ConfigDict) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> list[Job]:
   """Checks every job of ``config``; raises ``ConfigError`` on a bad value."""
+  if config.arms and config.reference_arm not in config.arms:
+    raise ConfigError(f"reference_arm={config.reference_arm!r} is not an arm; "
+                      f"arms are {', '.join(config.arms)}.")
+  base = Job("base", None, "", config)  # Fields no arm overrides count too.
   jobs = expand(config)
-  for job in jobs:
+  for job in [base] + jobs:
     _check_top(job.config)
     factory.make_model(job.config.model, 10)
     factory.make_optimizer(job.config)
@@ -187,18 +205,30 @@ def _with_grid(states: train.TrainState, grid: list[dict[str, float]],
 
 
 def _shard(tree: Any, num_points: int) -> Any:
-  """Pads the point axis to a multiple of the device count and shards it."""
+  """Pads the point axis to a multiple of the device count and shards it.
+
+  The mesh spans ``jax.devices()``: every local device, and every device of
+  every host after ``jax.distributed.initialize()``. Padded points repeat the
+  last point; their results are dropped.
+  """
   devices = jax.devices()
   pad = -num_points % len(devices)
   if pad:
     tree = jax.tree.map(
         lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, 0)]), tree)
-  if len(devices) > 1:
-    mesh = jax.sharding.Mesh(np.array(devices), ("points",))
-    sharding = jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec("points"))
-    tree = jax.device_put(tree, sharding)
-  return tree
+  if len(devices) == 1:
+    return tree
+  mesh = jax.sharding.Mesh(np.array(devices), ("points",))
+  sharding = jax.sharding.NamedSharding(mesh,
+                                        jax.sharding.PartitionSpec("points"))
+
+  def put(x):  # Each host supplies the shards its own devices hold.
+    x = np.asarray(x) if jax.process_count() > 1 else x
+    if jax.process_count() > 1:
+      return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
+    return jax.device_put(x, sharding)
+
+  return jax.tree.map(put, tree)
 
 
 def _history_arrays(history, num_points, num_grid, num_seeds):
@@ -271,6 +301,8 @@ def run_job(job: Job, run_dir: str,
     ckpt.save(final)
   ckpt.close()
   history = _history_arrays(final.history, num_points, len(grid), cfg.seeds)
+  if jax.process_index() != 0:
+    return JobResult(job, grid, history)
   os.makedirs(os.path.dirname(result_path), exist_ok=True)
   checkpoint.write_json_atomic(result_path, {
       "job": job.id, "axis_value": job.axis_value, "arm": job.arm,

@@ -159,6 +159,14 @@ def _chunk_sizes(num_samples: int, eval_every: int) -> list[int]:
   return sizes
 
 
+def to_host(tree: Any) -> Any:
+  """Numpy copies of (possibly multi-host sharded) arrays, on every host."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.device_get(tree)
+
+
 class Progress(NamedTuple):
   """What ``run`` hands ``on_chunk`` after each chunk."""
 
@@ -230,7 +238,7 @@ def run(model: nn.Module, tx: optax.GradientTransformation, data: Dataset,
         start.samples_done)
   else:
     states, done = start, 0
-    first = jax.device_get(jax.jit(jax.vmap(eval_one))(states))
+    first = to_host(jax.jit(jax.vmap(eval_one))(states))
     nan_S = np.full_like(first["test_loss"], np.nan)
     history = [{"samples": 0, "train_loss": nan_S, "online_accuracy": nan_S,
                 **first}]
@@ -238,7 +246,7 @@ def run(model: nn.Module, tx: optax.GradientTransformation, data: Dataset,
     tic = time.perf_counter()
     states, metrics = chunk(states, jnp.asarray(done, jnp.int32), x_train,
                             y_train, num_steps=size // batch_size)
-    metrics = jax.device_get(metrics)
+    metrics = to_host(metrics)
     done += size
     history.append({"samples": done, **metrics})
     elapsed = time.perf_counter() - tic
