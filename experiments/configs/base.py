@@ -46,6 +46,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.feedback = "backprop"
   # Arms (overrides of the fields above), an axis, and a vmapped sweep grid.
   c.arms = ml_collections.ConfigDict()
+  c.select_arms = ""  # Comma-separated arm names to run; "" runs them all.
   c.reference_arm = "bp"
   c.axis = ""
   c.axis_values = ()
