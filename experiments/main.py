@@ -34,9 +34,15 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, experiments/configs/<name>.py.",
     lock_config=True)
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first (one "
-    "process per host; the coordinator comes from the cluster environment or "
-    "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
+    "distributed", False, "Call jax.distributed.initialize() first: one "
+    "process per host. On SLURM, Open MPI or Kubernetes the cluster is found "
+    "automatically; elsewhere pass the three flags below.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (--distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Number of processes (--distributed).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index (--distributed).")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory; default runs/<experiment>/<timestamp>. "
     "An existing one is resumed.")
@@ -114,7 +120,10 @@ def main(argv: list[str]) -> None:
   from experiments import runners  # Heavy (JAX); after the flags are good.
   if _DISTRIBUTED.value:
     import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+    # Cross-process collectives for CPU devices (GPUs and TPUs ignore this).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                               _PROCESS_ID.value)
   try:
     runner = runners.get(config)
     prepared = runner.prepare(config)
@@ -128,9 +137,11 @@ def main(argv: list[str]) -> None:
   os.makedirs(run_dir, exist_ok=True)
   command = " ".join(shlex.quote(a) for a in sys.argv)
   summary = runner.run(config, prepared, run_dir, command)
-  logging.info("wrote %s", summary)
-  print(open(summary).read())
-  print(f"run directory: {run_dir}")
+  if os.path.exists(summary):  # Only the lead host writes reports.
+    logging.info("wrote %s", summary)
+    with open(summary) as f:
+      print(f.read())
+    print(f"run directory: {run_dir}")
 
 
 class _DropOrbaxInfo(logging_std.Filter):

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -115,6 +116,36 @@ def test_sharded_sweep_over_4_devices_matches_the_unsharded_sweep(tmp_path):
                                rtol=1e-4)
     assert a[key]["test_accuracy"] == pytest.approx(b[key]["test_accuracy"],
                                                     abs=2e-3)
+
+
+def _free_port():
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
+def test_two_process_distributed_sweep_matches_the_single_process_one(
+    tmp_path):
+  port = _free_port()
+  flags = TINY_FLAGS + ["--config.sweep.lr=(0.01,0.03,0.1)", "--distributed",
+                        f"--coordinator_address=127.0.0.1:{port}",
+                        "--num_processes=2", f"--workdir={tmp_path / 'mh'}"]
+  env = {**os.environ, "PYTHONPATH": ROOT,
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  procs = [subprocess.Popen(  # pylint: disable=consider-using-with
+      [sys.executable, MAIN, f"--config={CONFIG}", *flags,
+       f"--process_id={i}"], env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs[1][-2000:]
+  single = _subprocess(TINY_FLAGS + ["--config.sweep.lr=(0.01,0.03,0.1)",
+                                     f"--workdir={tmp_path / 'one'}"])
+  assert single.returncode == 0, single.stderr[-2000:]
+  a, b = _rows(tmp_path / "mh"), _rows(tmp_path / "one")
+  assert len(a) == len(b) == 9
+  for ra, rb in zip(a, b):
+    assert (ra["lr"], ra["samples"]) == (rb["lr"], rb["samples"])
+    np.testing.assert_allclose(ra["test_loss"], rb["test_loss"], rtol=1e-4)
 
 
 def test_run_killed_mid_way_resumes_to_exactly_the_uninterrupted_numbers(
