@@ -37,5 +37,8 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench.py $(ARGS)
 
+results: $(VENV)/.installed
+	$(PY) experiments/results.py $(ARGS)
+
 clean:
 	rm -rf runs .pytest_cache
