@@ -36,10 +36,13 @@ def _scalar_keys(history: dict[str, np.ndarray]) -> list[str]:
 
 
 def _jsonable(x: Any) -> Any:
-  if isinstance(x, np.ndarray):
-    return x.tolist()
+  """Plain JSON values; NaN and inf become null (strict JSON has neither)."""
+  if isinstance(x, (np.ndarray, list, tuple)):
+    return [_jsonable(v) for v in np.asarray(x).tolist()]
   if isinstance(x, np.generic):
-    return x.item()
+    x = x.item()
+  if isinstance(x, float) and not np.isfinite(x):
+    return None
   return x
 
 
@@ -64,7 +67,7 @@ def write_metrics(run_dir: str, results: Sequence[JobResult],
                    **point, "seed": s, "samples": int(samples)}
             row.update({k: _jsonable(v[e, g, s]) for k, v in h.items()
                         if k != "samples"})
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row, allow_nan=False) + "\n")
   os.replace(path + ".tmp", path)
   return path
 
