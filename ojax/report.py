@@ -186,10 +186,11 @@ def plot_sweep(result: JobResult, path: str) -> Optional[str]:
     acc[i, xs.index(p[fx])] = np.nanmean(final(result, point=g))
   fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 2, 0.8 * len(ys) + 1.8))
   im = ax.imshow(acc, origin="lower", cmap="viridis", aspect="auto")
+  middle = np.nanmean([np.nanmin(acc), np.nanmax(acc)])
   for i in range(len(ys)):
     for j in range(len(xs)):
       ax.text(j, i, f"{acc[i, j]:.3f}", ha="center", va="center", fontsize=7,
-              color="w")
+              color="k" if acc[i, j] > middle else "w")
   ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
   ax.set_xlabel(fx)
   if fy:
