@@ -8,10 +8,14 @@ command) -> path of summary.md``. Configs choose one with ``config.runner``
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, NamedTuple
 
+import jax
 import ml_collections
 
+from experiments import meta_plasticity
+from experiments import recurrent_memory
 from ojax import data as data_lib
 from ojax import experiment
 from ojax import report
@@ -29,14 +33,21 @@ def _prepare_classifier(config):
 
 def _run_classifier(config, prepared, run_dir: str, command: str) -> str:
   jobs, datasets = prepared
-  report.write_config(run_dir, config)
+  lead = jax.process_index() == 0  # One host writes; all of them compute.
+  if lead:
+    os.makedirs(run_dir, exist_ok=True)
+    report.write_config(run_dir, config)
   results = [experiment.run_job(job, run_dir, datasets) for job in jobs]
-  report.write_metrics(run_dir, results, config.experiment)
-  return report.write_summary(run_dir, results, config, command)
+  if lead:
+    report.write_metrics(run_dir, results, config.experiment)
+    report.write_summary(run_dir, results, config, command)
+  return os.path.join(run_dir, "summary.md")
 
 
 RUNNERS: dict[str, Runner] = {
     "classifier": Runner(_prepare_classifier, _run_classifier),
+    "recurrent_memory": Runner(recurrent_memory.prepare, recurrent_memory.run),
+    "meta_plasticity": Runner(meta_plasticity.prepare, meta_plasticity.run),
 }
 
 

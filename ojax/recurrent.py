@@ -21,8 +21,9 @@ has one unit per delay ``k = 1..K`` with target ``u_{t-k}`` (defined for
     MC = sum_k r_k^2,   r_k = corr(u_{t-k}, o_{t,k}),
 
 and ``R^2_k = 1 - MSE_k / Var(u)``. Training: BPTT on fresh random sequences,
-plain SGD, optionally plus Oja (``optax.chain(sgd, ojax.oja)``), one compiled
-``jit(vmap over runs(scan over steps))`` per evaluation chunk.
+plain SGD, optionally plus Oja on ``W_rec`` and/or ``W_in`` (``optax.sgd``
+chained with ``ojax.oja`` per kernel), one compiled ``jit(vmap over
+runs(scan over steps))`` per evaluation chunk.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ class RNN(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
     """Returns ``(o_BxTxO, activations)``; see the module docstring."""
-    models._choice("activation", self.activation, RNN_ACTIVATIONS)  # pylint: disable=protected-access
+    if self.activation not in RNN_ACTIVATIONS:
+      raise ValueError(f"activation={self.activation!r} is not known; choose "
+                       f"one of {', '.join(RNN_ACTIVATIONS)}.")
     f = models.activation_fn(self.activation, self.beta)
     d, h = x_BxTxD.shape[-1], self.hidden
     w_in_DxH = self.param("W_in", nn.initializers.normal(self.input_scale),
@@ -169,8 +172,9 @@ def spectral_diagnostics(w_rec_HxH: jax.Array,
 class Setting(NamedTuple):
   """Per-run scalars that can be vmapped: rates and the initial radius."""
 
-  lr: jax.Array
-  oja_lr: jax.Array
+  lr: jax.Array  # SGD rate.
+  oja_rec: jax.Array  # Oja rate on W_rec (0: none).
+  oja_in: jax.Array  # Oja rate on W_in (0: none).
   radius: jax.Array
 
 
@@ -181,9 +185,26 @@ class RunState(NamedTuple):
   diverged_at: jax.Array  # First step with a non-finite loss, or -1.
 
 
+def _routed(kernel: str, tx: optax.GradientTransformationExtraArgs
+            ) -> optax.GradientTransformationExtraArgs:
+  """``tx`` that sees only ``kernel``'s trace in ``activations``."""
+  def update(updates, state, params=None, *, activations=None, **extra):
+    return tx.update(updates, state, params,
+                     activations=oja_activations(activations, (kernel,)),
+                     **extra)
+  return optax.GradientTransformationExtraArgs(tx.init, update)
+
+
 def make_tx(setting: Setting) -> optax.GradientTransformation:
-  """Plain SGD plus Oja: ``dW = -lr dL/dW + oja_lr * oja_term`` (one pass)."""
-  return rules.sgd_oja(setting.lr, setting.oja_lr)
+  """Plain SGD plus Oja, one forward pass, a rate per recurrent kernel.
+
+  ``dW_rec = -lr dL/dW_rec + oja_rec * oja_term(W_rec; h_{t-1}, h_t)`` and
+  ``dW_in = -lr dL/dW_in + oja_in * oja_term(W_in; x_t, h_t)``; the readout
+  follows SGD only.
+  """
+  return optax.chain(optax.sgd(setting.lr),
+                     _routed("W_rec", rules.oja(setting.oja_rec)),
+                     _routed("W_in", rules.oja(setting.oja_in)))
 
 
 def init_run(model: RNN, setting: Setting, key: jax.Array) -> RunState:
@@ -197,8 +218,8 @@ def init_run(model: RNN, setting: Setting, key: jax.Array) -> RunState:
 
 
 def train_chunk(model: RNN, setting: Setting, state: RunState,
-                start: jax.Array, *, num_steps: int, batch: int, length: int,
-                oja_kernels: Sequence[str]) -> tuple[RunState, jax.Array]:
+                start: jax.Array, *, num_steps: int, batch: int,
+                length: int) -> tuple[RunState, jax.Array]:
   """``num_steps`` BPTT steps on fresh sequences; returns the mean loss."""
   tx = make_tx(setting)
   delays = model.outputs
@@ -213,9 +234,8 @@ def train_chunk(model: RNN, setting: Setting, state: RunState,
                         delays)
     (loss, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params,
                                                                     data)
-    updates, opt_state = tx.update(
-        grads, opt_state, params,
-        activations=oja_activations(acts, oja_kernels))
+    updates, opt_state = tx.update(grads, opt_state, params,
+                                   activations=acts)
     params = optax.apply_updates(params, updates)
     diverged_at = jnp.where((diverged_at < 0) & ~jnp.isfinite(loss), t,
                             diverged_at)
@@ -242,7 +262,6 @@ def evaluate(model: RNN, params: Any, data: MemoryBatch) -> dict[str, Any]:
 def run(model: RNN, settings: Setting, keys_G: jax.Array, *, num_steps: int,
         eval_every: int, batch: int, length: int, eval_batch: int,
         eval_length: int, eval_key: jax.Array,
-        oja_kernels: Sequence[str] = OJA_KERNELS,
         on_chunk: Optional[Callable[[int, dict[str, np.ndarray]], None]] = None
         ) -> dict[str, np.ndarray]:
   """Trains G runs (settings x seeds) in lock-step; evaluates every chunk.
@@ -255,15 +274,11 @@ def run(model: RNN, settings: Setting, keys_G: jax.Array, *, num_steps: int,
     batch, length: sequences per step and their length (BPTT horizon).
     eval_batch, eval_length: the held-out streams, drawn from ``eval_key``,
       the same for every run.
-    oja_kernels: kernels whose traces go to ``ojax.oja``.
     on_chunk: host callback ``(steps_done, history)`` after each chunk.
 
   Returns:
     ``history``: ``steps`` (E,) and per-run metrics shaped ``(E, G, ...)``.
   """
-  for k in oja_kernels:
-    if k not in OJA_KERNELS:
-      raise ValueError(f"oja_kernels has {k!r}; choose from {OJA_KERNELS}.")
   eval_data = memory_batch(eval_key, eval_batch, eval_length, model.outputs)
   states = jax.jit(jax.vmap(functools.partial(init_run, model)))(settings,
                                                                   keys_G)
@@ -274,7 +289,7 @@ def run(model: RNN, settings: Setting, keys_G: jax.Array, *, num_steps: int,
   def chunk(states, start, *, n):
     def one(setting, state):
       return train_chunk(model, setting, state, start, num_steps=n,
-                         batch=batch, length=length, oja_kernels=oja_kernels)
+                         batch=batch, length=length)
     states, loss = jax.vmap(one)(settings, states)
     return states, loss
 
