@@ -26,12 +26,37 @@ KERNEL_INITS = ("xavier_uniform", "xavier_normal", "he", "lecun", "orthogonal")
 OUTPUT_POSTS = ("softmax", "logits")
 FEEDBACKS = ("backprop", "random")
 
+def orthogonal_init() -> Callable[..., jax.Array]:
+  """Haar-random orthonormal columns (or rows, for wide kernels).
+
+  The polar factor ``U = A (A^T A)^{-1/2}`` of a Gaussian matrix ``A`` is
+  Haar-distributed, like the sign-corrected QR factor that
+  ``nn.initializers.orthogonal`` computes. We compute it with the Newton-Schulz
+  iteration ``X <- 1.5 X - 0.5 X X^T X`` (matrix products only): on XLA:CPU,
+  programs with several LAPACK QR calls (one per layer, under ``jit(vmap)``)
+  were seen to deadlock.
+  """
+
+  def init(key, shape, dtype=jnp.float32):
+    rows, cols = shape
+    a = jax.random.normal(key, (max(rows, cols), min(rows, cols)), jnp.float32)
+    x = a / jnp.linalg.norm(a)  # Every singular value now lies in (0, 1].
+
+    def step(x, _):
+      return 1.5 * x - 0.5 * x @ (x.T @ x), None
+
+    x, _ = jax.lax.scan(step, x, None, length=80)
+    return (x if rows >= cols else x.T).astype(dtype)
+
+  return init
+
+
 _INITS: dict[str, Callable[..., Any]] = {
     "xavier_uniform": nn.initializers.xavier_uniform,
     "xavier_normal": nn.initializers.xavier_normal,
     "he": nn.initializers.he_normal,
     "lecun": nn.initializers.lecun_normal,
-    "orthogonal": nn.initializers.orthogonal,
+    "orthogonal": orthogonal_init,
 }
 
 

@@ -212,10 +212,12 @@ def run(model: nn.Module, tx: optax.GradientTransformation, data: Dataset,
   """
   check_chunks(num_samples, eval_every, batch_size)
   sizes = _chunk_sizes(num_samples, eval_every)
-  x_train, y_train = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
-  x_test, y_test = jnp.asarray(data.test_x), jnp.asarray(data.test_y)
+  arrays = tuple(jnp.asarray(a) for a in (data.train_x, data.train_y,
+                                           data.test_x, data.test_y))
 
-  def eval_one(state):
+  # The data are arguments, not closed-over constants, so they are not copied
+  # into every compiled program.
+  def eval_one(state, x_test, y_test):
     metrics = evaluate(model, state.params, state.model_state, x_test, y_test,
                        eval_batch_size)
     if diagnostics is not None:
@@ -225,11 +227,11 @@ def run(model: nn.Module, tx: optax.GradientTransformation, data: Dataset,
     return metrics
 
   @functools.partial(jax.jit, static_argnames="num_steps")
-  def chunk(states, start, x, y, *, num_steps):
+  def chunk(states, start, x, y, x_test, y_test, *, num_steps):
     def one(state):
       state, metrics = train_steps(model, tx, state, start, x, y,
                                    num_steps=num_steps, batch_size=batch_size)
-      metrics.update(eval_one(state))
+      metrics.update(eval_one(state, x_test, y_test))
       return state, metrics
     return jax.vmap(one)(states)
 
@@ -238,14 +240,15 @@ def run(model: nn.Module, tx: optax.GradientTransformation, data: Dataset,
         start.samples_done)
   else:
     states, done = start, 0
-    first = to_host(jax.jit(jax.vmap(eval_one))(states))
+    first = to_host(jax.jit(jax.vmap(eval_one, in_axes=(0, None, None)))(
+        states, *arrays[2:]))
     nan_S = np.full_like(first["test_loss"], np.nan)
     history = [{"samples": 0, "train_loss": nan_S, "online_accuracy": nan_S,
                 **first}]
   for size in _remaining(sizes, done):
     tic = time.perf_counter()
-    states, metrics = chunk(states, jnp.asarray(done, jnp.int32), x_train,
-                            y_train, num_steps=size // batch_size)
+    states, metrics = chunk(states, jnp.asarray(done, jnp.int32), *arrays,
+                            num_steps=size // batch_size)
     metrics = to_host(metrics)
     done += size
     history.append({"samples": done, **metrics})

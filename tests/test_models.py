@@ -1,5 +1,9 @@
 """Tests of ojax.models: traces line up with params; feedback alignment."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,3 +79,28 @@ def test_feedback_alignment_sends_errors_through_fixed_random_weights():
 def test_unknown_option_names_list_the_allowed_ones(field, value):
   with pytest.raises(ValueError, match=f"{field}='{value}' is not known"):
     _init(**{field: value})
+
+
+def test_orthogonal_init_gives_orthonormal_columns_or_rows():
+  init = models.orthogonal_init()
+  for shape in [(50, 20), (30, 30), (10, 40)]:
+    k = np.asarray(init(jax.random.PRNGKey(0), shape), np.float64)
+    gram = k.T @ k if shape[0] >= shape[1] else k @ k.T
+    np.testing.assert_allclose(gram, np.eye(min(shape)), atol=1e-5)
+
+
+def test_orthogonal_init_of_a_deep_mlp_compiles_and_finishes_under_jit_vmap():
+  # Several LAPACK QR calls in one jit(vmap) program deadlocked XLA:CPU; run
+  # in a subprocess so a regression fails on its timeout instead of hanging.
+  code = (
+      "import jax, optax; from ojax import models, train\n"
+      "f = jax.jit(jax.vmap(lambda k: train.init_state(models.MLP("
+      "(170, 130, 100, 70, 10), kernel_init='orthogonal'), optax.sgd(.1), k,"
+      " 784)))\n"
+      "jax.block_until_ready(f(jax.random.split(jax.random.PRNGKey(0), 3)))\n"
+      "print('finished')\n")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                        text=True, timeout=120, check=False,
+                        env={**os.environ, "PYTHONPATH": root})
+  assert "finished" in proc.stdout, proc.stderr[-2000:]
