@@ -1,0 +1,258 @@
+r"""Reads a finished classifier run and compares its arms, paired over seeds.
+
+A run directory (``ojax.report``) holds ``config.json`` and ``jobs/<id>.json``
+with each job's history, ``history[key]`` shaped ``(E, G, S)`` (evaluations,
+sweep points, seeds) or ``(E, G, S, L)`` for per-layer diagnostics.
+
+Every comparison is a paired difference over seeds of a metric between an arm
+and a reference arm at one *setting* (axis value, sweep point, evaluation):
+``d_s = m_s(arm) - m_s(ref)``, mean with a 98% percentile-bootstrap CI (500
+resamples). It is *significant* when the CI excludes 0.
+
+Verdict rule (the same for every experiment): over the settings the claim is
+about, the primary Oja arm (the reference formulation) is compared with its
+baseline on final test accuracy.
+
+- reproduced: the CI is above 0 in at least half of the claim settings and
+  below 0 in none;
+- partly reproduced: above 0 in at least one claim setting, for the primary
+  arm or the hidden-layers-only arm;
+- not reproduced: otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import ml_collections
+import numpy as np
+
+from ojax import stats
+from ojax.experiment import Job, JobResult, expand
+
+LEVEL = 0.98
+RULE = ("Verdict rule: over the claim's settings, the paired difference "
+        "(Oja arm - baseline, final test accuracy, 98% bootstrap CI over "
+        "seeds) of the reference-formulation arm (Oja on all layers) is "
+        "*reproduced* if its CI is above 0 in at least half of the settings "
+        "and below 0 in none; *partly reproduced* if it is above 0 in at least "
+        "one setting for the all-layers or the hidden-only arm; *not "
+        "reproduced* otherwise.")
+
+
+class Run(NamedTuple):
+  run_dir: str
+  config: ml_collections.ConfigDict
+  results: list[JobResult]
+
+
+class Comparison(NamedTuple):
+  setting: str
+  arm: str
+  reference: str
+  diff: stats.Estimate
+
+  @property
+  def better(self) -> bool:
+    return self.diff.low > 0
+
+  @property
+  def worse(self) -> bool:
+    return self.diff.high < 0
+
+
+def label(value: Any) -> str:
+  """A short text for an axis value: ``(170, 130)`` -> ``170-130``."""
+  if isinstance(value, (list, tuple)):
+    return "-".join(str(v) for v in value)
+  return str(value)
+
+
+def load_run(run_dir: str) -> Run:
+  """The config and the finished jobs (in config order) of ``run_dir``."""
+  with open(os.path.join(run_dir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  results = []
+  for job in expand(config):
+    path = os.path.join(run_dir, "jobs", f"{job.id}.json")
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      saved = json.load(f)
+    history = {k: np.asarray(v, np.float64) for k, v in
+               saved["history"].items()}
+    results.append(JobResult(Job(job.id, label(job.axis_value), job.arm,
+                                 config), saved["grid"], history))
+  if not results:
+    raise FileNotFoundError(f"no finished jobs in {run_dir}/jobs")
+  return Run(run_dir, config, results)
+
+
+def find(run: Run, arm: str, axis_value: Any = None) -> Optional[JobResult]:
+  for r in run.results:
+    if r.job.arm == arm and (axis_value is None or
+                             r.job.axis_value == label(axis_value)):
+      return r
+  return None
+
+
+def eval_index(result: JobResult, samples: int) -> Optional[int]:
+  """Index of the evaluation after ``samples`` samples, if there is one."""
+  hits = np.flatnonzero(result.history["samples"] == samples)
+  return int(hits[0]) if hits.size else None
+
+
+def value(result: JobResult, key: str = "test_accuracy", point: int = 0,
+          at: int = -1) -> np.ndarray:
+  """Per-seed ``key`` at evaluation ``at`` and sweep point ``point``."""
+  return result.history[key][at, point]
+
+
+def compare(a: JobResult, b: JobResult, setting: str, key="test_accuracy",
+            point: int = 0, at: int = -1,
+            reduce: Callable[[np.ndarray], np.ndarray] = lambda v: v
+            ) -> Comparison:
+  """Paired ``key(a) - key(b)`` over seeds; non-finite values count as 0."""
+  va = np.nan_to_num(reduce(value(a, key, point, at)))
+  vb = np.nan_to_num(reduce(value(b, key, point, at)))
+  return Comparison(setting, a.job.arm, b.job.arm,
+                    stats.paired_difference(va, vb, level=LEVEL))
+
+
+def pairwise(run: Run, arm: str, reference: str, keep=lambda v, g: True,
+             at: int = -1, key: str = "test_accuracy") -> list[Comparison]:
+  """``arm - reference`` at every axis value and sweep point ``keep`` keeps."""
+  out = []
+  for r in run.results:
+    if r.job.arm != arm:
+      continue
+    base = find(run, reference, r.job.axis_value)
+    if base is None:
+      continue
+    for g, point in enumerate(r.grid):
+      if not keep(r.job.axis_value, point):
+        continue
+      parts = ([f"{run.config.axis.split('.')[-1]}={r.job.axis_value}"]
+               if run.config.axis else []) + [f"{k}={v:g}" for k, v in
+                                              point.items()]
+      out.append(compare(r, base, ", ".join(parts) or "-", key, g, at))
+  return out
+
+
+def verdict(primary: Sequence[Comparison],
+            secondary: Sequence[Comparison] = ()) -> tuple[str, str]:
+  """The verdict of :data:`RULE` and a one-line count of the evidence."""
+  n = len(primary)
+  better = sum(c.better for c in primary)
+  worse = sum(c.worse for c in primary)
+  better2 = sum(c.better for c in secondary)
+  if n and 2 * better >= n and worse == 0:
+    word = "reproduced"
+  elif better or better2:
+    word = "partly reproduced"
+  else:
+    word = "not reproduced"
+  if not n:
+    return word, "no claim settings in this run."
+  text = (f"`{primary[0].arm}` significantly better in {better}/{n} claim "
+          f"settings, significantly worse in {worse}/{n}")
+  if secondary:
+    text += (f"; `{secondary[0].arm}` significantly better in "
+             f"{better2}/{len(secondary)}, worse in "
+             f"{sum(c.worse for c in secondary)}/{len(secondary)}")
+  return word, text + "."
+
+
+def comparison_table(comparisons: Sequence[Comparison],
+                     what: str = "final test acc",
+                     words: tuple[str, str] = ("better", "worse")) -> str:
+  """Markdown rows: setting, arms, paired difference, significance.
+
+  ``words`` name a significant positive and negative difference.
+  """
+  lines = [f"| setting | arm - baseline | {what} difference [98% CI] | "
+           "significant |", "|---|---|---|---|"]
+  for c in comparisons:
+    sig = (f"yes, {words[0]}" if c.better else f"yes, {words[1]}"
+           if c.worse else "no")
+    lines.append(f"| {c.setting} | {c.arm} - {c.reference} | {c.diff} | "
+                 f"{sig} |")
+  return "\n".join(lines)
+
+
+def ratio_ci(num_a, num_b, den_a, den_b, level: float = LEVEL,
+             num_resamples: int = 500, seed: int = 0) -> stats.Estimate:
+  """Bootstrap CI of ``mean(num_a - num_b) / mean(den_a - den_b)``.
+
+  Seeds are resampled jointly (all four arrays are paired by index).
+  """
+  n_d = np.asarray(num_a, np.float64) - np.asarray(num_b, np.float64)
+  d_d = np.asarray(den_a, np.float64) - np.asarray(den_b, np.float64)
+  rng = np.random.default_rng(seed)
+  idx = rng.integers(0, n_d.size, (num_resamples, n_d.size))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    ratios = n_d[idx].mean(1) / d_d[idx].mean(1)
+    point = n_d.mean() / d_d.mean()
+  alpha = (1 - level) / 2
+  low, high = np.nanquantile(ratios, [alpha, 1 - alpha])
+  return stats.Estimate(float(point), float(low), float(high), n_d.size)
+
+
+def layer_summary(result: JobResult, point: int = 0, at: int = -1
+                  ) -> dict[str, float]:
+  """Seed means at one evaluation: diagnostics reduced over layers.
+
+  ``orth_err_hidden`` / ``orth_err_out``: orthonormality error, mean over
+  hidden layers / of the output layer; ``pr_hidden``:
+  mean participation ratio of the hidden layers; ``act_last_hidden``: the
+  last hidden layer's activation norm; ``weight_norm``: ``sqrt(sum_l
+  ||K_l||^2)``; ``fb_cos_hidden``: mean feedback cosine of hidden layers.
+  """
+  h = result.history
+  with warnings.catch_warnings():  # Diverged seeds give all-NaN slices.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    out = _layer_means(h, point, at)
+  return {k: float(v) for k, v in out.items()}
+
+
+def _layer_means(h: dict[str, np.ndarray], point: int, at: int
+                 ) -> dict[str, float]:
+  out = {}
+  if "orthonormality_error" in h:
+    orth = h["orthonormality_error"][at, point]  # (S, L)
+    out["orth_err_hidden"] = np.nanmean(orth[:, :-1])
+    out["orth_err_out"] = np.nanmean(orth[:, -1])
+    out["pr_hidden"] = np.nanmean(h["participation_ratio"][at, point, :, :-1])
+    out["act_last_hidden"] = np.nanmean(h["activation_norm"][at, point, :,
+                                                             -2])
+    out["weight_norm"] = np.nanmean(np.sqrt(np.sum(
+        h["weight_norm"][at, point] ** 2, axis=-1)))
+  if "feedback_cosine" in h:
+    out["fb_cos_hidden"] = np.nanmean(h["feedback_cosine"][at, point, :, :-1])
+  return out
+
+
+def diagnostics_table(run: Run, keep=lambda v, g: True) -> str:
+  """Markdown: final diagnostics per (axis value, sweep point, arm)."""
+  cols = ["orth_err_hidden", "orth_err_out", "pr_hidden", "act_last_hidden",
+          "weight_norm", "fb_cos_hidden"]
+  rows = []
+  for r in run.results:
+    for g, point in enumerate(r.grid):
+      if keep(r.job.axis_value, point):
+        setting = ", ".join(([f"{r.job.axis_value}"] if run.config.axis
+                             else []) + [f"{k}={v:g}" for k, v in
+                                         point.items()]) or "-"
+        rows.append((setting, r.job.arm, layer_summary(r, g)))
+  used = [c for c in cols if any(c in s for _, _, s in rows)]
+  if not used:
+    return ""
+  lines = ["| setting | arm | " + " | ".join(used) + " |",
+           "|---|---|" + "---|" * len(used)]
+  for setting, arm, s in rows:
+    lines.append(f"| {setting} | {arm} | " + " | ".join(
+        f"{s.get(c, float('nan')):.3g}" for c in used) + " |")
+  return "\n".join(lines)

@@ -1,0 +1,206 @@
+"""The claim each feedforward experiment tests, and its evidence from a run.
+
+``SECTIONS[name](run, figure_path) -> Section``: the claim in one sentence,
+the tables, the figure and the verdict computed by ``analysis.verdict`` (see
+``analysis.RULE``) over the settings the claim is about.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from experiments import analysis
+from experiments import figures
+from ojax import report
+from ojax import stats
+
+
+class Section(NamedTuple):
+  claim: str
+  scope: str  # Which settings the verdict counts.
+  tables: list[tuple[str, str]]  # (title, markdown)
+  figures: list[str]
+  verdict: str
+  evidence: str
+
+
+def _final_tables(run: analysis.Run) -> list[tuple[str, str]]:
+  return [("Final accuracy per arm (98% bootstrap CI; diverged = seeds with "
+           "a non-finite loss)", report.summary_table(run.results,
+                                                      run.config))]
+
+
+def _section(run, claim, scope, primary, secondary, tables, figure):
+  word, evidence = analysis.verdict(primary, secondary)
+  return Section(claim, scope, tables, [figure], word, evidence)
+
+
+def online(run: analysis.Run, figure: str) -> Section:
+  one_pass = 4000
+  primary, secondary, online_rows = [], [], []
+  for arm, out in (("bp_oja", primary), ("bp_oja_hidden", secondary)):
+    for r in run.results:
+      if r.job.arm != arm:
+        continue
+      base = analysis.find(run, "bp", r.job.axis_value)
+      e1 = analysis.eval_index(r, one_pass)
+      if e1 is not None and e1 != len(r.history["samples"]) - 1:
+        out.append(analysis.compare(r, base, f"hidden={r.job.axis_value}, "
+                                    f"1 pass ({one_pass})", at=e1))
+      n = int(r.history["samples"][-1])
+      out.append(analysis.compare(r, base, f"hidden={r.job.axis_value}, "
+                                  f"end ({n} samples)"))
+      stop = (e1 if e1 is not None else len(r.history["samples"]) - 1) + 1
+
+      def first_pass(h):
+        return np.nanmean(h["online_accuracy"][1:stop, 0], axis=0)
+      online_rows.append(analysis.Comparison(
+          f"hidden={r.job.axis_value}, first pass", arm, "bp",
+          stats.paired_difference(first_pass(r.history),
+                                  first_pass(base.history),
+                                  level=analysis.LEVEL)))
+  tables = _final_tables(run) + [
+      ("Paired difference in test accuracy (BP + Oja - BP)",
+       analysis.comparison_table(primary + secondary)),
+      ("Paired difference in online accuracy (each sample scored before it "
+       "is learned), mean over the first pass",
+       analysis.comparison_table(online_rows, "online acc")),
+      ("Diagnostics at the end (means over seeds)",
+       analysis.diagnostics_table(run))]
+  return _section(
+      run, "Under online (batch-1) learning, adding Oja's rule to backprop "
+      "improves on plain backprop, for the reference network and a wider "
+      "one, over one pass and several passes.",
+      "both widths, after 1 pass and at the end", primary, secondary, tables,
+      figures.curves(run, figure, mark_samples=one_pass))
+
+
+def deep_online(run: analysis.Run, figure: str) -> Section:
+  deep = lambda v, g: float(v) >= 10
+  primary = analysis.pairwise(run, "bp_oja", "bp", deep)
+  secondary = analysis.pairwise(run, "bp_oja_hidden", "bp", deep)
+  tables = _final_tables(run) + [
+      ("Paired difference in final test accuracy, every depth",
+       analysis.comparison_table(analysis.pairwise(run, "bp_oja", "bp") +
+                                 analysis.pairwise(run, "bp_oja_hidden",
+                                                   "bp"))),
+      ("Diagnostics at the end (means over seeds)",
+       analysis.diagnostics_table(run))]
+  return _section(
+      run, "In deep networks trained online, Oja's rule lets backprop learn "
+      "where plain backprop does poorly (accuracy against depth).",
+      "depth >= 10 hidden layers", primary, secondary, tables,
+      figures.versus_axis(run, figure))
+
+
+def _bad_gain(v, point) -> bool:
+  gain = point.get("model_gain", 1.0)
+  return gain < 0.5 or gain > 2.0
+
+
+def bad_init(run: analysis.Run, figure: str) -> Section:
+  primary = analysis.pairwise(run, "bp_oja", "bp", _bad_gain)
+  secondary = analysis.pairwise(run, "bp_oja_hidden", "bp", _bad_gain)
+  tables = _final_tables(run) + [
+      ("Paired difference in final test accuracy, every init scheme and "
+       "gain", analysis.comparison_table(
+           analysis.pairwise(run, "bp_oja", "bp") +
+           analysis.pairwise(run, "bp_oja_hidden", "bp"))),
+      ("Diagnostics at the end, Xavier-uniform (means over seeds)",
+       analysis.diagnostics_table(
+           run, lambda v, g: v == "xavier_uniform"))]
+  return _section(
+      run, "With badly scaled initial weights, backprop plus Oja's rule "
+      "learns better than backprop alone.",
+      "gains < 0.5 or > 2 (0.1, 0.25, 3) for every init scheme", primary,
+      secondary, tables, figures.versus_gain(run, figure))
+
+
+def tricks(run: analysis.Run, figure: str) -> Section:
+  bp = analysis.find(run, "bp")
+  primary = analysis.pairwise(run, "bp_oja", "bp")
+  secondary = analysis.pairwise(run, "bp_oja_hidden", "bp")
+  tricks_ = [r for r in run.results if r.job.arm not in
+             ("bp", "bp_oja", "bp_oja_hidden")]
+  trick_rows = [analysis.compare(r, bp, "-") for r in tricks_]
+  lines = ["| trick | trick - bp [98% CI] | oja arm | oja - bp [98% CI] | "
+           "recovered fraction [98% CI] |", "|---|---|---|---|---|"]
+  acc = lambda r: np.nan_to_num(analysis.value(r))
+  for r, t in zip(tricks_, trick_rows):
+    for oja_arm, c in (("bp_oja", primary), ("bp_oja_hidden", secondary)):
+      oja = analysis.find(run, oja_arm)
+      if oja is None or not c:
+        continue
+      if t.better:
+        frac = str(analysis.ratio_ci(acc(oja), acc(bp), acc(r), acc(bp)))
+      else:
+        frac = "n/a (trick gives no significant gain)"
+      lines.append(f"| {r.job.arm} | {t.diff} | {oja_arm} | {c[0].diff} | "
+                   f"{frac} |")
+  tables = _final_tables(run) + [
+      ("Paired differences against online plain BP",
+       analysis.comparison_table(primary + secondary + trick_rows)),
+      ("Fraction of each trick's gain that Oja recovers, "
+       "(oja - bp) / (trick - bp), paired bootstrap over seeds",
+       "\n".join(lines)),
+      ("Diagnostics at the end (means over seeds)",
+       analysis.diagnostics_table(run))]
+  return _section(
+      run, "Online backprop plus Oja's rule, with no engineering tricks, "
+      "recovers part of the gain that mini-batches, LayerNorm, Adam or a "
+      "well-chosen init give plain online backprop.",
+      "bp_oja vs bp (the recovered fractions are in the table)", primary,
+      secondary, tables, figures.bars(run, figure))
+
+
+def _total_norm(v_SxL: np.ndarray) -> np.ndarray:
+  return np.sqrt(np.sum(v_SxL ** 2, axis=-1))
+
+
+def feedback_alignment(run: analysis.Run, figure: str) -> Section:
+  primary = analysis.pairwise(run, "fa_oja", "fa")
+  secondary = analysis.pairwise(run, "fa_oja_hidden", "fa")
+  others = analysis.pairwise(run, "bp", "fa")
+  fa = analysis.find(run, "fa")
+  norms = [analysis.compare(r, fa, "end", "weight_norm", reduce=_total_norm)
+           for r in run.results if r.job.arm != "fa"]
+  growth = []
+  for r in run.results:
+    w = _total_norm(r.history["weight_norm"][:, 0])  # (E, S)
+    growth.append(f"| {r.job.arm} | {stats.bootstrap_ci(w[0])} | "
+                  f"{stats.bootstrap_ci(w[-1])} | "
+                  f"{stats.bootstrap_ci(w[-1] / w[0])} |")
+  tables = _final_tables(run) + [
+      ("Paired difference in final test accuracy against FA",
+       analysis.comparison_table(primary + secondary + others)),
+      ("Weight-norm growth: total norm sqrt(sum_l ||K_l||_F^2) at the start "
+       "and the end, and their ratio",
+       "| arm | start | end | end / start |\n|---|---|---|---|\n" +
+       "\n".join(growth)),
+      ("Paired difference in final total weight norm against FA",
+       analysis.comparison_table(norms, "weight norm", ("higher", "lower"))),
+      ("Paired difference in the last hidden layer's activation norm "
+       "against FA (exploding signals)", analysis.comparison_table(
+           [analysis.compare(r, fa, "end", "activation_norm",
+                             reduce=lambda v: v[:, -2])
+            for r in run.results if r.job.arm != "fa"],
+           "activation norm", ("higher", "lower"))),
+      ("Diagnostics at the end, with fb_cos_hidden = mean over hidden layers "
+       "of cos(FA update, true gradient) on 512 test inputs",
+       analysis.diagnostics_table(run))]
+  return _section(
+      run, "Feedback alignment (fixed random feedback weights) learns better "
+      "with Oja's rule added: higher accuracy and no unbounded weight "
+      "growth.", "fa_oja vs fa, final test accuracy (weight norms in the "
+      "tables)", primary, secondary, tables, figures.feedback(run, figure))
+
+
+SECTIONS: dict[str, Callable[[analysis.Run, str], Section]] = {
+    "online": online,
+    "deep_online": deep_online,
+    "bad_init": bad_init,
+    "tricks": tricks,
+    "feedback_alignment": feedback_alignment,
+}

@@ -1,0 +1,38 @@
+"""feedback_alignment: fixed random feedback weights, with and without Oja.
+
+The reference network trained online for three passes (12,000 samples) with
+backprop (``bp``), feedback alignment (``fa``: the backward pass sends errors
+through fixed random ``B`` drawn like the initial kernels, via
+``jax.custom_vjp``), and FA + Oja on every layer (``fa_oja``) or hidden
+layers only (``fa_oja_hidden``). Diagnostics add, per layer, the cosine
+between the FA update and the true gradient (``feedback_cosine``) and the
+weight norms over training. Rates tuned on a validation split
+(docs/tuning.md).
+"""
+
+import ml_collections
+
+from experiments.configs import base
+from experiments.configs import online
+
+# Chosen on the validation split (docs/tuning.md, study "feedback").
+FA_LR = 0.003
+FA_OJA = {"lr": 0.01, "oja_lr": 0.0003}
+FA_OJA_HIDDEN = {"lr": 0.01, "oja_lr": 0.0003}
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = base.get_base_config()
+  c.experiment = "feedback_alignment"
+  c.seeds = 10
+  c.num_samples = 12000
+  c.eval_every = 1000
+  c.reference_arm = "fa"
+  fa = {"model": {"feedback": "random"}}
+  c.arms = ml_collections.ConfigDict({
+      "bp": {"lr": online.BP_LR, "oja_lr": 0.0},
+      "fa": {**fa, "lr": FA_LR, "oja_lr": 0.0},
+      "fa_oja": {**fa, **FA_OJA, "oja_layers": "all"},
+      "fa_oja_hidden": {**fa, **FA_OJA_HIDDEN, "oja_layers": "hidden"},
+  })
+  return c

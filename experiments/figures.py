@@ -1,0 +1,174 @@
+"""Small summary figures of the five feedforward experiments (PNG, dpi 80).
+
+Every curve is the mean over seeds with a 98% bootstrap band (or error bars)
+from ``ojax.stats``; one color per arm, the same in every panel.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+from experiments import analysis
+from ojax import stats
+
+DPI = 80
+LEVEL = analysis.LEVEL
+
+
+def _colors(run: analysis.Run) -> dict[str, str]:
+  arms = list(dict.fromkeys(r.job.arm for r in run.results))
+  return {arm: f"C{i}" for i, arm in enumerate(arms)}
+
+
+def _band(ax, x, values_ExS, color, label):
+  mean, low, high = stats.bootstrap_band(values_ExS, LEVEL)
+  ax.plot(x, mean, color=color, label=label)
+  ax.fill_between(x, low, high, color=color, alpha=0.25)
+
+
+def _errorbars(ax, xs, per_seed: Sequence[np.ndarray], color, label):
+  ests = [stats.bootstrap_ci(np.nan_to_num(v), LEVEL) for v in per_seed]
+  ax.errorbar(xs, [e.mean for e in ests],
+              yerr=[[e.mean - e.low for e in ests],
+                    [e.high - e.mean for e in ests]],
+              color=color, marker="o", capsize=3, label=label)
+
+
+def _finish(fig, axes, title: str, path: str) -> str:
+  for ax in np.ravel(axes):
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=DPI)
+  plt.close(fig)
+  return path
+
+
+def _title(run: analysis.Run, what: str) -> str:
+  c = run.config
+  return (f"{c.experiment}: {what}\n({c.dataset}, {c.seeds} seeds, "
+          f"mean and {int(LEVEL * 100)}% bootstrap CI)")
+
+
+def curves(run: analysis.Run, path: str, keys=("test_accuracy",
+                                               "online_accuracy"),
+           mark_samples: int = 0) -> str:
+  """A row per axis value, a column per metric, value vs samples seen."""
+  values = list(dict.fromkeys(r.job.axis_value for r in run.results))
+  colors = _colors(run)
+  fig, axes = plt.subplots(len(values), len(keys), squeeze=False,
+                           figsize=(3.6 * len(keys), 2.8 * len(values)))
+  axis = run.config.axis.split(".")[-1] if run.config.axis else ""
+  for row, v in zip(axes, values):
+    for ax, key in zip(row, keys):
+      for r in run.results:
+        if r.job.axis_value != v:
+          continue
+        x, vals = r.history["samples"], r.history[key][:, 0]
+        keep = np.isfinite(vals).any(axis=1)  # online acc is NaN at 0.
+        _band(ax, x[keep], vals[keep], colors[r.job.arm], r.job.arm)
+      if mark_samples and mark_samples < x[-1]:
+        ax.axvline(mark_samples, color="gray", ls=":", lw=1)
+      ax.set_title(f"{axis}={v}" if axis else key, fontsize=9)
+      ax.set_xlabel("training samples seen")
+      ax.set_ylabel(key.replace("_", " "))
+  return _finish(fig, axes, _title(run, "learning curves"), path)
+
+
+def versus_axis(run: analysis.Run, path: str, log_y_keys=("act_last_hidden",)
+                ) -> str:
+  """Final accuracy and layer diagnostics against the axis value."""
+  colors = _colors(run)
+  panels = ("test_accuracy", "pr_hidden", "act_last_hidden")
+  names = {"test_accuracy": "final test accuracy",
+           "pr_hidden": "participation ratio (hidden mean)",
+           "act_last_hidden": "activation norm, last hidden"}
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0))
+  axis = run.config.axis.split(".")[-1]
+  for ax, panel in zip(axes, panels):
+    for arm in colors:
+      rs = [r for r in run.results if r.job.arm == arm]
+      xs = [float(r.job.axis_value) for r in rs]
+      if panel == "test_accuracy":
+        per_seed = [analysis.value(r) for r in rs]
+      elif panel == "pr_hidden":
+        per_seed = [np.nanmean(r.history["participation_ratio"][-1, 0, :, :-1],
+                               axis=-1) for r in rs]
+      else:
+        per_seed = [r.history["activation_norm"][-1, 0, :, -2] for r in rs]
+      _errorbars(ax, xs, per_seed, colors[arm], arm)
+    ax.set_xlabel(axis)
+    ax.set_ylabel(names[panel], fontsize=8)
+    if panel in log_y_keys:
+      ax.set_yscale("log")
+  return _finish(fig, axes, _title(run, f"after training, against {axis}"),
+                 path)
+
+
+def versus_gain(run: analysis.Run, path: str) -> str:
+  """Final test accuracy against the init gain, a panel per init scheme."""
+  colors = _colors(run)
+  values = list(dict.fromkeys(r.job.axis_value for r in run.results))
+  fig, axes = plt.subplots(1, len(values), squeeze=False,
+                           figsize=(3.4 * len(values), 3.0))
+  for ax, v in zip(axes[0], values):
+    for r in run.results:
+      if r.job.axis_value != v:
+        continue
+      gains = [p.get("model_gain", run.config.model.gain) for p in r.grid]
+      _errorbars(ax, gains, [analysis.value(r, point=g)
+                             for g in range(len(r.grid))],
+                 colors[r.job.arm], r.job.arm)
+    ax.set_xscale("log")
+    ax.set_title(f"init = {v}", fontsize=9)
+    ax.set_xlabel("init gain (x scheme's scale)")
+    ax.set_ylabel("final test accuracy")
+  return _finish(fig, axes, _title(run, "accuracy against init gain"), path)
+
+
+def bars(run: analysis.Run, path: str) -> str:
+  """Final test accuracy per arm, horizontal bars with CI error bars."""
+  rs = run.results
+  ests = [stats.bootstrap_ci(np.nan_to_num(analysis.value(r)), LEVEL)
+          for r in rs]
+  fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(rs) + 1.2))
+  y = np.arange(len(rs))
+  ax.barh(y, [e.mean for e in ests], color=[f"C{i}" for i in y],
+          xerr=[[e.mean - e.low for e in ests],
+                [e.high - e.mean for e in ests]],
+          capsize=3)
+  ax.set_yticks(y, [r.job.arm for r in rs])
+  lo = min(e.low for e in ests)
+  ax.set_xlim(max(0.0, lo - 0.05), min(1.0, max(e.high for e in ests) + 0.02))
+  ax.set_xlabel("final test accuracy")
+  ax.set_ylabel("arm")
+  return _finish(fig, np.array([ax]), _title(run, "same samples, each arm"),
+                 path)
+
+
+def feedback(run: analysis.Run, path: str) -> str:
+  """Accuracy, total weight norm and FA-gradient cosine over training."""
+  colors = _colors(run)
+  fig, axes = plt.subplots(1, 3, figsize=(11.0, 3.0))
+  for r in run.results:
+    x, h, c = r.history["samples"], r.history, colors[r.job.arm]
+    _band(axes[0], x, h["test_accuracy"][:, 0], c, r.job.arm)
+    norms = np.sqrt(np.sum(h["weight_norm"][:, 0] ** 2, axis=-1))
+    _band(axes[1], x, norms, c, r.job.arm)
+    if "feedback_cosine" in h:
+      cos = np.nanmean(h["feedback_cosine"][:, 0, :, :-1], axis=-1)
+      _band(axes[2], x, cos, c, r.job.arm)
+  labels = ("test accuracy", "total weight norm sqrt(sum ||K_l||^2)",
+            "cos(FA update, gradient), hidden mean")
+  for ax, name in zip(axes, labels):
+    ax.set_xlabel("training samples seen")
+    ax.set_ylabel(name, fontsize=8)
+  return _finish(fig, axes, _title(run, "feedback alignment"), path)
