@@ -9,7 +9,7 @@ export MALLOC_MMAP_THRESHOLD_ ?= 8000000
 export MALLOC_TRIM_THRESHOLD_ ?= 100000000
 export MALLOC_TOP_PAD_ ?= 67108864
 
-.PHONY: install experiment test bench results sweep clean
+.PHONY: install experiment test bench results tune sweep clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench: $(VENV)/.installed-bench
 
 results: $(VENV)/.installed
 	$(PY) experiments/results.py $(ARGS)
+
+tune: $(VENV)/.installed
+	$(PY) experiments/tune.py $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -61,6 +61,7 @@ STUDIES: dict[str, dict[str, Any]] = {
                 "bp_batch16": {"batch_size": 16},
                 "bp_layernorm": {"model": {"layer_norm": True}},
                 "bp_he": {"model": {"kernel_init": "he"}},
+                "bp_orthogonal": {"model": {"kernel_init": "orthogonal"}},
             }),
             "adam": ({"sweep": {"lr": ADAM_LRS}},
                      {"bp_adam": {"optimizer": "adam"}}),
