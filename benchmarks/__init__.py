@@ -1,0 +1,1 @@
+"""Speed benchmarks of the online (batch-1) loop: ``make bench``."""
