@@ -78,16 +78,21 @@ def prep(args: argparse.Namespace) -> dict[str, Any]:
   return {"arch": args.arch, "samples": int(len(problem.order_T))}
 
 
-def ojax_scan(args: argparse.Namespace) -> dict[str, Any]:
-  """ojax's compiled ``lax.scan`` loop for one seed (no vmap)."""
-  import jax
-  from benchmarks import jax_loops
+def _one_seed(args: argparse.Namespace):
+  """The problem, its sample count, model, optimizer, checked state, data."""
   problem = common.Problem.load(args.problem)
-  samples = int(len(problem.order_T))
   model, tx = common.make_model(problem.arch), common.make_tx(args.rule)
   state = common.init_state(problem.arch, args.rule)
   _check_init(problem, state.params)
   x, y = _jax_arrays(problem)
+  return problem, int(len(problem.order_T)), model, tx, state, x, y
+
+
+def ojax_scan(args: argparse.Namespace) -> dict[str, Any]:
+  """ojax's compiled ``lax.scan`` loop for one seed (no vmap)."""
+  import jax
+  from benchmarks import jax_loops
+  _, samples, model, tx, state, x, y = _one_seed(args)
   fn, compile_s = jax_loops.compile_scan(model, tx, state, x, y, samples)
   start = jax.numpy.asarray(0, jax.numpy.int32)
   out = []
@@ -126,12 +131,7 @@ def ojax_vmap(args: argparse.Namespace) -> dict[str, Any]:
 def jax_pyloop(args: argparse.Namespace) -> dict[str, Any]:
   """One jitted step per sample, called from a Python loop."""
   from benchmarks import jax_loops
-  problem = common.Problem.load(args.problem)
-  samples = int(len(problem.order_T))
-  model, tx = common.make_model(problem.arch), common.make_tx(args.rule)
-  state = common.init_state(problem.arch, args.rule)
-  _check_init(problem, state.params)
-  x, y = _jax_arrays(problem)
+  problem, samples, model, tx, state, x, y = _one_seed(args)
   step = jax_loops.make_python_step(model, tx)
   tic = time.perf_counter()
   jax_loops.python_loop(step, jax_loops.copy_tree(state.params),
