@@ -114,12 +114,10 @@ def _curves(history, settings, seeds, config, path: str) -> str:
     for row, (key, label) in enumerate(keys):
       ax = axes[row][col]
       for g, s in enumerate(settings):
-        if s["radius"] != r:
+        if s["radius"] != r or s["lr"] != max(config.lrs):
           continue
         vals = history[key][:, g * seeds:(g + 1) * seeds]
         mean, low, high = stats.bootstrap_band(vals, rf.LEVEL, rf.RESAMPLES)
-        if s["lr"] != max(config.lrs):
-          continue
         color, style = STYLES[s["arm"]]
         ax.plot(x, mean, style, color=color, label=s["arm"])
         ax.fill_between(x, low, high, color=color, alpha=0.2)
@@ -146,12 +144,10 @@ def _per_delay(history, settings, seeds, config, key: str, path: str,
   for col, r in enumerate(radii):
     ax = axes[0][col]
     for g, s in enumerate(settings):
-      if s["radius"] != r:
+      if s["radius"] != r or s["lr"] != max(config.lrs):
         continue
       vals = history[key][-1, g * seeds:(g + 1) * seeds]  # (S, K)
       mean, low, high = stats.bootstrap_band(vals.T, rf.LEVEL, rf.RESAMPLES)
-      if s["lr"] != max(config.lrs):
-        continue
       color, style = STYLES[s["arm"]]
       ax.plot(k, mean, style, color=color, label=s["arm"])
       ax.fill_between(k, low, high, color=color, alpha=0.2)

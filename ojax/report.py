@@ -31,10 +31,6 @@ from ojax.experiment import JobResult
 LEVEL = 0.98
 
 
-def _scalar_keys(history: dict[str, np.ndarray]) -> list[str]:
-  return [k for k, v in history.items() if k != "samples" and v.ndim == 3]
-
-
 def _jsonable(x: Any) -> Any:
   """Plain JSON values; NaN and inf become null (strict JSON has neither)."""
   if isinstance(x, (np.ndarray, list, tuple)):
