@@ -1,13 +1,16 @@
-r"""Reads a finished classifier run and compares its arms, paired over seeds.
+r"""Compares the arms of a finished run, paired over seeds.
 
-A run directory (``ojax.report``) holds ``config.json`` and ``jobs/<id>.json``
-with each job's history, ``history[key]`` shaped ``(E, G, S)`` (evaluations,
-sweep points, seeds) or ``(E, G, S, L)`` for per-layer diagnostics.
+A run is its config and its job results (``experiments.runner.JobResult``),
+each with ``history[key]`` shaped ``(E, G, S)`` (evaluations, sweep points,
+seeds) or ``(E, G, S, L)`` for per-layer diagnostics.
 
 Every comparison is a paired difference over seeds of a metric between an arm
 and a reference arm at one *setting* (axis value, sweep point, evaluation):
 ``d_s = m_s(arm) - m_s(ref)``, mean with a 98% percentile-bootstrap CI (500
-resamples). It is *significant* when the CI excludes 0.
+resamples). It is *significant* when the CI excludes 0. Seeds that diverged
+(``diverged_at >= 0``, see ``ojax.train``) in either arm are left out of the
+pairs and counted apart; with fewer than ``stats.MIN_SEEDS`` pairs left there
+is no interval.
 
 Verdict rule (the same for every experiment): over the settings the claim is
 about, the primary Oja arm (the reference formulation) is compared with its
@@ -17,7 +20,8 @@ baseline on final test accuracy.
   below 0 in none;
 - partly reproduced: above 0 in at least one claim setting, for the primary
   arm or the hidden-layers-only arm;
-- not reproduced: otherwise.
+- not reproduced: otherwise;
+- no verdict: fewer than ``MIN_SEEDS_VERDICT`` seeds per arm.
 """
 
 from __future__ import annotations
@@ -30,17 +34,20 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import ml_collections
 import numpy as np
 
-from ojax import stats
-from ojax.experiment import Job, JobResult, expand
+from experiments import stats
+from experiments.config import Job, expand
+from experiments.runner import JobResult
 
-LEVEL = 0.98
+MIN_SEEDS_VERDICT = 3
 RULE = ("Verdict rule: over the claim's settings, the paired difference "
         "(Oja arm - baseline, final test accuracy, 98% bootstrap CI over "
         "seeds) of the reference-formulation arm (Oja on all layers) is "
         "*reproduced* if its CI is above 0 in at least half of the settings "
         "and below 0 in none; *partly reproduced* if it is above 0 in at least "
         "one setting for the all-layers or the hidden-only arm; *not "
-        "reproduced* otherwise.")
+        "reproduced* otherwise. With fewer than "
+        f"{MIN_SEEDS_VERDICT} seeds per arm there is no verdict. Seeds that "
+        "diverged in either arm are left out of the pairs and counted apart.")
 
 
 class Run(NamedTuple):
@@ -54,6 +61,7 @@ class Comparison(NamedTuple):
   arm: str
   reference: str
   diff: stats.Estimate
+  diverged: tuple[int, int] = (0, 0)  # Seeds left out: (arm, reference).
 
   @property
   def better(self) -> bool:
@@ -69,6 +77,15 @@ def label(value: Any) -> str:
   if isinstance(value, (list, tuple)):
     return "-".join(str(v) for v in value)
   return str(value)
+
+
+def from_results(run_dir: str, config: ml_collections.ConfigDict,
+                 results: Sequence[JobResult]) -> Run:
+  """A :class:`Run` of results in memory; axis values become labels."""
+  return Run(run_dir, config, [
+      JobResult(Job(r.job.id, label(r.job.axis_value), r.job.arm, config),
+                r.grid, {k: np.asarray(v, np.float64)
+                         for k, v in r.history.items()}) for r in results])
 
 
 def load_run(run_dir: str) -> Run:
@@ -111,15 +128,23 @@ def value(result: JobResult, key: str = "test_accuracy", point: int = 0,
   return result.history[key][at, point]
 
 
+def diverged(result: JobResult, point: int = 0, at: int = -1) -> np.ndarray:
+  """Per seed: did it diverge by evaluation ``at``?"""
+  return np.asarray(result.history["diverged_at"][at, point]) >= 0
+
+
 def compare(a: JobResult, b: JobResult, setting: str, key="test_accuracy",
             point: int = 0, at: int = -1,
             reduce: Callable[[np.ndarray], np.ndarray] = lambda v: v
             ) -> Comparison:
-  """Paired ``key(a) - key(b)`` over seeds; non-finite values count as 0."""
-  va = np.nan_to_num(reduce(value(a, key, point, at)))
-  vb = np.nan_to_num(reduce(value(b, key, point, at)))
+  """Paired ``key(a) - key(b)`` over seeds that diverged in neither arm."""
+  da, db = diverged(a, point, at), diverged(b, point, at)
+  keep = ~da & ~db
+  va = reduce(value(a, key, point, at))[keep]
+  vb = reduce(value(b, key, point, at))[keep]
   return Comparison(setting, a.job.arm, b.job.arm,
-                    stats.paired_difference(va, vb, level=LEVEL))
+                    stats.paired_difference(va, vb),
+                    (int(da.sum()), int(db.sum())))
 
 
 def pairwise(run: Run, arm: str, reference: str, keep=lambda v, g: True,
@@ -146,6 +171,10 @@ def verdict(primary: Sequence[Comparison],
             secondary: Sequence[Comparison] = ()) -> tuple[str, str]:
   """The verdict of :data:`RULE` and a one-line count of the evidence."""
   n = len(primary)
+  seeds = min([c.diff.n + max(c.diverged) for c in primary] or [0])
+  if n and seeds < MIN_SEEDS_VERDICT:
+    return "no verdict", (f"only {seeds} seed(s) per arm; the rule needs at "
+                          f"least {MIN_SEEDS_VERDICT}.")
   better = sum(c.better for c in primary)
   worse = sum(c.worse for c in primary)
   better2 = sum(c.better for c in secondary)
@@ -173,18 +202,20 @@ def comparison_table(comparisons: Sequence[Comparison],
 
   ``words`` name a significant positive and negative difference.
   """
-  lines = [f"| setting | arm - baseline | {what} difference [98% CI] | "
-           "significant |", "|---|---|---|---|"]
+  lines = [f"| setting | arm - baseline | {what} difference "
+           f"[{stats.LEVEL:.0%} CI] | significant | diverged (arm / base) |",
+           "|---|---|---|---|---|"]
   for c in comparisons:
     sig = (f"yes, {words[0]}" if c.better else f"yes, {words[1]}"
-           if c.worse else "no")
+           if c.worse else "n/a" if not np.isfinite(c.diff.low) else "no")
     lines.append(f"| {c.setting} | {c.arm} - {c.reference} | {c.diff} | "
-                 f"{sig} |")
+                 f"{sig} | {c.diverged[0]} / {c.diverged[1]} |")
   return "\n".join(lines)
 
 
-def ratio_ci(num_a, num_b, den_a, den_b, level: float = LEVEL,
-             num_resamples: int = 500, seed: int = 0) -> stats.Estimate:
+def ratio_ci(num_a, num_b, den_a, den_b, level: float = stats.LEVEL,
+             num_resamples: int = stats.RESAMPLES, seed: int = 0
+             ) -> stats.Estimate:
   """Bootstrap CI of ``mean(num_a - num_b) / mean(den_a - den_b)``.
 
   Seeds are resampled jointly (all four arrays are paired by index).

@@ -1,43 +1,46 @@
-"""The claim each feedforward experiment tests, and its evidence from a run.
+"""The claim each experiment tests, and its evidence from a run.
 
-``SECTIONS[name](run, figure_path) -> Section``: the claim in one sentence,
-the tables, the figure and the verdict computed by ``analysis.verdict`` (see
-``analysis.RULE``) over the settings the claim is about.
+``section(run) -> Section``: for an experiment in ``SECTIONS``, the claim in
+one sentence, the tables, the figure and the verdict computed by
+``analysis.verdict`` (see ``analysis.RULE``) over the settings the claim is
+about; for any other run (a tuning sweep, a new config), its tables and
+figures without a verdict.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import os
+from typing import Callable
 
 import numpy as np
 
 from experiments import analysis
 from experiments import figures
-from ojax import report
-from ojax import stats
+from experiments import report
+from experiments import stats
+from experiments.report import Section
 
 
-class Section(NamedTuple):
-  claim: str
-  scope: str  # Which settings the verdict counts.
-  tables: list[tuple[str, str]]  # (title, markdown)
-  figures: list[str]
-  verdict: str
-  evidence: str
+def _final_tables(run: analysis.Run, keys=("test_accuracy",
+                                           "online_accuracy")
+                  ) -> list[tuple[str, str]]:
+  return [(f"Final metrics per arm ({stats.LEVEL:.0%} bootstrap CI over the "
+           "seeds that did not diverge; diverged: see ojax.train)",
+           report.summary_table(run.results, run.config, keys))]
 
 
-def _final_tables(run: analysis.Run) -> list[tuple[str, str]]:
-  return [("Final accuracy per arm (98% bootstrap CI; diverged = seeds with "
-           "a non-finite loss)", report.summary_table(run.results,
-                                                      run.config))]
+def _figure(run: analysis.Run, name: str) -> str:
+  return os.path.join(run.run_dir, f"{name}.png")
 
 
-def _section(run, claim, scope, primary, secondary, tables, figure):
+def _section(run, claim, scope, primary, secondary, tables, figure_paths):
   word, evidence = analysis.verdict(primary, secondary)
-  return Section(claim, scope, tables, [figure], word, evidence)
+  return Section(claim, scope, tables,
+                 [os.path.basename(p) for p in figure_paths], word, evidence)
 
 
-def online(run: analysis.Run, figure: str) -> Section:
+def online(run: analysis.Run) -> Section:
+  figure = _figure(run, 'online')
   one_pass = 4000
   primary, secondary, online_rows = [], [], []
   for arm, out in (("bp_oja", primary), ("bp_oja_hidden", secondary)):
@@ -59,8 +62,7 @@ def online(run: analysis.Run, figure: str) -> Section:
       online_rows.append(analysis.Comparison(
           f"hidden={r.job.axis_value}, first pass", arm, "bp",
           stats.paired_difference(first_pass(r.history),
-                                  first_pass(base.history),
-                                  level=analysis.LEVEL)))
+                                  first_pass(base.history))))
   tables = _final_tables(run) + [
       ("Paired difference in test accuracy (BP + Oja - BP)",
        analysis.comparison_table(primary + secondary)),
@@ -74,10 +76,11 @@ def online(run: analysis.Run, figure: str) -> Section:
       "improves on plain backprop, for the reference network and a wider "
       "one, over one pass and several passes.",
       "both widths, after 1 pass and at the end", primary, secondary, tables,
-      figures.curves(run, figure, mark_samples=one_pass))
+      [figures.curves(run, figure, mark_samples=one_pass)])
 
 
-def deep_online(run: analysis.Run, figure: str) -> Section:
+def deep_online(run: analysis.Run) -> Section:
+  figure = _figure(run, 'deep_online')
   deep = lambda v, g: float(v) >= 10
   primary = analysis.pairwise(run, "bp_oja", "bp", deep)
   secondary = analysis.pairwise(run, "bp_oja_hidden", "bp", deep)
@@ -92,7 +95,7 @@ def deep_online(run: analysis.Run, figure: str) -> Section:
       run, "In deep networks trained online, Oja's rule lets backprop learn "
       "where plain backprop does poorly (accuracy against depth).",
       "depth >= 10 hidden layers", primary, secondary, tables,
-      figures.versus_axis(run, figure))
+      [figures.versus_axis(run, figure)])
 
 
 def _bad_gain(v, point) -> bool:
@@ -100,7 +103,8 @@ def _bad_gain(v, point) -> bool:
   return gain < 0.5 or gain > 2.0
 
 
-def bad_init(run: analysis.Run, figure: str) -> Section:
+def bad_init(run: analysis.Run) -> Section:
+  figure = _figure(run, 'bad_init')
   primary = analysis.pairwise(run, "bp_oja", "bp", _bad_gain)
   secondary = analysis.pairwise(run, "bp_oja_hidden", "bp", _bad_gain)
   tables = _final_tables(run) + [
@@ -115,10 +119,11 @@ def bad_init(run: analysis.Run, figure: str) -> Section:
       run, "With badly scaled initial weights, backprop plus Oja's rule "
       "learns better than backprop alone.",
       "gains < 0.5 or > 2 (0.1, 0.25, 3) for every init scheme", primary,
-      secondary, tables, figures.versus_gain(run, figure))
+      secondary, tables, [figures.versus_gain(run, figure)])
 
 
-def tricks(run: analysis.Run, figure: str) -> Section:
+def tricks(run: analysis.Run) -> Section:
+  figure = _figure(run, 'tricks')
   bp = analysis.find(run, "bp")
   primary = analysis.pairwise(run, "bp_oja", "bp")
   secondary = analysis.pairwise(run, "bp_oja_hidden", "bp")
@@ -152,14 +157,15 @@ def tricks(run: analysis.Run, figure: str) -> Section:
       "recovers part of the gain that mini-batches, LayerNorm, Adam or a "
       "well-chosen init give plain online backprop.",
       "bp_oja vs bp (the recovered fractions are in the table)", primary,
-      secondary, tables, figures.bars(run, figure))
+      secondary, tables, [figures.bars(run, figure)])
 
 
 def _total_norm(v_SxL: np.ndarray) -> np.ndarray:
   return np.sqrt(np.sum(v_SxL ** 2, axis=-1))
 
 
-def feedback_alignment(run: analysis.Run, figure: str) -> Section:
+def feedback_alignment(run: analysis.Run) -> Section:
+  figure = _figure(run, 'feedback_alignment')
   primary = analysis.pairwise(run, "fa_oja", "fa")
   secondary = analysis.pairwise(run, "fa_oja_hidden", "fa")
   others = analysis.pairwise(run, "bp", "fa")
@@ -194,13 +200,63 @@ def feedback_alignment(run: analysis.Run, figure: str) -> Section:
       run, "Feedback alignment (fixed random feedback weights) learns better "
       "with Oja's rule added: higher accuracy and no unbounded weight "
       "growth.", "fa_oja vs fa, final test accuracy (weight norms in the "
-      "tables)", primary, secondary, tables, figures.feedback(run, figure))
+      "tables)", primary, secondary, tables, [figures.feedback(run, figure)])
 
 
-SECTIONS: dict[str, Callable[[analysis.Run, str], Section]] = {
+def recurrent_memory(run: analysis.Run) -> Section:
+  mc = "memory_capacity"
+  primary = analysis.pairwise(run, "bp_oja", "bp", key=mc)
+  attribution = (analysis.pairwise(run, "bp_oja_rec", "bp", key=mc) +
+                 analysis.pairwise(run, "bp_oja_in", "bp", key=mc))
+  tables = _final_tables(run, (mc, "test_loss", "spectral_radius",
+                               "participation_ratio")) + [
+      ("Paired difference in final memory capacity against bp",
+       analysis.comparison_table(primary + attribution, "memory capacity",
+                                 ("higher", "lower")))]
+  word, evidence = analysis.verdict(primary)
+  for arm, what in (("bp_oja_rec", "W_rec only"), ("bp_oja_in", "W_in only")):
+    cs = [c for c in attribution if c.arm == arm]
+    if cs:
+      evidence += (f" Attribution, Oja on {what}: higher in "
+                   f"{sum(c.better for c in cs)}/{len(cs)}, lower in "
+                   f"{sum(c.worse for c in cs)}/{len(cs)} settings.")
+  paths = [figures.curves(run, _figure(run, "recurrent_memory_curves"),
+                          keys=(mc, "spectral_radius",
+                                "participation_ratio")),
+           figures.per_delay(run, _figure(run, "recurrent_memory_delays"))]
+  return Section(
+      "Oja's rule improves the short-term memory (memory capacity) of "
+      "recurrent networks trained by backpropagation through time.",
+      "bp_oja vs bp at every (initial radius, SGD rate)", tables,
+      [os.path.basename(p) for p in paths], word, evidence)
+
+
+def generic(run: analysis.Run) -> Section:
+  """Tables and figures of a run that tests no claim (no verdict)."""
+  ref = run.config.reference_arm
+  comparisons = [c for arm in dict.fromkeys(r.job.arm for r in run.results)
+                 if arm != ref for c in analysis.pairwise(run, arm, ref)]
+  tables = _final_tables(run)
+  if comparisons:
+    tables.append((f"Paired difference against `{ref}`",
+                   analysis.comparison_table(comparisons)))
+  paths = [figures.curves(run, _figure(run, "curves"))]
+  for r in run.results:
+    if len(r.grid) > 1:
+      paths.append(figures.sweep(r, _figure(run, f"sweep-{r.job.id}")))
+  return Section("", "", tables, [os.path.basename(p) for p in paths], "", "")
+
+
+SECTIONS: dict[str, Callable[[analysis.Run], Section]] = {
     "online": online,
     "deep_online": deep_online,
     "bad_init": bad_init,
     "tricks": tricks,
     "feedback_alignment": feedback_alignment,
+    "recurrent_memory": recurrent_memory,
 }
+
+
+def section(run: analysis.Run) -> Section:
+  """The run's section: its claim's, or the generic one."""
+  return SECTIONS.get(run.config.experiment, generic)(run)

@@ -1,7 +1,8 @@
-"""Small summary figures of the five feedforward experiments (PNG, dpi 80).
+"""The figures of every report (PNG, dpi 80).
 
-Every curve is the mean over seeds with a 98% bootstrap band (or error bars)
-from ``ojax.stats``; one color per arm, the same in every panel.
+Every curve is the mean over the seeds that did not diverge, with a bootstrap
+band (or error bars) from ``experiments.stats``; one color per arm, the same
+in every panel.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from experiments import analysis
-from ojax import stats
+from experiments import stats
 
 DPI = 80
-LEVEL = analysis.LEVEL
+LEVEL = stats.LEVEL
 
 
 def _colors(run: analysis.Run) -> dict[str, str]:
@@ -26,14 +27,16 @@ def _colors(run: analysis.Run) -> dict[str, str]:
   return {arm: f"C{i}" for i, arm in enumerate(arms)}
 
 
-def _band(ax, x, values_ExS, color, label):
+def _band(ax, x, values_ExS, color, label, diverged_S=None):
+  if diverged_S is not None:
+    values_ExS = values_ExS[:, ~diverged_S]
   mean, low, high = stats.bootstrap_band(values_ExS, LEVEL)
   ax.plot(x, mean, color=color, label=label)
   ax.fill_between(x, low, high, color=color, alpha=0.25)
 
 
 def _errorbars(ax, xs, per_seed: Sequence[np.ndarray], color, label):
-  ests = [stats.bootstrap_ci(np.nan_to_num(v), LEVEL) for v in per_seed]
+  ests = [stats.bootstrap_ci(v, LEVEL) for v in per_seed]
   ax.errorbar(xs, [e.mean for e in ests],
               yerr=[[e.mean - e.low for e in ests],
                     [e.high - e.mean for e in ests]],
@@ -54,8 +57,8 @@ def _finish(fig, axes, title: str, path: str) -> str:
 
 def _title(run: analysis.Run, what: str) -> str:
   c = run.config
-  return (f"{c.experiment}: {what}\n({c.dataset}, {c.seeds} seeds, "
-          f"mean and {int(LEVEL * 100)}% bootstrap CI)")
+  return (f"{c.experiment}: {what}\n({c.get('dataset', c.task)}, {c.seeds} "
+          f"seeds, mean and {int(LEVEL * 100)}% bootstrap CI)")
 
 
 def curves(run: analysis.Run, path: str, keys=("test_accuracy",
@@ -74,7 +77,8 @@ def curves(run: analysis.Run, path: str, keys=("test_accuracy",
           continue
         x, vals = r.history["samples"], r.history[key][:, 0]
         keep = np.isfinite(vals).any(axis=1)  # online acc is NaN at 0.
-        _band(ax, x[keep], vals[keep], colors[r.job.arm], r.job.arm)
+        _band(ax, x[keep], vals[keep], colors[r.job.arm], r.job.arm,
+              analysis.diverged(r))
       if mark_samples and mark_samples < x[-1]:
         ax.axvline(mark_samples, color="gray", ls=":", lw=1)
       ax.set_title(f"{axis}={v}" if axis else key, fontsize=9)
@@ -137,7 +141,7 @@ def versus_gain(run: analysis.Run, path: str) -> str:
 def bars(run: analysis.Run, path: str) -> str:
   """Final test accuracy per arm, horizontal bars with CI error bars."""
   rs = run.results
-  ests = [stats.bootstrap_ci(np.nan_to_num(analysis.value(r)), LEVEL)
+  ests = [stats.bootstrap_ci(analysis.value(r)[~analysis.diverged(r)], LEVEL)
           for r in rs]
   fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(rs) + 1.2))
   y = np.arange(len(rs))
@@ -172,3 +176,54 @@ def feedback(run: analysis.Run, path: str) -> str:
     ax.set_xlabel("training samples seen")
     ax.set_ylabel(name, fontsize=8)
   return _finish(fig, axes, _title(run, "feedback alignment"), path)
+
+
+def per_delay(run: analysis.Run, path: str, key: str = "r2_per_delay") -> str:
+  """Memory task: final r^2 against the delay, a panel per axis value."""
+  colors = _colors(run)
+  values = list(dict.fromkeys(r.job.axis_value for r in run.results))
+  fig, axes = plt.subplots(1, len(values), squeeze=False,
+                           figsize=(3.6 * len(values), 3.0))
+  axis = run.config.axis.split(".")[-1] if run.config.axis else ""
+  for ax, v in zip(axes[0], values):
+    for r in run.results:
+      if r.job.axis_value != v:
+        continue
+      vals = r.history[key][-1, 0]  # (S, K)
+      k = np.arange(1, vals.shape[-1] + 1)
+      _band(ax, k, vals.T, colors[r.job.arm], r.job.arm, analysis.diverged(r))
+    ax.set_title(f"{axis}={v}" if axis else key, fontsize=9)
+    ax.set_xlabel("delay k")
+    ax.set_ylabel("r^2 after training")
+  return _finish(fig, axes, _title(run, "recall per delay"), path)
+
+
+def sweep(result, path: str) -> str:
+  """Heat map of final mean test accuracy over the first two swept fields."""
+  fields = list(result.grid[0])
+  fx, fy = fields[0], (fields[1] if len(fields) > 1 else None)
+  xs = sorted({p[fx] for p in result.grid})
+  ys = sorted({p[fy] for p in result.grid}) if fy else [None]
+  acc = np.full((len(ys), len(xs)), np.nan)
+  for g, p in enumerate(result.grid):
+    ok = ~analysis.diverged(result, g)
+    if ok.any():
+      acc[ys.index(p[fy]) if fy else 0, xs.index(p[fx])] = np.mean(
+          analysis.value(result, point=g)[ok])
+  fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 2, 0.8 * len(ys) + 1.8))
+  im = ax.imshow(acc, origin="lower", cmap="viridis", aspect="auto")
+  middle = np.nanmean([np.nanmin(acc), np.nanmax(acc)])
+  for i in range(len(ys)):
+    for j in range(len(xs)):
+      ax.text(j, i, f"{acc[i, j]:.3f}", ha="center", va="center", fontsize=7,
+              color="k" if acc[i, j] > middle else "w")
+  ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+  ax.set_xlabel(fx)
+  if fy:
+    ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+    ax.set_ylabel(fy)
+  else:
+    ax.set_yticks([])
+  fig.colorbar(im, ax=ax, label="final test accuracy (mean, not diverged)")
+  ax.set_title(f"{result.job.id}: sweep")
+  return _finish(fig, np.array([]), f"{result.job.id}", path)

@@ -7,6 +7,10 @@ the nonlinearity; for the output layer ``softmax(logits)`` by default, as in
 the reference formulation), ``None`` at biases and norm parameters. The tree
 feeds straight into ``ojax.oja``'s ``activations=`` argument.
 
+``RNN.apply(variables, x_BxTxD)`` returns ``(o_BxTxO, activations)`` with
+``Trace(x_t, h_t)`` at ``W_in`` and ``Trace(h_{t-1}, h_t)`` at ``W_rec`` (per
+time step; the rule averages over batch and time) and ``None`` at the readout.
+
 Linen is used (not NNX) because its modules are pure functions of explicit
 variables, which is what ``jit(vmap(scan(...)))`` over seeds wants.
 """
@@ -191,3 +195,62 @@ class MLP(nn.Module):
       activations[name] = trace
       y = post if i != last else z
     return y, activations
+
+
+RNN_ACTIVATIONS = ("tanh", "softplus")
+
+
+class RNN(nn.Module):
+  """Vanilla RNN with a linear readout that returns its traces.
+
+  Attributes:
+    hidden: number of recurrent units H.
+    outputs: readout size O (one unit per delay in the memory task).
+    activation: ``tanh`` or ``softplus`` (sharpness ``beta``).
+    beta: softplus sharpness.
+    input_scale: std of ``W_in`` entries.
+    radius: ``W_rec ~ N(0, radius^2 / H)``, whose spectral radius is close to
+      ``radius`` for large H (circular law).
+  """
+
+  hidden: int = 64
+  outputs: int = 10
+  activation: str = "tanh"
+  beta: float = 10.0
+  input_scale: float = 1.0
+  radius: float = 1.0
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    """Returns ``(o_BxTxO, activations)``; see the module docstring."""
+    if self.activation not in RNN_ACTIVATIONS:
+      raise ValueError(f"activation={self.activation!r} is not known; choose "
+                       f"one of {', '.join(RNN_ACTIVATIONS)}.")
+    f = activation_fn(self.activation, self.beta)
+    d, h = x_BxTxD.shape[-1], self.hidden
+    w_in_DxH = self.param("W_in", nn.initializers.normal(self.input_scale),
+                          (d, h))
+    w_rec_HxH = self.param(
+        "W_rec", nn.initializers.normal(self.radius / h**0.5), (h, h))
+    w_out_HxO = self.param("W_out", nn.initializers.lecun_normal(),
+                           (h, self.outputs))
+    b_out_O = self.param("b_out", nn.initializers.zeros, (self.outputs,))
+    drive_BxTxH = x_BxTxD @ w_in_DxH
+
+    def step(h_BxH, drive_t_BxH):
+      h_new = f(drive_t_BxH + h_BxH @ w_rec_HxH)
+      return h_new, (h_BxH, h_new)
+
+    h0_BxH = jnp.zeros(x_BxTxD.shape[:-2] + (h,), x_BxTxD.dtype)
+    _, (prev_TxBxH, h_TxBxH) = jax.lax.scan(
+        step, h0_BxH, jnp.swapaxes(drive_BxTxH, 0, -2))
+    prev_BxTxH = jnp.swapaxes(prev_TxBxH, 0, -2)
+    h_BxTxH = jnp.swapaxes(h_TxBxH, 0, -2)
+    o_BxTxO = h_BxTxH @ w_out_HxO + b_out_O
+    activations = {
+        "W_in": Trace(pre=x_BxTxD, post=h_BxTxH),
+        "W_rec": Trace(pre=prev_BxTxH, post=h_BxTxH),
+        "W_out": None,
+        "b_out": None,
+    }
+    return o_BxTxO, activations

@@ -1,33 +1,43 @@
-"""The compiled online training loop: ``jit(vmap over seeds(scan over samples))``.
+"""The one online loop: ``jit(vmap over seeds(scan over steps))``.
 
-One *chunk* trains every seed on ``eval_every`` samples with ``lax.scan`` (batch
-size 1 by default), then evaluates on held-out data, all in one compiled call.
-The host loops over chunks only to log progress, call ``on_chunk`` (e.g. to
-checkpoint) and collect metrics, so there is no Python loop over samples.
+A :class:`Task` says what one seed does: ``step`` (one update from the inputs
+of one time step), ``sample`` (the inputs of a chunk of steps, e.g. the
+indices of the samples it sees) and ``evaluate``. :func:`run` trains S seeds
+(or grid points) in lock-step: each *chunk* of ``eval_every`` samples is one
+compiled call, ``lax.scan`` over steps then evaluation, vmapped over seeds.
+The host loops over chunks only to log, call ``on_chunk`` (checkpoints) and
+collect metrics; there is no Python loop over samples.
 
-The loop knows nothing about Oja: it takes any optax transformation and passes
-the model's ``activations`` tree to ``tx.update`` (optax transforms that do not
-need it ignore it). Each seed's sample order is a fresh permutation of the
-training set per epoch, drawn from that seed's key, so the same seed gives the
-same order and the same initialization to every arm of an experiment.
+The loop knows nothing about Oja: :func:`classifier_task` takes any optax
+transformation and passes the model's ``activations`` tree to ``tx.update``
+(transforms that do not need it ignore it). Each seed's sample order is a
+fresh permutation of the training set per epoch, drawn from that seed's key,
+so one seed gives every arm of an experiment the same initialization and the
+same sample order.
+
+Divergence: a seed diverges at the first sample whose training loss is not
+finite or above :data:`LOSS_BOUND`, or at the first evaluation where a
+parameter is not finite or the evaluation loss is not finite or above the
+bound. ``diverged_at`` records that sample (-1: never); training goes on (the
+numbers of a diverged seed are meaningless and reports set them apart).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ojax.data import Dataset
-
 Metrics = dict[str, Any]
+LOSS_BOUND = 1e4  # A loss above this counts as divergence (see above).
+_log = logging.getLogger("ojax")
 
 
 class TrainState(NamedTuple):
@@ -37,18 +47,87 @@ class TrainState(NamedTuple):
   opt_state: Any
   model_state: Any  # Non-trainable variables, e.g. fixed feedback weights.
   data_key: jax.Array
-  diverged_at: jax.Array  # First sample index with a non-finite loss, or -1.
+  diverged_at: jax.Array  # First diverged sample index, or -1.
+
+
+class Task(NamedTuple):
+  """What the loop trains, for one seed.
+
+  Attributes:
+    step: ``(state, inputs_t, data) -> (state, metrics_t)``: one update.
+      ``metrics_t`` maps names to scalars, averaged over the chunk; it must
+      hold ``train_loss`` (used for divergence).
+    evaluate: ``(state, data) -> metrics`` at each evaluation.
+    sample: ``(state, start, num_steps, data) -> inputs`` with a leading axis
+      of ``num_steps``; ``start`` is the step index. Default: the step
+      indices ``start .. start + num_steps``.
+    samples_per_step: samples one step consumes (the batch size).
+  """
+
+  step: Callable[[TrainState, Any, Any], tuple[TrainState, Metrics]]
+  evaluate: Callable[[TrainState, Any], Metrics]
+  sample: Optional[Callable[[TrainState, jax.Array, int, Any], Any]] = None
+  samples_per_step: int = 1
+
+
+class Progress(NamedTuple):
+  """What ``run`` hands ``on_chunk`` after each chunk, and returns."""
+
+  samples_done: int
+  states: TrainState  # Stacked over seeds.
+  history: list[Metrics]
+
+
+def cross_entropy(logits_BxC: jax.Array, y_B: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy with integer labels."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits_BxC, y_B).mean()
+
+
+def is_diverged(loss: jax.Array) -> jax.Array:
+  """True where ``loss`` is not finite or above :data:`LOSS_BOUND`."""
+  return ~jnp.isfinite(loss) | (loss > LOSS_BOUND)
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """True iff every floating-point leaf of ``tree`` is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation,
-               key: jax.Array, input_dim: int) -> TrainState:
-  """Initializes one seed: ``key`` splits into an init key and a data key."""
+               key: jax.Array, input_dim: int | jax.Array) -> TrainState:
+  """Initializes one seed: ``key`` splits into an init key and a data key.
+
+  ``input_dim`` is the input width (the model is initialized on a zero
+  ``(1, input_dim)`` batch) or an example input array.
+  """
   init_key, data_key = jax.random.split(key)
-  variables = model.init(init_key, jnp.zeros((1, input_dim), jnp.float32))
-  variables = dict(variables)
+  example = (jnp.zeros((1, input_dim), jnp.float32)
+             if isinstance(input_dim, (int, np.integer)) else input_dim)
+  variables = dict(model.init(init_key, example))
   params = variables.pop("params")
   return TrainState(params, tx.init(params), variables, data_key,
                     jnp.array(-1, jnp.int32))
+
+
+def init_states(model: nn.Module, tx: optax.GradientTransformation,
+                keys_S: jax.Array, input_dim: int | jax.Array) -> TrainState:
+  """One :class:`TrainState` per key, stacked along a leading seed axis."""
+  return jax.jit(jax.vmap(lambda k: init_state(model, tx, k, input_dim)))(
+      keys_S)
+
+
+# --- The feedforward classifier task -------------------------------------
+
+
+class ClassifierData(NamedTuple):
+  """Flattened inputs and integer labels; ``test_*`` is what is evaluated."""
+
+  train_x: Any  # (N, D)
+  train_y: Any  # (N,)
+  test_x: Any  # (M, D)
+  test_y: Any  # (M,)
 
 
 def sample_indices(data_key: jax.Array, start: jax.Array, length: int,
@@ -64,53 +143,6 @@ def sample_indices(data_key: jax.Array, start: jax.Array, length: int,
       jax.random.fold_in(data_key, e), num_examples))(epochs)
   return jax.lax.dynamic_slice(perms.reshape(-1), (start % num_examples,),
                                (length,))
-
-
-def cross_entropy(logits_BxC: jax.Array, y_B: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits_BxC, y_B).mean()
-
-
-def _loss_fn(model, params, model_state, x_BxD, y_B):
-  logits, activations = model.apply({"params": params, **model_state}, x_BxD)
-  return cross_entropy(logits, y_B), (logits, activations)
-
-
-def train_steps(model: nn.Module, tx: optax.GradientTransformation,
-                state: TrainState, start: jax.Array, x_NxD: jax.Array,
-                y_N: jax.Array, *, num_steps: int,
-                batch_size: int = 1) -> tuple[TrainState, Metrics]:
-  """Trains one seed for ``num_steps`` steps of ``batch_size`` samples.
-
-  Returns the new state and the chunk's online metrics: the mean training loss
-  and the online accuracy (each sample scored by the forward pass that then
-  learns from it, i.e. before the update).
-  """
-  x_NxD, y_N = jnp.asarray(x_NxD), jnp.asarray(y_N)
-  idx = sample_indices(state.data_key, start, num_steps * batch_size,
-                       x_NxD.shape[0]).reshape(num_steps, batch_size)
-  grad_fn = jax.value_and_grad(functools.partial(_loss_fn, model),
-                               has_aux=True)
-
-  def step(carry, inputs):
-    params, opt_state, diverged_at = carry
-    t, idx_B = inputs
-    (loss, (logits, activations)), grads = grad_fn(
-        params, state.model_state, x_NxD[idx_B], y_N[idx_B])
-    updates, opt_state = tx.update(grads, opt_state, params,
-                                   activations=activations)
-    params = optax.apply_updates(params, updates)
-    diverged_at = jnp.where((diverged_at < 0) & ~jnp.isfinite(loss),
-                            start + t * batch_size, diverged_at)
-    correct = jnp.sum(jnp.argmax(logits, -1) == y_N[idx_B])
-    return (params, opt_state, diverged_at), (loss, correct)
-
-  (params, opt_state, diverged_at), (losses, correct) = jax.lax.scan(
-      step, (state.params, state.opt_state, state.diverged_at),
-      (jnp.arange(num_steps), idx))
-  metrics = {"train_loss": jnp.mean(losses),
-             "online_accuracy": jnp.sum(correct) / (num_steps * batch_size)}
-  return state._replace(params=params, opt_state=opt_state,
-                        diverged_at=diverged_at), metrics
 
 
 def evaluate(model: nn.Module, params: Any, model_state: Any,
@@ -138,6 +170,74 @@ def evaluate(model: nn.Module, params: Any, model_state: Any,
 Diagnostics = Callable[[Any, Any, jax.Array, jax.Array], Metrics]
 
 
+def generic_classifier_step(model: nn.Module, tx: optax.GradientTransformation
+                            ) -> Callable[..., tuple[TrainState, Metrics]]:
+  """``step(state, idx_B, data)``: one SGD-style update on samples ``idx_B``.
+
+  Any model returning ``(logits, activations)`` and any optax transform; the
+  transform receives ``activations=``. Online accuracy scores each sample by
+  the forward pass that then learns from it (before the update).
+  """
+  def loss_fn(params, model_state, x_BxD, y_B):
+    logits, activations = model.apply({"params": params, **model_state},
+                                      x_BxD)
+    return cross_entropy(logits, y_B), (logits, activations)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state: TrainState, idx_B: jax.Array, data: ClassifierData):
+    x_BxD, y_B = data.train_x[idx_B], data.train_y[idx_B]
+    (loss, (logits, activations)), grads = grad_fn(
+        state.params, state.model_state, x_BxD, y_B)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params,
+                                   activations=activations)
+    params = optax.apply_updates(state.params, updates)
+    correct = jnp.mean(jnp.argmax(logits, -1) == y_B)
+    return state._replace(params=params, opt_state=opt_state), {
+        "train_loss": loss, "online_accuracy": correct}
+
+  return step
+
+
+def classifier_task(model: nn.Module, tx: optax.GradientTransformation, *,
+                    batch_size: int = 1, eval_batch_size: int = 1000,
+                    diagnostics: Optional[Diagnostics] = None,
+                    step: Optional[Callable[..., Any]] = None) -> Task:
+  """Online (or mini-batch) training of a classifier on ``ClassifierData``.
+
+  Args:
+    model: a module whose ``apply`` returns ``(logits, activations)``.
+    tx: any optax transformation; it receives ``activations=``.
+    batch_size: samples per update (1 = online learning).
+    eval_batch_size: evaluation batch size (memory only, not results).
+    diagnostics: optional ``f(params, model_state, test_x, test_y) -> dict``
+      of extra per-seed metrics at each evaluation, inside the compiled call.
+    step: a step with the signature of :func:`generic_classifier_step`'s
+      result that replaces it (e.g. a fused fast path); it must compute the
+      same update.
+  """
+  step = step or generic_classifier_step(model, tx)
+
+  def sample(state, start, num_steps, data):
+    n = data.train_y.shape[0]
+    return sample_indices(state.data_key, start * batch_size,
+                          num_steps * batch_size, n).reshape(num_steps,
+                                                             batch_size)
+
+  def evaluate_fn(state, data):
+    metrics = evaluate(model, state.params, state.model_state, data.test_x,
+                       data.test_y, eval_batch_size)
+    if diagnostics is not None:
+      metrics.update(diagnostics(state.params, state.model_state,
+                                 data.test_x, data.test_y))
+    return metrics
+
+  return Task(step, evaluate_fn, sample, batch_size)
+
+
+# --- The loop ------------------------------------------------------------
+
+
 def check_chunks(num_samples: int, eval_every: int, batch_size: int) -> None:
   """Raises ValueError unless the sample counts fit together."""
   for field, value in (("num_samples", num_samples),
@@ -152,11 +252,41 @@ def check_chunks(num_samples: int, eval_every: int, batch_size: int) -> None:
                        f"batch_size={batch_size}.")
 
 
-def _chunk_sizes(num_samples: int, eval_every: int) -> list[int]:
-  sizes = [eval_every] * (num_samples // eval_every)
-  if num_samples % eval_every:
-    sizes.append(num_samples % eval_every)
-  return sizes
+def chunk_ends(num_samples: int, eval_every: int) -> list[int]:
+  """Sample counts at which the loop evaluates (after sample 0)."""
+  ends = list(range(eval_every, num_samples + 1, eval_every))
+  if not ends or ends[-1] != num_samples:
+    ends.append(num_samples)
+  return ends
+
+
+def shard(tree: Any, num_points: int) -> Any:
+  """Pads the leading (seed or grid point) axis and shards it over devices.
+
+  The mesh spans ``jax.devices()``: every local device (e.g. CPU host devices
+  made with ``--xla_force_host_platform_device_count``), and every device of
+  every host after ``jax.distributed.initialize()``. XLA runs each device's
+  share with no communication. Padded entries repeat the last one; drop them
+  from the results (``[:num_points]``).
+  """
+  devices = jax.devices()
+  pad = -num_points % len(devices)
+  if pad:
+    tree = jax.tree.map(
+        lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, 0)]), tree)
+  if len(devices) == 1:
+    return tree
+  mesh = jax.sharding.Mesh(np.array(devices), ("points",))
+  sharding = jax.sharding.NamedSharding(mesh,
+                                        jax.sharding.PartitionSpec("points"))
+
+  def put(x):  # Each host supplies the shards its own devices hold.
+    if jax.process_count() > 1:
+      x = np.asarray(x)
+      return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
+    return jax.device_put(x, sharding)
+
+  return jax.tree.map(put, tree)
 
 
 def to_host(tree: Any) -> Any:
@@ -167,112 +297,112 @@ def to_host(tree: Any) -> Any:
   return jax.device_get(tree)
 
 
-class Progress(NamedTuple):
-  """What ``run`` hands ``on_chunk`` after each chunk."""
+def _steps(task: Task, state: TrainState, start: jax.Array, num_steps: int,
+           data: Any) -> tuple[TrainState, Metrics]:
+  """``num_steps`` steps of one seed by ``lax.scan``; chunk-mean metrics."""
+  if task.sample is None:
+    inputs = start + jnp.arange(num_steps)
+  else:
+    inputs = task.sample(state, start, num_steps, data)
 
-  samples_done: int
-  states: TrainState  # Stacked over seeds.
-  history: list[Metrics]
+  def body(carry, xs):
+    state, t = carry, xs[0]
+    state, metrics = task.step(state, xs[1], data)
+    first = (state.diverged_at < 0) & is_diverged(metrics["train_loss"])
+    state = state._replace(diverged_at=jnp.where(
+        first, ((start + t) * task.samples_per_step).astype(jnp.int32),
+        state.diverged_at))
+    return state, metrics
+
+  state, metrics = jax.lax.scan(body, state,
+                                (jnp.arange(num_steps), inputs))
+  return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
 
-def init_states(model: nn.Module, tx: optax.GradientTransformation,
-                keys_S: jax.Array, input_dim: int) -> TrainState:
-  """One :class:`TrainState` per key, stacked along a leading seed axis."""
-  return jax.jit(jax.vmap(lambda k: init_state(model, tx, k, input_dim)))(
-      keys_S)
+def _evaluate(task: Task, state: TrainState, data: Any,
+              samples_done: jax.Array) -> Metrics:
+  metrics = dict(task.evaluate(state, data))
+  bad = ~all_finite(state.params)
+  if "test_loss" in metrics:
+    bad = bad | is_diverged(metrics["test_loss"])
+  metrics["diverged_at"] = jnp.where(
+      (state.diverged_at < 0) & bad, samples_done.astype(jnp.int32),
+      state.diverged_at)
+  return metrics
 
 
-def run(model: nn.Module, tx: optax.GradientTransformation, data: Dataset,
-        start: TrainState | Progress, *, num_samples: int, eval_every: int,
-        batch_size: int = 1, eval_batch_size: int = 1000,
-        diagnostics: Optional[Diagnostics] = None,
+def run(task: Task, start: TrainState | Progress, data: Any, *,
+        num_samples: int, eval_every: int,
         on_chunk: Optional[Callable[[Progress], None]] = None,
         log_prefix: str = "") -> Progress:
   """Trains S seeds (or grid points) in lock-step, evaluating every chunk.
 
   Args:
-    model: a module whose ``apply`` returns ``(logits, activations)``.
-    tx: any optax transformation; it receives ``activations=``.
-    data: the dataset; ``test_*`` is the held-out evaluation set.
+    task: what one seed does (:class:`Task`).
     start: states stacked over seeds (see :func:`init_states`), or the
-      :class:`Progress` of an interrupted run to resume from.
+      :class:`Progress` of an interrupted run to resume from (its
+      ``samples_done`` must be one of this run's evaluation points).
+    data: a pytree of arrays handed to the task's functions (passed to the
+      compiled chunk as arguments, not baked in as constants).
     num_samples: training samples per seed (several epochs if > N).
-    eval_every: samples between evaluations (a multiple of ``batch_size``).
-    batch_size: samples per update (1 = online learning).
-    eval_batch_size: evaluation batch size (memory only, not results).
-    diagnostics: optional ``f(params, model_state, test_x, test_y) -> dict``
-      of extra per-seed metrics computed at each evaluation, inside the
-      compiled call.
+    eval_every: samples between evaluations.
     on_chunk: called on the host after each chunk (progress, checkpoints).
     log_prefix: text put before each progress log line.
 
   Returns:
     The final :class:`Progress`: ``history`` is one dict per evaluation (at
-    samples 0, ``eval_every``, ...) of numpy arrays shaped ``(S,)``.
+    samples 0, ``eval_every``, ...) of numpy arrays shaped ``(S, ...)``.
   """
-  check_chunks(num_samples, eval_every, batch_size)
-  sizes = _chunk_sizes(num_samples, eval_every)
-  arrays = tuple(jnp.asarray(a) for a in (data.train_x, data.train_y,
-                                           data.test_x, data.test_y))
+  per_step = task.samples_per_step
+  check_chunks(num_samples, eval_every, per_step)
+  ends = chunk_ends(num_samples, eval_every)
+  data = jax.tree.map(jnp.asarray, data)
 
-  # The data are arguments, not closed-over constants, so they are not copied
-  # into every compiled program.
-  def eval_one(state, x_test, y_test):
-    metrics = evaluate(model, state.params, state.model_state, x_test, y_test,
-                       eval_batch_size)
-    if diagnostics is not None:
-      metrics.update(diagnostics(state.params, state.model_state, x_test,
-                                 y_test))
-    metrics["diverged_at"] = state.diverged_at
-    return metrics
+  def eval_all(states, data, done):
+    return jax.vmap(lambda s: _evaluate(task, s, data, done))(states)
 
   @functools.partial(jax.jit, static_argnames="num_steps")
-  def chunk(states, start, x, y, x_test, y_test, *, num_steps):
+  def chunk(states, start_step, data, *, num_steps):
     def one(state):
-      state, metrics = train_steps(model, tx, state, start, x, y,
-                                   num_steps=num_steps, batch_size=batch_size)
-      metrics.update(eval_one(state, x_test, y_test))
-      return state, metrics
+      state, metrics = _steps(task, state, start_step, num_steps, data)
+      metrics.update(_evaluate(task, state, data,
+                               (start_step + num_steps) * per_step))
+      return state._replace(diverged_at=metrics["diverged_at"]), metrics
     return jax.vmap(one)(states)
 
   if isinstance(start, Progress):
     states, history, done = start.states, list(start.history), (
         start.samples_done)
+    if done not in [0] + ends:
+      raise ValueError(
+          f"cannot resume at {done} samples: evaluations of this run are at "
+          f"{ends[:3]}...{ends[-1:]} (eval_every={eval_every}, num_samples="
+          f"{num_samples}).")
   else:
     states, done = start, 0
-    first = to_host(jax.jit(jax.vmap(eval_one, in_axes=(0, None, None)))(
-        states, *arrays[2:]))
-    nan_S = np.full_like(first["test_loss"], np.nan)
-    history = [{"samples": 0, "train_loss": nan_S, "online_accuracy": nan_S,
-                **first}]
-  for size in _remaining(sizes, done):
+    first = to_host(jax.jit(eval_all)(states, data, jnp.asarray(0)))
+    # Step metrics (online accuracy, ...) do not exist before any step.
+    seed0 = jax.tree.map(lambda x: x[0], states)
+    step_metrics = jax.eval_shape(
+        lambda s: _steps(task, s, jnp.asarray(0), 1, data)[1], seed0)
+    num_seeds = len(first["diverged_at"])
+    history = [{"samples": 0, **{k: np.full(num_seeds, np.nan, np.float32)
+                                 for k in step_metrics}, **first}]
+  for end in [e for e in ends if e > done]:
     tic = time.perf_counter()
-    states, metrics = chunk(states, jnp.asarray(done, jnp.int32), *arrays,
-                            num_steps=size // batch_size)
+    states, metrics = chunk(states, jnp.asarray(done // per_step, jnp.int32),
+                            data, num_steps=(end - done) // per_step)
     metrics = to_host(metrics)
-    done += size
-    history.append({"samples": done, **metrics})
-    elapsed = time.perf_counter() - tic
+    history.append({"samples": end, **metrics})
     # The first chunk's rate includes compilation.
-    logging.info("%s%d/%d samples  %.0f samples/s/seed  test acc %.4f",
-                 log_prefix, done, num_samples, size / max(elapsed, 1e-9),
-                 float(np.nanmean(metrics["test_accuracy"])))
-    progress = Progress(done, states, history)
+    _log.info("%s%d/%d samples  %.0f samples/s/seed%s", log_prefix, end,
+              num_samples, (end - done) / max(time.perf_counter() - tic, 1e-9),
+              (f"  test acc {float(np.nanmean(metrics['test_accuracy'])):.4f}"
+               if "test_accuracy" in metrics else ""))
+    done = end
     if on_chunk is not None:
-      on_chunk(progress)
+      on_chunk(Progress(done, states, history))
   return Progress(done, states, history)
-
-
-def _remaining(sizes: list[int], done: int) -> list[int]:
-  """The chunk sizes still to run after ``done`` samples."""
-  out, pos = [], 0
-  for size in sizes:
-    if pos >= done:
-      out.append(size)
-    pos += size
-  if pos < done:
-    raise ValueError(f"resume at {done} samples is past num_samples={pos}.")
-  return out
 
 
 def stack_history(history: list[Metrics]) -> dict[str, np.ndarray]:

@@ -2,35 +2,53 @@
 
 Every field can be overridden on the command line as ``--config.FIELD=VALUE``
 (nested: ``--config.model.gain=0.5``, ``--config.arms.bp_oja.oja_lr=0.01``).
+A config may define ``QUICK_ARGS``: the flags of its small test size, used by
+the tests and ``make results ARGS=--quick``.
 """
 
 import ml_collections
 
 
+def _training(c: ml_collections.ConfigDict) -> None:
+  """The fields every task has: seeds, stream, rule, arms, axis, sweep."""
+  c.experiment = ""
+  c.seed = 0
+  c.seeds = 5
+  c.num_samples = 4000
+  c.eval_every = 500
+  c.batch_size = 1
+  c.checkpoint_every = 0  # Samples between orbax checkpoints; 0: at the end.
+  c.diagnostics = True
+  # Learning rule: optimizer at lr, plus Oja at oja_lr (0 = no Oja term) on
+  # oja_layers: all | hidden (all but the output layer) | names of layers.
+  c.optimizer = "sgd"
+  c.lr = 0.01
+  c.oja_lr = 0.0
+  c.oja_layers = "all"
+  # Arms (overrides of the fields above), an axis, and a vmapped sweep grid.
+  c.arms = ml_collections.ConfigDict()
+  c.select_arms = ""  # Comma-separated arm names to run; "" runs them all.
+  c.reference_arm = "bp"
+  c.axis = ""
+  c.axis_values = ()
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.lr = ()
+  c.sweep.oja_lr = ()
+  c.sweep.model_gain = ()
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   """The reference formulation: online SGD on 784-170-130-100-70-10."""
   c = ml_collections.ConfigDict()
-  c.experiment = ""
+  c.task = "classifier"
+  _training(c)
   # Data: embedded_mnist (5,000 real MNIST digits, offline), digits, or TFDS
   # mnist, fashion_mnist, kmnist, emnist/balanced, cifar10.
   c.dataset = "embedded_mnist"
   c.data_dir = ""
   c.download = True
   c.validation = 0  # > 0: hold out this many training samples, evaluate there.
-  # Training stream.
-  c.seed = 0
-  c.seeds = 5
-  c.num_samples = 4000
-  c.eval_every = 500
-  c.batch_size = 1
   c.eval_batch_size = 1000
-  c.checkpoint_every = 0  # Samples between orbax checkpoints; 0: at the end.
-  c.diagnostics = True
-  # Learning rule: optimizer at lr, plus Oja at oja_lr (0 = no Oja term).
-  c.optimizer = "sgd"
-  c.lr = 0.01
-  c.oja_lr = 0.0
-  c.oja_layers = "all"  # all (reference: output layer too) | hidden
   # Network (reference: softplus beta=10, no biases, Xavier-uniform).
   c.model = ml_collections.ConfigDict()
   c.model.hidden = (170, 130, 100, 70)
@@ -44,14 +62,29 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.output_post = "softmax"
   c.model.layer_norm = False
   c.model.feedback = "backprop"
-  # Arms (overrides of the fields above), an axis, and a vmapped sweep grid.
-  c.arms = ml_collections.ConfigDict()
-  c.select_arms = ""  # Comma-separated arm names to run; "" runs them all.
-  c.reference_arm = "bp"
-  c.axis = ""
-  c.axis_values = ()
-  c.sweep = ml_collections.ConfigDict()
-  c.sweep.lr = ()
-  c.sweep.oja_lr = ()
-  c.sweep.model_gain = ()
+  return c
+
+
+def get_memory_base_config() -> ml_collections.ConfigDict:
+  """An RNN learning to recall a random stream (the memory task).
+
+  A *sample* is one training sequence; ``batch_size`` sequences make one
+  BPTT step.
+  """
+  c = ml_collections.ConfigDict()
+  c.task = "memory"
+  _training(c)
+  c.batch_size = 8
+  # h_t = f(x_t W_in + h_{t-1} W_rec), o_t = h_t W_out + b_out.
+  c.model = ml_collections.ConfigDict()
+  c.model.hidden = 64
+  c.model.activation = "tanh"  # tanh | softplus
+  c.model.beta = 10.0
+  c.model.input_scale = 1.0
+  c.model.radius = 1.0  # W_rec ~ N(0, radius^2 / hidden)
+  c.memory = ml_collections.ConfigDict()
+  c.memory.delays = 40  # readout unit k recalls u_{t-k}, k = 1..delays
+  c.memory.length = 60  # BPTT horizon of a training sequence
+  c.memory.eval_batch = 8  # held-out streams, the same for every run
+  c.memory.eval_length = 400
   return c

@@ -1,39 +1,41 @@
 """recurrent_memory: short-term memory of a vanilla RNN, BPTT vs BPTT + Oja.
 
+  make experiment NAME=recurrent_memory
+
 A tanh RNN (64 units, scalar input, linear readout of 40 delays) learns to
 recall a random stream ``u_t ~ U(-1, 1)`` from k = 1..40 steps back, trained by
 BPTT with plain SGD on fresh 60-step sequences (8 per step), at initial
-spectral radii too small (0.5), about 1 and too large (1.5), at two SGD rates.
-Arms: bp (SGD only), bp_oja (Oja's rule on W_rec, pre h_{t-1} / post h_t, and
-on W_in: the claim's test), and two attribution arms with Oja on W_rec only
-(bp_oja_rec) or W_in only (bp_oja_in). Seeds are paired: seed s has the same
-initialization and data in every arm.
+spectral radii too small (0.5), about 1 and too large (1.5) (the axis), at two
+SGD rates (a vmapped sweep). Arms: bp (SGD only), bp_oja (Oja's rule on W_rec,
+pre h_{t-1} / post h_t, and on W_in: the claim's test), and two attribution
+arms with Oja on W_rec only (bp_oja_rec) or W_in only (bp_oja_in). Seeds are
+paired: seed s has the same initialization and data in every arm.
 """
 
 import ml_collections
 
+from experiments.configs import base
+
+OJA_LR = 0.003
+QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=320",
+              "--config.eval_every=160", "--config.model.hidden=16",
+              "--config.memory.delays=5", "--config.memory.length=20",
+              "--config.memory.eval_length=60", "--config.axis_values=(1.0,)"]
+
 
 def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
+  c = base.get_memory_base_config()
   c.experiment = "recurrent_memory"
-  c.runner = "recurrent_memory"
-  c.seed = 0
   c.seeds = 5
-  # Model: h_t = f(x_t W_in + h_{t-1} W_rec), o_t = h_t W_out + b_out.
-  c.hidden = 64
-  c.activation = "tanh"  # tanh | softplus
-  c.input_scale = 1.0
-  c.delays = 40  # K: readout unit k recalls u_{t-k}.
-  # Training: BPTT, plain SGD (+ Oja), fresh sequences every step.
-  c.steps = 1000
-  c.eval_every = 100
-  c.batch = 8
-  c.length = 60
-  c.radii = (0.5, 1.0, 1.5)  # initial spectral radius of W_rec
-  c.lrs = (0.1, 0.5)  # SGD rates; every arm runs at each
-  c.oja_lr = 0.003  # Oja rate of the arms that use it
-  c.arms = ("bp", "bp_oja", "bp_oja_rec", "bp_oja_in")  # bp, bp_oja required
-  # Held-out evaluation streams (the same for every run).
-  c.eval_batch = 8
-  c.eval_length = 400
+  c.num_samples = 8000  # 1,000 BPTT steps of 8 sequences
+  c.eval_every = 800
+  c.axis = "model.radius"
+  c.axis_values = (0.5, 1.0, 1.5)
+  c.sweep.lr = (0.1, 0.5)
+  c.arms = ml_collections.ConfigDict({
+      "bp": {"oja_lr": 0.0},
+      "bp_oja": {"oja_lr": OJA_LR, "oja_layers": "W_rec,W_in"},
+      "bp_oja_rec": {"oja_lr": OJA_LR, "oja_layers": "W_rec"},
+      "bp_oja_in": {"oja_lr": OJA_LR, "oja_layers": "W_in"},
+  })
   return c

@@ -1,7 +1,9 @@
 """Statistics over seeds: bootstrap confidence intervals and paired tests.
 
 The authors' earlier work reports means over trials with 98% bootstrap
-confidence intervals from 500 resamples; these are the defaults here.
+confidence intervals from 500 resamples; these are the defaults here
+(``LEVEL``, ``RESAMPLES``: the one definition every report uses). With fewer
+than ``MIN_SEEDS`` values there is no interval: it prints as ``n/a``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+
+LEVEL = 0.98
+RESAMPLES = 500
+MIN_SEEDS = 2  # Fewer values give no interval.
 
 
 class Estimate(NamedTuple):
@@ -23,11 +29,15 @@ class Estimate(NamedTuple):
     return bool(self.low > 0 or self.high < 0)
 
   def __str__(self) -> str:
+    if not np.isfinite(self.mean):
+      return "n/a"
+    if self.n < MIN_SEEDS:
+      return f"{self.mean:.4f} [n/a: {self.n} value]"
     return f"{self.mean:.4f} [{self.low:.4f}, {self.high:.4f}]"
 
 
-def bootstrap_ci(values, level: float = 0.98, num_resamples: int = 500,
-                 seed: int = 0) -> Estimate:
+def bootstrap_ci(values, level: float = LEVEL,
+                 num_resamples: int = RESAMPLES, seed: int = 0) -> Estimate:
   """Percentile bootstrap CI of the mean of ``values`` (NaNs are dropped).
 
   Args:
@@ -37,7 +47,8 @@ def bootstrap_ci(values, level: float = 0.98, num_resamples: int = 500,
     seed: seed of the resampling, so reports are reproducible.
 
   Returns:
-    An :class:`Estimate`; with fewer than 2 finite values low = high = mean.
+    An :class:`Estimate`; with fewer than ``MIN_SEEDS`` finite values the
+    interval is NaN (no claim can rest on it).
   """
   if not 0 < level < 1:
     raise ValueError(f"level={level} must be between 0 and 1.")
@@ -45,8 +56,8 @@ def bootstrap_ci(values, level: float = 0.98, num_resamples: int = 500,
   x = x[np.isfinite(x)]
   if x.size == 0:
     return Estimate(float("nan"), float("nan"), float("nan"), 0)
-  if x.size == 1:
-    return Estimate(float(x[0]), float(x[0]), float(x[0]), 1)
+  if x.size < MIN_SEEDS:
+    return Estimate(float(x.mean()), float("nan"), float("nan"), int(x.size))
   rng = np.random.default_rng(seed)
   means = x[rng.integers(0, x.size, (num_resamples, x.size))].mean(axis=1)
   alpha = (1 - level) / 2
@@ -63,8 +74,8 @@ def paired_difference(a, b, **kwargs) -> Estimate:
   return bootstrap_ci(a - b, **kwargs)
 
 
-def bootstrap_band(values_ExS, level: float = 0.98, num_resamples: int = 500,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bootstrap_band(values_ExS, level: float = LEVEL,
+                   num_resamples: int = RESAMPLES, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Mean, low and high over seeds at each of E points (for figure bands)."""
   ests = [bootstrap_ci(v, level, num_resamples, seed) for v in values_ExS]
   return tuple(np.array([getattr(e, f) for e in ests])

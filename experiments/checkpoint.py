@@ -1,0 +1,103 @@
+"""Orbax checkpoints of a job: stacked states plus metrics so far.
+
+Each checkpoint is a step folder (step = samples done) holding the
+``TrainState`` stacked over (grid point, seed), without device padding, and
+the evaluation history as JSON. Orbax writes into a temporary folder and
+renames it when complete, so a write that is interrupted (even by SIGKILL)
+never replaces the last good checkpoint. A step that is damaged anyway (a
+truncated or emptied file) is skipped with a warning and the previous one is
+used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from ojax.train import Progress
+
+_log = logging.getLogger("ojax")
+
+
+def _to_json(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  return [{k: np.asarray(v).tolist() for k, v in h.items()} for h in history]
+
+
+def _from_json(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  return [{k: (v if k == "samples" else np.asarray(v, np.float64 if k not in
+                                                    ("diverged_at",)
+                                                    else np.int64))
+           for k, v in h.items()} for h in history]
+
+
+class Checkpointer:
+  """Saves and restores :class:`ojax.train.Progress` under one directory."""
+
+  def __init__(self, directory: str, max_to_keep: int = 2):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                             create=True))
+
+  def save(self, progress: Progress) -> None:
+    """Writes ``progress`` as step ``progress.samples_done`` and waits."""
+    self._manager.save(
+        progress.samples_done,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(progress.states),
+            history=ocp.args.JsonSave(_to_json(progress.history))))
+    self._manager.wait_until_finished()
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def restore(self, like_states: Any) -> Optional[Progress]:
+    """The latest readable checkpoint, shaped like ``like_states``, or None.
+
+    A step that cannot be read is skipped with a one-line warning.
+    """
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_states)
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract),
+                history=ocp.args.JsonRestore()))
+        history = restored["history"]
+        if not history or history[-1].get("samples") != step:
+          raise ValueError("history does not end at the step")
+        return Progress(int(step), restored["state"], _from_json(history))
+      except Exception as err:  # pylint: disable=broad-except
+        _log.warning("checkpoint %s/%d is damaged (%s); trying an earlier "
+                     "one", self.directory, step,
+                     " ".join(str(err).split())[:120])
+    return None
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes JSON so that readers see the old file or the new one, never half."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f)
+  os.replace(tmp, path)
+
+
+def read_json(path: str) -> Optional[Any]:
+  """The JSON in ``path``, or None (with a warning) if it is damaged."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as err:
+    _log.warning("%s is damaged (%s); rebuilding it", path,
+                 " ".join(str(err).split())[:120])
+    return None

@@ -1,0 +1,421 @@
+"""The one validation path: an experiment config -> checked jobs.
+
+An experiment config names a base setting, a set of *arms* (overrides such as
+``{"oja_lr": 0.0}`` for plain backprop), an optional *axis* (one field and the
+values it takes, e.g. ``model.depth`` over ``(2, 5, 10)``) and an optional
+*sweep* grid over the fields that can be vmapped (``lr``, ``oja_lr``,
+``model_gain``). Each (axis value, arm) is a *job*: one compiled program that
+trains every (grid point, seed) pair at once.
+
+Every bad value is reported as a :class:`ConfigError`, one line naming the
+field, the value and what is allowed, before anything is compiled or written.
+The model and optimizer built here are the ones the runner trains.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import re
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import ml_collections
+import optax
+
+import ojax
+from ojax import metrics
+from ojax import models
+
+TASKS = ("classifier", "memory", "meta")
+OPTIMIZERS = ("sgd", "adam")
+SWEEPABLE = {"lr": "learning_rate", "oja_lr": "oja_learning_rate",
+             "model_gain": None}
+MAX_SEED = 2**31 - 1  # PRNGKey keeps 32 bits: larger seeds would collide.
+# Fields that do not change a job's numbers (the rest make its fingerprint).
+NOT_NUMERIC = ("experiment", "select_arms", "reference_arm", "arms",
+               "checkpoint_every", "eval_batch_size", "download", "data_dir",
+               "axis", "axis_values", "sweep")
+
+
+class ConfigError(ValueError):
+  """A config field has a value that is not allowed."""
+
+
+class Job(NamedTuple):
+  """One compiled run: an axis value and an arm, with its resolved config."""
+
+  id: str
+  axis_value: Any
+  arm: str
+  config: ml_collections.ConfigDict
+
+
+def check_number(field: str, value: Any, *, integer: bool = False,
+                 zero: bool = False) -> None:
+  """Raises ``ConfigError`` unless ``value`` is a finite number > 0 (>= 0)."""
+  ok_type = isinstance(value, int) if integer else isinstance(
+      value, (int, float))
+  if isinstance(value, bool) or not ok_type:
+    kind = "an integer" if integer else "a number"
+    raise ConfigError(f"{field}={value!r} must be {kind}.")
+  if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+    bound = ">= 0" if zero else "> 0"
+    raise ConfigError(f"{field}={value!r} must be finite and {bound}.")
+
+
+def one_of(field: str, value: Any, allowed: Sequence[Any]) -> None:
+  """Raises ``ConfigError`` unless ``value`` is in ``allowed``."""
+  if value not in allowed:
+    raise ConfigError(f"{field}={value!r} is not known; choose one of "
+                      f"{', '.join(map(str, allowed))}.")
+
+
+def _walk(node: Any, prefix: str = ""):
+  """Every (dotted field, value) leaf, tuples' items included."""
+  if isinstance(node, (dict, ml_collections.ConfigDict)):
+    for k, v in node.items():
+      yield from _walk(v, f"{prefix}{k}.")
+  elif isinstance(node, (list, tuple)):
+    for i, v in enumerate(node):
+      yield from _walk(v, f"{prefix[:-1]}[{i}].")
+  else:
+    yield prefix[:-1], node
+
+
+def check_finite(config: ml_collections.ConfigDict) -> None:
+  """Every float anywhere in ``config`` (arms and sweeps too) is finite."""
+  for field, value in _walk(config):
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"{field}={value!r} must be finite.")
+
+
+def get(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
+  node = cfg
+  for part in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      raise ConfigError(f"config field {dotted!r} does not exist; fields are "
+                        f"{', '.join(sorted(flat_fields(cfg)))}.")
+    node = node[part]
+  return node
+
+
+def _set(cfg: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+  get(cfg, dotted)
+  *parents, leaf = dotted.split(".")
+  node = cfg
+  for part in parents:
+    node = node[part]
+  with node.ignore_type():
+    node[leaf] = value
+
+
+def flat_fields(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  out = []
+  for k, v in cfg.items():
+    if isinstance(v, ml_collections.ConfigDict) and k not in ("arms", "sweep"):
+      out += flat_fields(v, f"{prefix}{k}.")
+    else:
+      out.append(prefix + k)
+  return out
+
+
+def _override_fields(overrides: Any, prefix: str = "") -> list[str]:
+  out = []
+  for k, v in overrides.items():
+    if isinstance(v, (dict, ml_collections.ConfigDict)):
+      out += _override_fields(v, f"{prefix}{k}.")
+    else:
+      out.append(prefix + k)
+  return out
+
+
+def _apply_overrides(cfg, overrides, prefix: str = "") -> None:
+  for k, v in overrides.items():
+    if isinstance(v, (dict, ml_collections.ConfigDict)):
+      _apply_overrides(cfg, v, f"{prefix}{k}.")
+    else:
+      _set(cfg, prefix + k, v)
+
+
+def _slug(value: Any) -> str:
+  return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(value)).strip("_")
+
+
+def selected_arms(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The arms to run (all, or those ``select_arms`` names)."""
+  arms = dict(config.arms) if config.arms else {"default": {}}
+  if not config.get("select_arms"):
+    return arms
+  chosen = [a.strip() for a in config.select_arms.split(",") if a.strip()]
+  if not chosen:
+    raise ConfigError(f"select_arms={config.select_arms!r} names no arm; "
+                      f"arms are {', '.join(arms)}.")
+  for arm in chosen:
+    if arm not in arms:
+      raise ConfigError(f"select_arms names {arm!r}; arms are "
+                        f"{', '.join(arms)}.")
+  return {a: arms[a] for a in chosen}
+
+
+def expand(config: ml_collections.ConfigDict) -> list[Job]:
+  """The jobs of ``config``: every axis value times every arm."""
+  arms = selected_arms(config)
+  axis_values = tuple(config.axis_values) if config.axis else (None,)
+  if config.axis and not axis_values:
+    raise ConfigError(f"axis={config.axis!r} needs axis_values, e.g. "
+                      "--config.axis_values='(2, 5)'.")
+  if config.axis:
+    get(config, config.axis)
+    setters = [a for a, o in arms.items()
+               if config.axis in _override_fields(o)]
+    swept = config.axis.replace("model.", "model_") in config.sweep and (
+        config.sweep[config.axis.replace("model.", "model_")])
+    if setters or swept:
+      raise ConfigError(
+          f"axis={config.axis!r} would not apply: "
+          + (f"arms {', '.join(setters)} set {config.axis}" if setters else
+             f"sweep.{config.axis} sets it") + "; choose another axis or "
+          "remove the override.")
+  jobs, seen = [], set()
+  for value in axis_values:
+    for arm, overrides in arms.items():
+      cfg = copy.deepcopy(config)
+      with cfg.unlocked():
+        cfg.arms, cfg.sweep = ml_collections.ConfigDict(), config.sweep
+      if config.axis:
+        _set(cfg, config.axis, value)
+      _apply_overrides(cfg, overrides)
+      for field in config.sweep:  # A swept field overrides the arms' values.
+        if config.sweep[field]:
+          _set(cfg, field.replace("model_", "model."), config.sweep[field][0])
+      key = cfg.to_json_best_effort(sort_keys=True)
+      if key in seen:  # Arms that differ only in swept fields.
+        continue
+      seen.add(key)
+      prefix = f"{config.axis.split('.')[-1]}={_slug(value)}-" if (
+          config.axis) else ""
+      jobs.append(Job(prefix + _slug(arm), value, arm, cfg))
+  return jobs
+
+
+def sweep_grid(config: ml_collections.ConfigDict) -> list[dict[str, float]]:
+  """The product of the non-empty ``config.sweep`` value lists."""
+  fields = {k: tuple(v) for k, v in config.sweep.items() if v}
+  for k, values in fields.items():
+    if k not in SWEEPABLE:
+      raise ConfigError(f"sweep.{k} cannot be swept in one compiled call; "
+                        f"sweepable: {', '.join(SWEEPABLE)}. Use axis for "
+                        "fields that change shapes.")
+    if k == "model_gain" and config.task != "classifier":
+      raise ConfigError(f"sweep.model_gain is for the classifier task, not "
+                        f"task={config.task!r}.")
+    for v in values:
+      check_number(f"sweep.{k}", v, zero=(k == "oja_lr"))
+  return [dict(zip(fields, combo)) for combo in itertools.product(
+      *fields.values())] or [{}]
+
+
+def fingerprint(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The resolved fields of a job that change its numbers."""
+  out = {}
+  for field, value in _walk(json.loads(cfg.to_json_best_effort())):
+    if field.split(".")[0].split("[")[0] not in NOT_NUMERIC:
+      out[field] = value
+  out["sweep_grid"] = sweep_grid(cfg)
+  return out
+
+
+def fingerprint_digest(fp: dict[str, Any]) -> str:
+  return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
+
+
+# --- What a job trains ---------------------------------------------------
+
+
+def hidden_widths(model_cfg) -> tuple[int, ...]:
+  """``(width,) * depth`` if ``depth > 0``, else the explicit ``hidden``."""
+  check_number("model.depth", model_cfg.depth, integer=True, zero=True)
+  if model_cfg.depth > 0:
+    check_number("model.width", model_cfg.width, integer=True)
+    return (model_cfg.width,) * model_cfg.depth
+  hidden = tuple(model_cfg.hidden)
+  for i, w in enumerate(hidden):
+    check_number(f"model.hidden[{i}]", w, integer=True)
+  return hidden
+
+
+def make_model(cfg: ml_collections.ConfigDict, num_outputs: int = 10):
+  """The network ``cfg.model`` describes, checked field by field."""
+  m = cfg.model
+  check_number("model.beta", m.beta)
+  if cfg.task == "memory":
+    one_of("model.activation", m.activation, models.RNN_ACTIVATIONS)
+    check_number("model.hidden", m.hidden, integer=True)
+    check_number("model.input_scale", m.input_scale)
+    check_number("model.radius", m.radius)
+    return models.RNN(hidden=m.hidden, outputs=num_outputs,
+                      activation=m.activation, beta=float(m.beta),
+                      input_scale=float(m.input_scale),
+                      radius=float(m.radius))
+  one_of("model.activation", m.activation, models.ACTIVATIONS)
+  one_of("model.kernel_init", m.kernel_init, models.KERNEL_INITS)
+  one_of("model.output_post", m.output_post, models.OUTPUT_POSTS)
+  one_of("model.feedback", m.feedback, models.FEEDBACKS)
+  check_number("model.gain", m.gain)
+  return models.MLP(
+      features=hidden_widths(m) + (num_outputs,), activation=m.activation,
+      beta=float(m.beta), use_bias=bool(m.use_bias),
+      kernel_init=m.kernel_init, gain=float(m.gain),
+      output_post=m.output_post, layer_norm=bool(m.layer_norm),
+      feedback=m.feedback)
+
+
+def oja_mask(cfg: ml_collections.ConfigDict, layer_names: Sequence[str]):
+  """``params -> bool tree``: the layers ``cfg.oja_layers`` names.
+
+  ``all``: every layer; ``hidden``: all but the last (output) layer; else a
+  comma-separated list of layer names.
+  """
+  if cfg.oja_layers == "all":
+    return None
+  if cfg.oja_layers == "hidden":
+    if cfg.task == "memory":
+      raise ConfigError("oja_layers='hidden' is for the classifier; the RNN's "
+                        f"layers are {', '.join(layer_names)}.")
+    chosen = set(layer_names[:-1])
+  else:
+    chosen = {n.strip() for n in cfg.oja_layers.split(",") if n.strip()}
+    unknown = sorted(chosen - set(layer_names))
+    if unknown or not chosen:
+      raise ConfigError(
+          f"oja_layers={cfg.oja_layers!r} is not known; choose all, hidden "
+          f"or a comma-separated list of {', '.join(layer_names)}.")
+
+  def mask(params):
+    return {k: jax.tree.map(lambda _, keep=(k in chosen): keep, v)
+            for k, v in params.items()}
+  return mask
+
+
+def layer_names(cfg: ml_collections.ConfigDict) -> list[str]:
+  """The model's layers with a trace, in order."""
+  if cfg.task == "memory":
+    return ["W_in", "W_rec"]
+  n = len(hidden_widths(cfg.model)) + 1
+  return metrics.layer_names({f"layer_{i}": None for i in range(n)})
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, with_oja: bool = False
+                   ) -> optax.GradientTransformation:
+  """SGD or Adam at ``cfg.lr``, plus Oja at ``cfg.oja_lr`` if it is > 0.
+
+  ``with_oja=True`` keeps the Oja transform even at ``oja_lr == 0`` (a sweep
+  over ``oja_lr`` needs one program structure for every grid point). Rates
+  live in the optimizer state (``optax.inject_hyperparams``) so sweeps can
+  vmap over them. ``cfg.oja_layers`` picks the layers (``optax.masked``).
+  """
+  one_of("optimizer", cfg.optimizer, OPTIMIZERS)
+  check_number("lr", cfg.lr)
+  check_number("oja_lr", cfg.oja_lr, zero=True)
+  if not isinstance(cfg.oja_layers, str):
+    raise ConfigError(f"oja_layers={cfg.oja_layers!r} must be a string.")
+  mask = oja_mask(cfg, layer_names(cfg))
+  base = optax.sgd if cfg.optimizer == "sgd" else optax.adam
+  if cfg.oja_lr == 0 and not with_oja:
+    return optax.inject_hyperparams(base)(learning_rate=cfg.lr)
+
+  def with_rule(learning_rate, oja_learning_rate):
+    rule = ojax.oja(oja_learning_rate)
+    if mask is not None:
+      rule = optax.masked(rule, mask)
+    return optax.chain(base(learning_rate), rule)
+
+  return optax.inject_hyperparams(with_rule)(learning_rate=cfg.lr,
+                                             oja_learning_rate=cfg.oja_lr)
+
+
+# --- Checks --------------------------------------------------------------
+
+
+def _check_top(cfg: ml_collections.ConfigDict) -> None:
+  fields = ["seeds", "num_samples", "eval_every", "batch_size"]
+  if cfg.task == "classifier":
+    from experiments import data as data_lib  # pylint: disable=g-import-not-at-top
+    one_of("dataset", cfg.dataset, data_lib.DATASETS)
+    fields.append("eval_batch_size")
+    check_number("validation", cfg.validation, integer=True, zero=True)
+  else:
+    for f in ("delays", "length", "eval_batch", "eval_length"):
+      check_number(f"memory.{f}", cfg.memory[f], integer=True)
+    if cfg.memory.delays >= min(cfg.memory.length, cfg.memory.eval_length):
+      raise ConfigError(
+          f"memory.delays={cfg.memory.delays} must be < memory.length="
+          f"{cfg.memory.length} and < memory.eval_length="
+          f"{cfg.memory.eval_length}.")
+  for field in fields:
+    check_number(field, cfg[field], integer=True)
+  for field in ("seed", "checkpoint_every"):
+    check_number(field, cfg[field], integer=True, zero=True)
+  if cfg.seed > MAX_SEED:
+    raise ConfigError(f"seed={cfg.seed} must be <= {MAX_SEED} (PRNG keys "
+                      "keep 32 bits, so larger seeds would repeat smaller "
+                      "ones).")
+  for field in ("eval_every", "num_samples"):
+    if cfg[field] % cfg.batch_size:
+      raise ConfigError(f"{field}={cfg[field]} must be a multiple of "
+                        f"batch_size={cfg.batch_size}.")
+  if cfg.checkpoint_every % cfg.eval_every:
+    raise ConfigError(f"checkpoint_every={cfg.checkpoint_every} must be a "
+                      f"multiple of eval_every={cfg.eval_every} (or 0).")
+
+
+def _check_overrides(config: ml_collections.ConfigDict,
+                     cli_fields: Sequence[str]) -> None:
+  """A field given on the command line that every arm overrides is an error."""
+  arms = selected_arms(config)
+  for field in cli_fields:
+    if field.split(".")[0] in ("arms", "sweep", "select_arms"):
+      continue
+    setters = [a for a, o in arms.items() if field in _override_fields(o)]
+    if config.arms and len(setters) == len(arms):
+      raise ConfigError(
+          f"--config.{field} changes nothing: every arm sets {field} "
+          f"({', '.join(setters)}); set --config.arms.<arm>.{field} instead.")
+
+
+def validate(config: ml_collections.ConfigDict,
+             cli_fields: Sequence[str] = ()) -> list[Job]:
+  """Checks every job of ``config``; raises ``ConfigError`` on a bad value.
+
+  Args:
+    config: the experiment config, command-line overrides applied.
+    cli_fields: dotted fields the user set on the command line (to refuse
+      overrides that every arm would undo).
+
+  Returns:
+    The jobs, each with its resolved config.
+  """
+  one_of("task", config.get("task", "classifier"), TASKS)
+  check_finite(config)
+  if config.arms and config.reference_arm not in config.arms:
+    raise ConfigError(f"reference_arm={config.reference_arm!r} is not an arm; "
+                      f"arms are {', '.join(config.arms)}.")
+  _check_overrides(config, cli_fields)
+  jobs = expand(config)
+  for job in [Job("base", None, "", config)] + jobs:
+    where = f"arm {job.arm!r}" + (f" at {config.axis}={job.axis_value!r}"
+                                  if config.axis else "")
+    try:
+      _check_top(job.config)
+      make_model(job.config)
+      make_optimizer(job.config)
+      sweep_grid(job.config)
+    except ConfigError as err:
+      if job.arm in ("", "default"):
+        raise
+      raise ConfigError(f"{where}: {err}") from None
+  return jobs

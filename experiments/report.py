@@ -1,0 +1,206 @@
+"""One result schema and one renderer for every experiment.
+
+A run directory holds:
+
+    config.json       the resolved config
+    metrics.jsonl     one line per (job, grid point, seed, evaluation)
+    section.json      the run's :class:`Section`: claim, settings, tables,
+                      figures, verdict and evidence
+    summary.md        the section rendered by :func:`render` (the same
+                      renderer writes RESULTS.md from every section.json)
+    *.png             the figures the section shows
+    jobs/<id>.json    each finished job's metrics and config fingerprint
+    checkpoints/<id>/ orbax checkpoints; the last one holds the final params
+
+Files are written atomically (``.tmp`` then rename): a crash leaves the old
+version or the new one, never half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, NamedTuple, Sequence
+
+import ml_collections
+import numpy as np
+
+from experiments import stats
+
+VERDICTS = ("reproduced", "partly reproduced", "not reproduced",
+            "no verdict")
+
+
+class Section(NamedTuple):
+  """What a run says about its claim: the unit every report renders."""
+
+  claim: str  # One sentence; empty for runs that test no claim.
+  scope: str  # Which settings the verdict counts.
+  tables: list[tuple[str, str]]  # (title, markdown table)
+  figures: list[str]  # File names in the run directory.
+  verdict: str  # One of VERDICTS, or "" for runs that test no claim.
+  evidence: str  # One line: the counts behind the verdict.
+
+
+def jsonable(x: Any) -> Any:
+  """Plain JSON types; non-finite floats become None (strict JSON)."""
+  if isinstance(x, dict):
+    return {k: jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return jsonable(x.tolist())
+  if isinstance(x, np.generic):
+    return jsonable(x.item())
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
+
+
+def write_text(path: str, text: str) -> str:
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def write_json(path: str, obj: Any) -> str:
+  return write_text(path, json.dumps(jsonable(obj), indent=1,
+                                     allow_nan=False))
+
+
+def write_jsonl(path: str, rows) -> str:
+  with open(path + ".tmp", "w") as f:
+    for row in rows:
+      f.write(json.dumps(jsonable(row), allow_nan=False) + "\n")
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def write_config(run_dir: str, config: ml_collections.ConfigDict) -> str:
+  return write_text(os.path.join(run_dir, "config.json"),
+                    config.to_json_best_effort(indent=2))
+
+
+def table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A markdown table."""
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def read_section(run_dir: str) -> Section:
+  with open(os.path.join(run_dir, "section.json")) as f:
+    s = json.load(f)
+  return Section(s["claim"], s["scope"], [tuple(t) for t in s["tables"]],
+                 s["figures"], s["verdict"], s["evidence"])
+
+
+def write_section(run_dir: str, section: Section, title: str,
+                  preamble: Sequence[str] = ()) -> str:
+  """Writes ``section.json`` and ``summary.md``; returns summary's path."""
+  if section.verdict and section.verdict not in VERDICTS:
+    raise ValueError(f"verdict {section.verdict!r} must be one of "
+                     f"{VERDICTS}.")
+  write_json(os.path.join(run_dir, "section.json"), section._asdict())
+  text = render(section, title, preamble, level=1)
+  return write_text(os.path.join(run_dir, "summary.md"), text)
+
+
+def render(section: Section, title: str, preamble: Sequence[str] = (),
+           level: int = 2, figure_dir: str = "") -> str:
+  """Markdown of one section (summary.md, or a RESULTS.md section)."""
+  h = "#" * level
+  lines = [f"{h} {title}", ""]
+  for p in preamble:
+    if p:
+      lines += [p, ""]
+  if section.claim:
+    lines += [f"**Claim.** {section.claim}", ""]
+  if section.scope:
+    lines += [f"**Settings the verdict counts.** {section.scope}.", ""]
+  if section.verdict:
+    lines += [f"**Verdict: {section.verdict}.** {section.evidence}", ""]
+  for name, tbl in section.tables:
+    if tbl:
+      lines += [f"{h}# {name}", "", tbl, ""]
+  for fig in section.figures:
+    path = os.path.join(figure_dir, fig) if figure_dir else fig
+    lines += [f"![{os.path.splitext(fig)[0]}]({path})", ""]
+  return "\n".join(lines)
+
+
+# --- Job results ---------------------------------------------------------
+
+
+def metric_rows(results, experiment: str):
+  """metrics.jsonl rows: one per (job, grid point, seed, evaluation)."""
+  for r in results:
+    h = r.history
+    num_seeds = h["diverged_at"].shape[2]
+    for g, point in enumerate(r.grid):
+      for s in range(num_seeds):
+        for e, samples in enumerate(h["samples"]):
+          row = {"experiment": experiment, "job": r.job.id,
+                 "axis": r.job.config.axis or None,
+                 "axis_value": r.job.axis_value, "arm": r.job.arm,
+                 **point, "seed": s, "samples": int(samples)}
+          row.update({k: v[e, g, s] for k, v in h.items() if k != "samples"})
+          yield row
+
+
+def final(result, key: str = "test_accuracy", point: int = 0) -> np.ndarray:
+  """The per-seed value of ``key`` at the last evaluation, shape ``(S,)``."""
+  return np.asarray(result.history[key][-1, point], np.float64)
+
+
+def summary_table(results, config: ml_collections.ConfigDict,
+                  keys: Sequence[str] = ("test_accuracy",
+                                         "online_accuracy")) -> str:
+  """Per job and grid point: final metrics over the seeds that did not
+  diverge, with CIs, and the number that diverged."""
+  axis = config.axis.split(".")[-1] if config.axis else None
+  fields = list(results[0].grid[0])
+  keys = [k for k in keys if k in results[0].history]
+  head = ([axis] if axis else []) + ["arm"] + fields + [
+      f"final {k.replace('_', ' ')} [{stats.LEVEL:.0%} CI]" for k in keys] + [
+          "diverged", "seeds"]
+  rows = []
+  for r in results:
+    for g, point in enumerate(r.grid):
+      ok = final(r, "diverged_at", g) < 0
+      rows.append(([str(r.job.axis_value)] if axis else []) + [r.job.arm] +
+                  [f"{point[k]:g}" for k in fields] +
+                  [str(stats.bootstrap_ci(final(r, k, g)[ok])) for k in keys]
+                  + [str(int((~ok).sum())), str(len(ok))])
+  return table(head, rows)
+
+
+def _preamble(config: ml_collections.ConfigDict, command: str) -> list[str]:
+  if config.get("task") == "memory":
+    data = (f"Memory task: {config.num_samples} training sequences of "
+            f"{config.memory.length} steps per seed, {config.batch_size} per "
+            "BPTT step")
+  else:
+    data = (f"Dataset `{config.dataset}`"
+            f"{' (validation split)' if config.validation else ''}, "
+            f"{config.num_samples} samples per seed, batch size "
+            f"{config.batch_size}")
+  return [f"{data}; {config.seeds} paired seeds. Means over the seeds that "
+          f"did not diverge, with {stats.LEVEL:.0%} bootstrap CIs "
+          f"({stats.RESAMPLES} resamples; n/a below {stats.MIN_SEEDS} "
+          "seeds).", f"Command: `{command}`" if command else ""]
+
+
+def write_run(run_dir: str, results, config: ml_collections.ConfigDict,
+              command: str = "") -> str:
+  """metrics.jsonl, figures, section.json and summary.md of a job run."""
+  from experiments import analysis  # pylint: disable=g-import-not-at-top
+  from experiments import claims  # pylint: disable=g-import-not-at-top
+  write_jsonl(os.path.join(run_dir, "metrics.jsonl"),
+              metric_rows(results, config.experiment))
+  run = analysis.from_results(run_dir, config, results)
+  section = claims.section(run)
+  return write_section(run_dir, section, config.experiment,
+                       _preamble(config, command))
