@@ -17,20 +17,20 @@ export XLA_FLAGS ?= --xla_cpu_copy_insertion_use_region_analysis=true
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[experiments,test]"
 	touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m pip install -q -e ".[experiments,test,bench]"
 	touch $@
 
 install: $(VENV)/.installed
 
 experiment: $(VENV)/.installed
-	$(PY) experiments/main.py --config=experiments/configs/$(NAME).py $(ARGS)
+	$(PY) -m experiments.main --config=experiments/configs/$(NAME).py $(ARGS)
 
 sweep: $(VENV)/.installed
-	$(PY) experiments/main.py --config=experiments/configs/$(NAME).py \
+	$(PY) -m experiments.main --config=experiments/configs/$(NAME).py \
 	  --config.sweep.lr="(0.003,0.01,0.03,0.1)" \
 	  --config.sweep.oja_lr="(0.0,0.0003,0.001,0.003,0.01)" $(ARGS)
 
@@ -41,10 +41,10 @@ bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench.py $(ARGS)
 
 results: $(VENV)/.installed
-	$(PY) experiments/results.py $(ARGS)
+	$(PY) -m experiments.results $(ARGS)
 
 tune: $(VENV)/.installed
-	$(PY) experiments/tune.py $(ARGS)
+	$(PY) -m experiments.tune $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -225,7 +225,8 @@ def fingerprint(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   for field, value in _walk(json.loads(cfg.to_json_best_effort())):
     if field.split(".")[0].split("[")[0] not in NOT_NUMERIC:
       out[field] = value
-  out["sweep_grid"] = sweep_grid(cfg)
+  if "sweep" in cfg:
+    out["sweep_grid"] = sweep_grid(cfg)
   return out
 
 

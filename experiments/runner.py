@@ -124,10 +124,13 @@ def check_resume(run_dir: str, jobs: list[Job], restart: bool) -> None:
   """Refuses to reuse a job's results or checkpoints under another config.
 
   With ``restart`` the stored results, checkpoints and reports are removed.
+  A run without jobs (meta_plasticity) is one job named ``run``, whose
+  fingerprint sits in ``checkpoints/run/fingerprint.json``.
   """
   if restart:
-    for name in ("jobs", "checkpoints", "metrics.jsonl", "summary.md",
-                 "config.json"):
+    for name in os.listdir(run_dir):
+      if name == ".lock":
+        continue
       target = os.path.join(run_dir, name)
       if os.path.isdir(target):
         shutil.rmtree(target)
@@ -362,7 +365,7 @@ def prepare(config: ml_collections.ConfigDict, cli_fields=(),
             allow_large: bool = False) -> Any:
   """Validates everything and loads the data; raises ``ConfigError``."""
   if config.get("task") == "meta":
-    from experiments import meta_plasticity  # pylint: disable=g-import-not-at-top
+    from experiments.tasks import meta_plasticity  # pylint: disable=g-import-not-at-top
     return meta_plasticity.prepare(config)
   jobs = config_lib.validate(config, cli_fields)
   data = load_data(jobs)
@@ -379,8 +382,12 @@ def run(config: ml_collections.ConfigDict, prepared: Any, run_dir: str,
   """
   from experiments import report  # pylint: disable=g-import-not-at-top
   if config.get("task") == "meta":
-    from experiments import meta_plasticity  # pylint: disable=g-import-not-at-top
-    check_resume(run_dir, [], restart)
+    from experiments.tasks import meta_plasticity  # pylint: disable=g-import-not-at-top
+    job = Job("run", None, "", config)
+    check_resume(run_dir, [job], restart)
+    fp_path = _job_paths(run_dir, job)[2]
+    os.makedirs(os.path.dirname(fp_path), exist_ok=True)
+    checkpoint.write_json_atomic(fp_path, config_lib.fingerprint(config))
     return meta_plasticity.run(config, prepared, run_dir, command)
   check_resume(run_dir, prepared.jobs, restart)
   lead = jax.process_index() == 0  # One host writes; all of them compute.

@@ -1,6 +1,6 @@
 r"""Chooses learning rates and Oja rates on a validation split: one command.
 
-  python experiments/tune.py [--only=reference,deep,feedback] [--seeds=3]
+  python -m experiments.tune [--only=reference,deep,feedback] [--seeds=3]
 
 Each *study* trains at one representative setting with the last 1,000
 training samples held out (``validation=1000``; the test set is never
@@ -27,16 +27,11 @@ import subprocess
 import sys
 from typing import Any
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-  sys.path.insert(0, _ROOT)
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections
 import numpy as np
 
-from experiments import runners
-from ojax import stats
+from experiments import runner
+from experiments import stats
 
 SGD_LRS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 OJA_LRS_LR = (0.003, 0.01, 0.03, 0.1, 0.3)
@@ -119,8 +114,10 @@ def choose(run_dir: str) -> dict[str, dict[str, Any]]:
   for name in sorted(os.listdir(os.path.join(run_dir, "jobs"))):
     with open(os.path.join(run_dir, "jobs", name)) as f:
       saved = json.load(f)
-    acc_GxS = np.nan_to_num(np.asarray(saved["history"]["test_accuracy"],
+    history = saved["history"]
+    acc_GxS = np.nan_to_num(np.asarray(history["test_accuracy"],
                                        np.float64)[-1])
+    acc_GxS[np.asarray(history["diverged_at"])[-1] >= 0] = 0.0
     best = int(np.argmax(acc_GxS.mean(axis=1)))
     est = stats.bootstrap_ci(acc_GxS[best])
     point = saved["grid"][best]
@@ -139,9 +136,9 @@ def run_group(study: str, group: str, seeds: int, num_samples: int,
   config = study_config(study, group, seeds, num_samples)
   run_dir = os.path.join(out_root, study, group)
   os.makedirs(run_dir, exist_ok=True)
-  runner = runners.get(config)
-  runner.run(config, runner.prepare(config), run_dir,
-             f"experiments/tune.py --only={study}")
+  workdir = runner.open_workdir(run_dir, config.experiment)
+  runner.run(config, runner.prepare(config), workdir.path,
+             f"python -m experiments.tune --only={study}")
 
 
 def run_study(study: str, seeds: int, num_samples: int, out_root: str,
@@ -149,11 +146,11 @@ def run_study(study: str, seeds: int, num_samples: int, out_root: str,
   """Each group in a fresh process, retried (resuming) if it stalls."""
   chosen = {}
   for group in STUDIES[study]["groups"]:
-    argv = [sys.executable, os.path.abspath(__file__), f"--group={study}/"
+    argv = [sys.executable, "-m", "experiments.tune", f"--group={study}/"
             f"{group}", f"--seeds={seeds}", f"--num_samples={num_samples}",
             f"--out={out_root}"]
     for attempt in range(tries):
-      proc = subprocess.Popen(argv, cwd=_ROOT)
+      proc = subprocess.Popen(argv)
       try:
         if proc.wait(timeout=timeout_s) == 0:
           break
@@ -176,7 +173,7 @@ def write_doc(path: str, chosen: dict[str, dict[str, Any]], seeds: int,
   lines = [
       "# How the learning rates and Oja rates were chosen", "",
       "Command (regenerates this file and `runs/tuning/`):", "",
-      "    .venv/bin/python experiments/tune.py", "",
+      "    make tune   # = .venv/bin/python -m experiments.tune", "",
       f"Data: `embedded_mnist` training set (4,000 digits) with its last "
       f"{VALIDATION} samples held out as the validation split "
       f"(`--config.validation={VALIDATION}`); the test set is never used. "
@@ -249,5 +246,10 @@ def main(argv: list[str]) -> None:
   print(f"command: {' '.join(shlex.quote(a) for a in sys.argv)}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The console entry point (``ojax-tune``)."""
   main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+  run()

@@ -27,7 +27,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
+
+from ojax import train
 
 DIAGNOSTICS = ("orthonormality_error", "participation_ratio",
                "activation_norm", "weight_norm")
@@ -78,8 +79,7 @@ def feedback_cosines(model: nn.Module, params: Any, model_state: Any,
   def grads(m):
     def loss(p):
       logits, _ = m.apply({"params": p, **model_state}, x_MxD)
-      return optax.softmax_cross_entropy_with_integer_labels(
-          logits, y_M).mean()
+      return train.cross_entropy(logits, y_M)
     return jax.grad(loss)(params)
 
   g_model, g_true = grads(model), grads(true_model)

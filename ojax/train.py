@@ -331,6 +331,27 @@ def _evaluate(task: Task, state: TrainState, data: Any,
   return metrics
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled(task: Task):
+  """The jitted evaluation and chunk functions of ``task`` (made once)."""
+  per_step = task.samples_per_step
+
+  @jax.jit
+  def eval_all(states, data, done):
+    return jax.vmap(lambda s: _evaluate(task, s, data, done))(states)
+
+  @functools.partial(jax.jit, static_argnames="num_steps")
+  def chunk(states, start_step, data, *, num_steps):
+    def one(state):
+      state, metrics = _steps(task, state, start_step, num_steps, data)
+      metrics.update(_evaluate(task, state, data,
+                               (start_step + num_steps) * per_step))
+      return state._replace(diverged_at=metrics["diverged_at"]), metrics
+    return jax.vmap(one)(states)
+
+  return eval_all, chunk
+
+
 def run(task: Task, start: TrainState | Progress, data: Any, *,
         num_samples: int, eval_every: int,
         on_chunk: Optional[Callable[[Progress], None]] = None,
@@ -358,18 +379,7 @@ def run(task: Task, start: TrainState | Progress, data: Any, *,
   ends = chunk_ends(num_samples, eval_every)
   data = jax.tree.map(jnp.asarray, data)
 
-  def eval_all(states, data, done):
-    return jax.vmap(lambda s: _evaluate(task, s, data, done))(states)
-
-  @functools.partial(jax.jit, static_argnames="num_steps")
-  def chunk(states, start_step, data, *, num_steps):
-    def one(state):
-      state, metrics = _steps(task, state, start_step, num_steps, data)
-      metrics.update(_evaluate(task, state, data,
-                               (start_step + num_steps) * per_step))
-      return state._replace(diverged_at=metrics["diverged_at"]), metrics
-    return jax.vmap(one)(states)
-
+  eval_all, chunk = _compiled(task)
   if isinstance(start, Progress):
     states, history, done = start.states, list(start.history), (
         start.samples_done)
@@ -380,7 +390,7 @@ def run(task: Task, start: TrainState | Progress, data: Any, *,
           f"{num_samples}).")
   else:
     states, done = start, 0
-    first = to_host(jax.jit(eval_all)(states, data, jnp.asarray(0)))
+    first = to_host(eval_all(states, data, jnp.asarray(0)))
     # Step metrics (online accuracy, ...) do not exist before any step.
     seed0 = jax.tree.map(lambda x: x[0], states)
     step_metrics = jax.eval_shape(

@@ -9,7 +9,6 @@ import optax
 import pytest
 
 import ojax
-from ojax import data as data_lib
 from ojax import models
 from ojax import train
 
@@ -22,18 +21,23 @@ def _tiny_data(n=60, m=25, d=12, c=3, seed=0):
     x = (centers[y] + 0.5 * rng.normal(size=(k, d))).astype(np.float32)
     return x, y
   (tx_, ty), (vx, vy) = draw(n), draw(m)
-  return data_lib.Dataset(tx_, ty, vx, vy, c, "tiny")
+  return train.ClassifierData(tx_, ty, vx, vy)
 
 
 MODEL = models.MLP(features=(8, 3))
+D = 12
+# One transform and task for the module, so the loop compiles once per shape.
+TX = ojax.sgd_oja(0.05, 0.01)
+TASK = train.classifier_task(MODEL, TX)
+DATA = jax.tree.map(jnp.asarray, _tiny_data())
 
 
-def _run(keys, tx=None, **kwargs):
-  tx = tx or ojax.sgd_oja(0.05, 0.01)
-  data = _tiny_data()
-  states = train.init_states(MODEL, tx, keys, data.input_dim)
+def _run(keys, batch_size=1, **kwargs):
+  states = train.init_states(MODEL, TX, keys, D)
   kwargs = {"num_samples": 120, "eval_every": 40, **kwargs}
-  return train.run(MODEL, tx, data, states, **kwargs)
+  task = TASK if batch_size == 1 else train.classifier_task(
+      MODEL, TX, batch_size=batch_size)
+  return train.run(task, states, DATA, **kwargs)
 
 
 def test_same_config_and_seed_give_the_same_numbers():
@@ -73,11 +77,9 @@ def test_sample_stream_is_a_fresh_permutation_of_the_data_each_epoch():
 
 
 def test_compiled_loop_equals_a_python_loop_of_per_sample_updates():
-  data = _tiny_data()
-  tx = ojax.sgd_oja(0.05, 0.02)
-  state = train.init_state(MODEL, tx, jax.random.PRNGKey(5), data.input_dim)
-  new_state, _ = train.train_steps(MODEL, tx, state, jnp.asarray(0),
-                                   data.train_x, data.train_y, num_steps=15)
+  data, tx = DATA, TX
+  state = train.init_state(MODEL, tx, jax.random.PRNGKey(5), D)
+  new_state, _ = train._steps(TASK, state, jnp.asarray(0), 15, data)  # pylint: disable=protected-access
   idx = np.asarray(train.sample_indices(state.data_key, jnp.asarray(0), 15,
                                         len(data.train_y)))
   params, opt_state = state.params, state.opt_state
@@ -93,18 +95,18 @@ def test_compiled_loop_equals_a_python_loop_of_per_sample_updates():
 
 
 def test_online_accuracy_scores_each_sample_before_learning_it():
-  data = _tiny_data()
+  data = DATA
   tx = optax.sgd(0.0)  # Nothing is learned: online accuracy = init accuracy.
-  state = train.init_state(MODEL, tx, jax.random.PRNGKey(2), data.input_dim)
-  _, metrics = train.train_steps(MODEL, tx, state, jnp.asarray(0),
-                                 data.train_x, data.train_y, num_steps=60)
+  state = train.init_state(MODEL, tx, jax.random.PRNGKey(2), D)
+  task = train.classifier_task(MODEL, tx)
+  _, metrics = train._steps(task, state, jnp.asarray(0), 60, data)  # pylint: disable=protected-access
   logits, _ = MODEL.apply({"params": state.params}, data.train_x)
   expected = np.mean(np.argmax(logits, -1) == data.train_y)
   assert float(metrics["online_accuracy"]) == pytest.approx(expected)
 
 
 def test_evaluate_in_padded_batches_matches_one_batch():
-  data = _tiny_data(m=23)
+  data = jax.tree.map(jnp.asarray, _tiny_data(m=23))
   params = MODEL.init(jax.random.PRNGKey(0), data.test_x)["params"]
   a = train.evaluate(MODEL, params, {}, data.test_x, data.test_y, 5)
   b = train.evaluate(MODEL, params, {}, data.test_x, data.test_y, 1000)
@@ -119,22 +121,101 @@ def test_mini_batches_consume_batch_size_samples_per_step():
   progress = _run(jax.random.split(jax.random.PRNGKey(0), 1), batch_size=4,
                   num_samples=80, eval_every=40)
   assert progress.samples_done == 80
+  assert [h["samples"] for h in progress.history] == [0, 40, 80]
 
 
 def test_diverging_seed_is_marked_with_its_sample_index_and_others_go_on():
   tx = optax.inject_hyperparams(ojax.sgd_oja)(learning_rate=0.05,
                                               oja_learning_rate=0.01)
-  data = _tiny_data()
   states = train.init_states(MODEL, tx, jax.random.split(
-      jax.random.PRNGKey(0), 2), data.input_dim)
+      jax.random.PRNGKey(0), 3), D)
   hyper = dict(states.opt_state.hyperparams)
-  hyper["learning_rate"] = jnp.asarray([0.05, 1e30])
+  # Seed 1 blows up to NaN; seed 2 stays finite but its loss exceeds the
+  # bound (a huge but finite loss is divergence too).
+  hyper["learning_rate"] = jnp.asarray([0.05, 1e30, 0.05])
   states = states._replace(opt_state=states.opt_state._replace(
       hyperparams=hyper))
-  progress = train.run(MODEL, tx, data, states, num_samples=80, eval_every=40)
+  params = jax.tree.map(lambda k: k.at[2].multiply(1e4), states.params)
+  states = states._replace(params=params)
+  task = train.classifier_task(MODEL, tx)
+  progress = train.run(task, states, DATA, num_samples=80, eval_every=40)
   diverged = progress.history[-1]["diverged_at"]
   assert diverged[0] == -1 and 0 <= diverged[1] < 80
+  assert diverged[2] == 0  # Already at the first evaluation, before training.
+  assert progress.history[0]["diverged_at"][2] == 0
   assert np.isfinite(progress.history[-1]["test_loss"][0])
+
+
+def test_a_diverged_seed_is_one_with_non_finite_parameters():
+  state = train.init_state(MODEL, optax.sgd(0.1), jax.random.PRNGKey(0), D)
+  assert bool(train.all_finite(state.params))
+  bad = jax.tree.map(lambda k: k.at[0, 0].set(jnp.inf), state.params)
+  assert not bool(train.all_finite(bad))
+  assert bool(train.is_diverged(jnp.asarray(train.LOSS_BOUND * 2)))
+  assert not bool(train.is_diverged(jnp.asarray(train.LOSS_BOUND / 2)))
+
+
+def test_resuming_mid_run_gives_the_uninterrupted_numbers():
+  keys = jax.random.split(jax.random.PRNGKey(4), 2)
+  whole = _run(keys, num_samples=120, eval_every=40)
+  half = _run(keys, num_samples=40, eval_every=40)
+  rest = train.run(TASK, half, DATA, num_samples=120, eval_every=40)
+  for a, b in zip(whole.history, rest.history):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_resume_off_the_evaluation_grid_is_refused():
+  keys = jax.random.split(jax.random.PRNGKey(4), 1)
+  half = _run(keys, num_samples=40, eval_every=40)
+  with pytest.raises(ValueError, match="cannot resume at 40 samples"):
+    train.run(TASK, half, DATA, num_samples=120, eval_every=30)
+
+
+def test_pinned_one_step_regression():
+  """One BP + Oja step on fixed inputs, against numbers pinned by hand.
+
+  The expected kernels were computed once from the formula
+  K <- K - lr dL/dK + eta outer(x - K y, y) written out in numpy below (not
+  by the code under test). If this fails, a change altered the update: check
+  the rule's sign and scale, the softmax post of the output layer, and that
+  both terms use the weights of the same forward pass.
+  """
+  k0 = np.array([[0.5, -0.25], [0.125, 0.75], [-0.5, 0.25]], np.float32)
+  k1 = np.array([[1.0, -0.5], [0.25, 0.5]], np.float32)
+  x = np.array([[0.2, -0.4, 0.6]], np.float32)
+  label = np.array([1])
+  lr, eta = 0.1, 0.05
+  model = models.MLP(features=(2, 2), activation="tanh")
+  params = {"layer_0": {"kernel": jnp.asarray(k0)},
+            "layer_1": {"kernel": jnp.asarray(k1)}}
+  tx = ojax.sgd_oja(lr, eta)
+  state = train.TrainState(params, tx.init(params), {}, jax.random.PRNGKey(0),
+                           jnp.asarray(-1))
+  data = train.ClassifierData(jnp.asarray(x), jnp.asarray(label), x, label)
+  step = train.generic_classifier_step(model, tx)
+  new, metrics = step(state, jnp.asarray([0]), data)
+  # The same step written out in numpy.
+  h = np.tanh(x @ k0)
+  z = h @ k1
+  p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+  e1 = p - np.eye(2)[label]
+  e0 = (e1 @ k1.T) * (1 - h ** 2)
+  want1 = k1 - lr * h.T @ e1 + eta * (h - p @ k1.T).T @ p
+  want0 = k0 - lr * x.T @ e0 + eta * (x - h @ k0.T).T @ h
+  np.testing.assert_allclose(new.params["layer_1"]["kernel"], want1,
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(new.params["layer_0"]["kernel"], want0,
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(float(metrics["train_loss"]),
+                             -np.log(p[0, 1]), rtol=1e-5)
+  # Pinned values (the numpy lines above in float64, rounded to 1e-4).
+  np.testing.assert_allclose(new.params["layer_1"]["kernel"],
+                             [[1.0024, -0.5212], [0.2458, 0.4746]],
+                             atol=1e-4)
+  np.testing.assert_allclose(new.params["layer_0"]["kernel"],
+                             [[0.4848, -0.2507], [0.1515, 0.7481],
+                              [-0.5421, 0.2509]], atol=1e-4)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -1,5 +1,7 @@
 """bad_init: online learning from badly scaled initializations.
 
+  make experiment NAME=bad_init
+
 The reference network trained online for one pass, with every initial kernel
 multiplied by a gain from 0.1 to 3 (vmapped in one compiled call through
 ``sweep.model_gain``), for three init schemes (the axis): Xavier-uniform (the
@@ -16,6 +18,11 @@ from experiments.configs import base
 from experiments.configs import online
 
 GAINS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0)
+
+QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=200",
+              "--config.eval_every=100",
+              "--config.axis_values=('xavier_uniform','he')",
+              "--config.sweep.model_gain=(0.1,1.0,3.0)"]
 
 
 def get_config() -> ml_collections.ConfigDict:

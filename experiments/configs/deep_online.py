@@ -1,5 +1,7 @@
 """deep_online: online (batch 1) learning of deep MLPs, BP vs BP + Oja.
 
+  make experiment NAME=deep_online
+
 Accuracy against depth: hidden layers of equal width 100, trained one sample
 at a time for one pass over the training set, plain backprop (SGD) against
 backprop plus Oja's rule on every layer (``bp_oja``) or on hidden layers only
@@ -15,6 +17,9 @@ from experiments.configs import base
 BP_LR = 0.03
 OJA = {"lr": 0.003, "oja_lr": 0.003}
 OJA_HIDDEN = {"lr": 0.003, "oja_lr": 0.003}
+
+QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=200",
+              "--config.eval_every=100", "--config.axis_values=(2,3)"]
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,5 +1,7 @@
 """feedback_alignment: fixed random feedback weights, with and without Oja.
 
+  make experiment NAME=feedback_alignment
+
 The reference network trained online for three passes (12,000 samples) with
 backprop (``bp``), feedback alignment (``fa``: the backward pass sends errors
 through fixed random ``B`` drawn like the initial kernels, via
@@ -19,6 +21,9 @@ from experiments.configs import online
 FA_LR = 0.003
 FA_OJA = {"lr": 0.01, "oja_lr": 0.0003}
 FA_OJA_HIDDEN = {"lr": 0.01, "oja_lr": 0.0003}
+
+QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=200",
+              "--config.eval_every=100"]
 
 
 def get_config() -> ml_collections.ConfigDict:

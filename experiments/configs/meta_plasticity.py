@@ -1,5 +1,7 @@
 """meta_plasticity: meta-learned local rules (error + Oja) vs tuned backprop.
 
+  make experiment NAME=meta_plasticity
+
 Few-shot online episodes: 5-way tasks, K training images per class (learned
 one at a time, weights re-initialized per episode) and Q = 10 query images
 per class. Classes are (digit, quarter-turn rotation) pairs of the embedded
@@ -19,11 +21,19 @@ the meta-learner's own objective), so every rule is fitted to one criterion.
 
 import ml_collections
 
+QUICK_ARGS = ["--config.n_way=2", "--config.q_query=2", "--config.ks=(2,)",
+              "--config.meta_ks=(2,)", "--config.hidden=(8,)",
+              "--config.lr_grid=(0.1,)", "--config.oja_grid=(0.01,)",
+              "--config.tune_episodes=2", "--config.test_episodes=6",
+              "--config.meta_steps=2", "--config.meta_episodes=2",
+              "--config.train_digits=(0,1)", "--config.test_digits=(7,)",
+              "--config.rotations=(0,1)", "--config.downsample=4"]
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = "meta_plasticity"
-  c.runner = "meta_plasticity"
+  c.task = "meta"
   c.seed = 0
   # Data: embedded_mnist digits, rotated by quarter turns to make classes.
   c.dataset = "embedded_mnist"

@@ -1,5 +1,7 @@
 """online: online (batch 1) learning, plain SGD backprop vs BP + Oja.
 
+  make experiment NAME=online
+
 The reference network (784-170-130-100-70-10, softplus beta=10, no biases,
 Xavier-uniform) and a wider one (4 x 512), trained one sample at a time for
 three passes over the training set (12,000 samples). The curve at 4,000
@@ -17,6 +19,10 @@ from experiments.configs import base
 BP_LR = 0.01
 OJA = {"lr": 0.01, "oja_lr": 0.0003}
 OJA_HIDDEN = {"lr": 0.01, "oja_lr": 0.0003}
+
+QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=200",
+              "--config.eval_every=100",
+              "--config.axis_values=((16,),(32,16))"]
 
 
 def get_config() -> ml_collections.ConfigDict:

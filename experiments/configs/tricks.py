@@ -1,5 +1,7 @@
 """tricks: how much of each engineering trick's benefit Oja recovers.
 
+  make experiment NAME=tricks
+
 The reference network, 4,000 training samples (one pass) in every arm:
 online plain BP (``bp``), online BP + Oja with no tricks (``bp_oja``,
 ``bp_oja_hidden``), and BP with one trick each: mini-batches of 16 (so 16x
@@ -26,6 +28,9 @@ TRICKS = {
     "bp_orthogonal": {"model": {"kernel_init": "orthogonal"},
                       "lr": TRICK_LRS["orthogonal"]},
 }
+
+QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=320",
+              "--config.eval_every=160"]
 
 
 def get_config() -> ml_collections.ConfigDict:

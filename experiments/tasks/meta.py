@@ -36,9 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ojax import episodes as episodes_lib
+from experiments.tasks import episodes as episodes_lib
+from ojax import metrics
 from ojax import models
 from ojax import rules
+from ojax import train
 
 RULE_TERMS = ("error", "oja", "hebb")
 Theta = dict[str, jax.Array]
@@ -81,10 +83,6 @@ def local_update(params: Any, grads: Any, activations: Any,
                       is_leaf=lambda t: isinstance(t, rules.Trace))
 
 
-def _cross_entropy(logits_BxC, y_B):
-  return optax.softmax_cross_entropy_with_integer_labels(logits_BxC, y_B).mean()
-
-
 def _activation_slope(name: str, beta: float) -> Callable[[jax.Array],
                                                            jax.Array]:
   """``sigma'(z)`` written in terms of ``y = sigma(z)``."""
@@ -124,7 +122,7 @@ def error_gradients(model: models.MLP, params: Any, feedback: Optional[Any],
     A tree like ``params``: ``mean_b outer(x_b, e_b)`` per kernel.
   """
   slope = _activation_slope(model.activation, model.beta)
-  names = sorted(params, key=lambda n: int(n.split("_")[1]))
+  names = metrics.layer_names(params)
   e_BxO = activations[names[-1]]["kernel"].post - onehot_BxC
   grads = {}
   for i in reversed(range(len(names))):
@@ -158,7 +156,7 @@ def inner_loop(model: models.MLP, theta: Theta, variables: Any,
   def step(p, xy):
     x_D, y = xy
     logits, acts = forward.apply({"params": p}, x_D[None])
-    loss = _cross_entropy(logits, y[None])
+    loss = train.cross_entropy(logits, y[None])
     grads = error_gradients(model, p, feedback, acts,
                             jax.nn.one_hot(y[None], num_classes,
                                            dtype=x_D.dtype))
@@ -193,7 +191,7 @@ def run_episode(model: models.MLP, theta: Theta, key: jax.Array,
                                  ep.train_y)
   logits, _ = model.clone(feedback="backprop").apply(
       {"params": variables["params"]}, ep.query_x)
-  loss = _cross_entropy(logits, ep.query_y)
+  loss = train.cross_entropy(logits, ep.query_y)
   acc = jnp.mean(jnp.argmax(logits, -1) == ep.query_y)
   return EpisodeResult(loss, acc, jnp.mean(losses))
 

@@ -37,12 +37,14 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import ml_collections
 import numpy as np
 
-from experiments import run_files as rf
-from ojax import data as data_lib
-from ojax import episodes
-from ojax import meta
+from experiments import checkpoint
+from experiments import config as config_lib
+from experiments import data as data_lib
+from experiments import report
+from experiments import stats
+from experiments.tasks import episodes
+from experiments.tasks import meta
 from ojax import models
-from ojax import report
 
 CLAIM = ("Meta-learned local plasticity rules that incorporate Oja's "
          "principle match and surpass standard backpropagation when data are "
@@ -55,41 +57,33 @@ class Prepared(NamedTuple):
   test_pool: np.ndarray  # (C_test, M, D)
 
 
-def _check_ints(config, fields, minimum=1):
-  for f in fields:
-    v = config[f]
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-      raise ValueError(f"{f}={v!r} must be an integer >= {minimum}.")
-
-
-def _check_positive(name, values):
+def _check_list(name, values, integer=False):
   if not values:
-    raise ValueError(f"{name} must list at least one value.")
-  for v in values:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-      raise ValueError(f"{name} has {v!r}; values must be numbers > 0.")
+    raise config_lib.ConfigError(f"{name} must list at least one value.")
+  for i, v in enumerate(values):
+    config_lib.check_number(f"{name}[{i}]", v, integer=integer)
 
 
 def prepare(config: ml_collections.ConfigDict) -> Prepared:
   """Validates the config and builds the two class pools."""
-  _check_ints(config, ("n_way", "q_query", "tune_episodes", "test_episodes",
-                       "meta_episodes", "downsample"))
-  _check_ints(config, ("meta_steps",), minimum=0)
-  for k in config.ks:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-      raise ValueError(f"ks has {k!r}; values must be integers >= 1.")
-  if not config.ks:
-    raise ValueError("ks must list at least one K.")
+  config_lib.check_finite(config)
+  for f in ("n_way", "q_query", "tune_episodes", "test_episodes",
+            "meta_episodes", "downsample"):
+    config_lib.check_number(f, config[f], integer=True)
+  config_lib.check_number("meta_steps", config.meta_steps, integer=True,
+                          zero=True)
+  config_lib.check_number("seed", config.seed, integer=True, zero=True)
+  _check_list("ks", config.ks, integer=True)
   if not config.meta_ks or not set(config.meta_ks) <= set(config.ks):
     raise ValueError(f"meta_ks={tuple(config.meta_ks)} must be a non-empty "
                      f"subset of ks={tuple(config.ks)}.")
   if config.tune_metric not in ("loss", "accuracy"):
     raise ValueError(f"tune_metric={config.tune_metric!r} must be 'loss' or "
                      "'accuracy'.")
-  _check_positive("lr_grid", config.lr_grid)
-  _check_positive("oja_grid", config.oja_grid)
-  _check_positive("hidden", config.hidden)
-  _check_positive("meta_lr", (config.meta_lr,))
+  _check_list("lr_grid", config.lr_grid)
+  _check_list("oja_grid", config.oja_grid)
+  _check_list("hidden", config.hidden, integer=True)
+  config_lib.check_number("meta_lr", config.meta_lr)
   meta.check_terms(config.terms)
   if config.feedback not in models.FEEDBACKS:
     raise ValueError(f"feedback={config.feedback!r} is not known; choose one "
@@ -131,8 +125,8 @@ def _cached(path: str, make) -> Any:
   """Reads the part at ``path`` if a previous run wrote it, else makes it."""
   if os.path.exists(path):
     logging.info("reusing %s", path)
-    return rf.read_json(path)
-  return rf.read_json(rf.write_json(path, make()))
+    return checkpoint.read_json(path)
+  return checkpoint.read_json(report.write_json(path, make()))
 
 
 def _tune(config, model, pool) -> dict[str, Any]:
@@ -224,13 +218,13 @@ def _plot_accuracy(config, tests, path: str) -> str:
   ks = [t["k"] for t in tests]
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   for i, rule in enumerate(RULES):
-    ests = [rf.ci(t["accuracy"][rule]) for t in tests]
+    ests = [stats.bootstrap_ci(t["accuracy"][rule]) for t in tests]
     axes[0].errorbar(ks, [e.mean for e in ests],
                      yerr=[[e.mean - e.low for e in ests],
                            [e.high - e.mean for e in ests]],
                      marker="o", capsize=3, color=f"C{i}", label=rule)
     if rule != "bp":
-      diffs = [rf.paired(t["accuracy"][rule], t["accuracy"]["bp"])
+      diffs = [stats.paired_difference(t["accuracy"][rule], t["accuracy"]["bp"])
                for t in tests]
       axes[1].plot(ks, [d.mean for d in diffs], marker="o", color=f"C{i}",
                    label=f"{rule} - bp")
@@ -294,15 +288,15 @@ def _verdict(config, tests) -> tuple[str, str, list[list[Any]]]:
   rows, better, worse, scarce = [], 0, 0, 0
   for t in tests:
     k, acc = t["k"], t["accuracy"]
-    d = rf.paired(acc["meta"], acc["bp"])
+    d = stats.paired_difference(acc["meta"], acc["bp"])
     is_scarce = k <= config.scarce_max_k
     scarce += is_scarce
     better += bool(is_scarce and d.low > 0)
     worse += bool(d.high < 0)
     rows.append([k, t["meta_k"], "yes" if is_scarce else "no", d,
-                 rf.significance(d), rf.paired(acc["bp_oja"], acc["bp"]),
-                 rf.paired(acc["meta"], acc["bp_oja"]),
-                 rf.paired(acc["meta"], acc["bp_acc"])])
+                 ("better" if d.low > 0 else "worse" if d.high < 0 else "no significant difference"), stats.paired_difference(acc["bp_oja"], acc["bp"]),
+                 stats.paired_difference(acc["meta"], acc["bp_oja"]),
+                 stats.paired_difference(acc["meta"], acc["bp_acc"])])
   if scarce and better > scarce / 2 and not worse:
     verdict = "reproduced"
   elif better or not worse:
@@ -357,16 +351,16 @@ def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
                run["history"]["theta"].items()}}
            for run in learned.values()
            for i, l in enumerate(run["history"]["meta_loss"])]
-  rf.write_jsonl(os.path.join(run_dir, "metrics.jsonl"), rows)
+  report.write_jsonl(os.path.join(run_dir, "metrics.jsonl"), rows)
   figures = [
       _plot_accuracy(config, tests,
                      os.path.join(run_dir, "meta_plasticity_accuracy.png")),
       _plot_coefficients(config, list(learned.values()), os.path.join(
           run_dir, "meta_plasticity_coefficients.png"))]
   verdict, evidence, vrows = _verdict(config, tests)
-  acc_rows = [[t["k"]] + [f"{rf.ci(t['accuracy'][r])}" for r in RULES]
+  acc_rows = [[t["k"]] + [f"{stats.bootstrap_ci(t['accuracy'][r])}" for r in RULES]
               for t in tests]
-  loss_rows = [[t["k"]] + [f"{rf.ci(t['loss'][r])}" for r in RULES]
+  loss_rows = [[t["k"]] + [f"{stats.bootstrap_ci(t['loss'][r])}" for r in RULES]
                for t in tests]
   rule_rows = [[t["k"]] + [_describe(t["rules"][r]) for r in RULES]
                for t in tests]
@@ -380,8 +374,7 @@ def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
                 f"{np.mean(run['history']['meta_loss'][:10]):.3f} -> "
                 f"{np.mean(run['history']['meta_loss'][-10:]):.3f}",
                 run["skipped_steps"]] for run in learned.values()]
-  text = "\n".join([
-      "# meta_plasticity", "",
+  preamble = [
       f"{config.n_way}-way online episodes (batch 1, weights re-initialized "
       f"per episode), K training and {config.q_query} query images per "
       "class. Classes: (digit, quarter-turn rotation) pairs of the embedded "
@@ -393,8 +386,9 @@ def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
       f"{'-'.join(map(str, config.hidden))}-{config.n_way}, softplus "
       f"(beta 10), no biases, Xavier-uniform; feedback: {config.feedback}. "
       f"{config.test_episodes} held-out episodes per K, identical for every "
-      "rule; means with 98% bootstrap CIs over episodes (500 resamples).",
-      "", "Rules: `bp` = error term only, rate tuned per K by query "
+      f"rule; means with {stats.LEVEL:.0%} bootstrap CIs over episodes "
+      f"({stats.RESAMPLES} resamples).",
+      "Rules: `bp` = error term only, rate tuned per K by query "
       f"{config.tune_metric}; `bp_oja` = error + Oja, both rates tuned per K "
       f"by query {config.tune_metric}; `meta` = error + Oja coefficients "
       "meta-learned per K by Adam on the query cross-entropy through the inner "
@@ -405,44 +399,41 @@ def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
           " With feedback=random the error term of every rule, bp included, "
           "is sent down through fixed random matrices (feedback alignment)."
           if config.feedback == "random" else ""),
-      "", f"Command: `{command}`" if command else "",
-      "", "## Rate tuning on meta-training tasks", "",
-      f"Grid: lr in {tuple(config.lr_grid)}; Oja rate in "
-      f"{tuple(config.oja_grid)}; {config.tune_episodes} episodes per point "
-      "(every point's query loss and accuracy are in tuning.json).", "",
-      rf.table(["K", "bp lr", "bp loss / acc", "bp_oja lr / Oja",
-                "bp_oja loss / acc", "bp_acc lr", "bp_acc acc"], tune_rows),
-      "", "## Meta-learned rules", "",
-      f"Adam (lr {config.meta_lr:g}), {config.meta_steps} meta-steps of "
-      f"{config.meta_episodes} fresh meta-training episodes, one rule per K "
-      f"in {tuple(config.meta_ks)} (a test K uses the rule of the largest "
-      "meta-training K not above it).", "",
-      rf.table(["K", "initial theta", "learned theta",
-                "meta-batch loss (first 10 -> last 10)", "skipped steps"],
-               meta_rows),
-      "", "## Held-out query accuracy", "",
-      rf.table(["K"] + list(RULES), acc_rows),
-      "", "## Held-out query loss (cross-entropy)", "",
-      rf.table(["K"] + list(RULES), loss_rows),
-      "", "Coefficients used:", "",
-      rf.table(["K"] + list(RULES), rule_rows),
-      "", "## Paired accuracy differences (held-out episodes)", "",
-      rf.table(["K", "meta K", "scarce", "meta - bp", "meta is",
-                "bp_oja - bp", "meta - bp_oja", "meta - bp_acc"], vrows),
-      "", "## Verdict", "", f"**{verdict}**: {evidence}", "",
+      f"Command: `{command}`" if command else "",
       "Verdict rule: reproduced if meta is significantly better than bp "
-      "(paired 98% CI of the held-out accuracy difference above 0) at a "
-      "majority of data-scarce K and significantly worse at none; partly if "
-      "better at some scarce K or worse at none (matches); not reproduced "
-      "otherwise. CIs cover episode sampling, not the randomness of one "
-      "meta-training run.", "",
-      *[f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in figures],
-      ""])
-  path = rf.write_text(os.path.join(run_dir, "summary.md"), text)
+      f"(paired {stats.LEVEL:.0%} CI of the held-out accuracy difference "
+      "above 0) at a majority of data-scarce K and significantly worse at "
+      "none; partly if better at some scarce K or worse at none; not "
+      "reproduced otherwise. CIs cover episode sampling, not the randomness "
+      "of one meta-training run."]
+  tables = [
+      (f"Rate tuning on meta-training tasks (lr in {tuple(config.lr_grid)}; "
+       f"Oja rate in {tuple(config.oja_grid)}; {config.tune_episodes} "
+       "episodes per point)",
+       report.table(["K", "bp lr", "bp loss / acc", "bp_oja lr / Oja",
+                     "bp_oja loss / acc", "bp_acc lr", "bp_acc acc"],
+                    tune_rows)),
+      (f"Meta-learned rules (Adam, lr {config.meta_lr:g}, "
+       f"{config.meta_steps} meta-steps of {config.meta_episodes} episodes; "
+       "a test K uses the rule of the largest meta-training K not above it)",
+       report.table(["K", "initial theta", "learned theta",
+                     "meta-batch loss (first 10 -> last 10)",
+                     "skipped steps"], meta_rows)),
+      ("Held-out query accuracy", report.table(["K"] + list(RULES),
+                                               acc_rows)),
+      ("Held-out query loss (cross-entropy)",
+       report.table(["K"] + list(RULES), loss_rows)),
+      ("Coefficients used", report.table(["K"] + list(RULES), rule_rows)),
+      ("Paired accuracy differences (held-out episodes)",
+       report.table(["K", "meta K", "scarce", "meta - bp", "meta is",
+                     "bp_oja - bp", "meta - bp_oja", "meta - bp_acc"],
+                    vrows))]
   claim = CLAIM if config.feedback == "backprop" else (
       CLAIM + " (Variant with random feedback: every rule's error term, bp "
       "included, uses feedback alignment, so this run compares the "
       "meta-learned FA + Oja rule with tuned FA, not with backprop.)")
-  rf.write_verdict(run_dir, claim, verdict, evidence,
-                   [os.path.basename(p) for p in figures])
+  section = report.Section(
+      claim, f"data-scarce K <= {config.scarce_max_k}", tables,
+      [os.path.basename(p) for p in figures], verdict, evidence)
+  path = report.write_section(run_dir, section, config.experiment, preamble)
   return path
