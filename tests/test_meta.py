@@ -1,4 +1,4 @@
-"""Tests of ojax.episodes, ojax.meta and the meta_plasticity runner (tiny)."""
+"""Tests of the meta-learning task (episodes, inner loop, runner), tiny sizes."""
 
 import json
 
@@ -9,10 +9,10 @@ import optax
 import pytest
 
 import ojax
-from experiments import meta_plasticity as runner
 from experiments.configs import meta_plasticity as mp_config
-from ojax import episodes
-from ojax import meta
+from experiments.tasks import episodes
+from experiments.tasks import meta
+from experiments.tasks import meta_plasticity as runner
 from ojax import models
 
 
@@ -129,6 +129,7 @@ def test_meta_gradient_matches_finite_differences(feedback):
       assert abs(float(fd)) > 1e-6  # the test would be vacuous otherwise
 
 
+@pytest.mark.slow
 def test_meta_training_lowers_the_query_loss_from_a_poor_rate():
   rng = np.random.default_rng(8)  # separable classes: centers plus noise
   pool = jnp.asarray(rng.uniform(size=(4, 1, 6)) + 0.2 * rng.normal(
@@ -157,15 +158,16 @@ def _tiny_config():
   return c
 
 
+@pytest.mark.slow
 def test_runner_writes_the_run_directory_contract(tmp_path):
   config = _tiny_config()
   prepared = runner.prepare(config)
   assert prepared.train_pool.shape[0] == 4 and prepared.test_pool.shape[0] == 2
   runner.run(config, prepared, str(tmp_path), "test")
-  for name in ("config.json", "metrics.jsonl", "summary.md", "verdict.json",
+  for name in ("config.json", "metrics.jsonl", "summary.md", "section.json",
                "tuning.json", "meta_K2.json", "test_K2.json"):
     assert (tmp_path / name).exists(), name
-  verdict = json.loads((tmp_path / "verdict.json").read_text())
+  verdict = json.loads((tmp_path / "section.json").read_text())
   assert verdict["verdict"] in ("reproduced", "partly reproduced",
                                 "not reproduced")
   for fig in verdict["figures"]:
@@ -175,11 +177,17 @@ def test_runner_writes_the_run_directory_contract(tmp_path):
   assert len(test["accuracy"]["meta"]) == 6
 
 
-@pytest.mark.parametrize("field, value", [
-    ("ks", ()), ("meta_ks", (3,)), ("terms", ("oja",)), ("feedback", "none"),
-    ("test_digits", (1,)), ("tune_metric", "auc"), ("lr_grid", (0.0,))])
-def test_prepare_rejects_bad_values(field, value):
+@pytest.mark.parametrize("field, value, message", [
+    ("ks", (), "ks must list at least one value"),
+    ("meta_ks", (3,), r"meta_ks=\(3,\) must be a non-empty subset of ks=\(2,\)"),
+    ("terms", ("oja",), "must include 'error'"),
+    ("feedback", "none", "feedback='none' is not known"),
+    ("test_digits", (1,), "must not overlap"),
+    ("tune_metric", "auc", "tune_metric='auc' must be"),
+    ("lr_grid", (0.0,), r"lr_grid\[0\]=0.0 must be finite and > 0"),
+    ("meta_lr", float("nan"), "meta_lr=nan must be finite")])
+def test_prepare_rejects_bad_values(field, value, message):
   config = _tiny_config()
   config[field] = value
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=message):
     runner.prepare(config)

@@ -1,8 +1,8 @@
-"""Tests of ojax.stats: bootstrap intervals and paired differences."""
+"""Tests of experiments.stats: bootstrap intervals and paired differences."""
 
 import numpy as np
 
-from ojax import stats
+from experiments import stats
 
 
 def test_constant_values_give_a_zero_width_interval():
@@ -37,3 +37,11 @@ def test_paired_difference_detects_a_consistent_shift_that_unpaired_noise_hides(
 def test_nan_values_are_dropped():
   est = stats.bootstrap_ci([1.0, np.nan, 3.0])
   assert est.n == 2 and est.mean == 2.0
+
+
+def test_one_value_gives_no_interval():
+  est = stats.bootstrap_ci([0.7])
+  assert est.n == 1 and est.mean == 0.7
+  assert np.isnan(est.low) and np.isnan(est.high)
+  assert "n/a" in str(est) and not est.excludes_zero()
+  assert str(stats.bootstrap_ci([])) == "n/a"
