@@ -12,7 +12,7 @@ export MALLOC_TOP_PAD_ ?= 67108864
 # every step (BENCHMARKS.md: ~1.5x samples/s for batch-1 loops).
 export XLA_FLAGS ?= --xla_cpu_copy_insertion_use_region_analysis=true
 
-.PHONY: install experiment test bench results tune sweep clean
+.PHONY: install experiment test test-slow bench results tune sweep clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,12 @@ sweep: $(VENV)/.installed
 	  --config.sweep.lr="(0.003,0.01,0.03,0.1)" \
 	  --config.sweep.oja_lr="(0.0,0.0003,0.001,0.003,0.01)" $(ARGS)
 
+# The fast suite (< 3 min on 2 cores); test-slow runs the end-to-end tests.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow tests $(ARGS)
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench.py $(ARGS)
