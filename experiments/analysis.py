@@ -6,22 +6,23 @@ seeds) or ``(E, G, S, L)`` for per-layer diagnostics.
 
 Every comparison is a paired difference over seeds of a metric between an arm
 and a reference arm at one *setting* (axis value, sweep point, evaluation):
-``d_s = m_s(arm) - m_s(ref)``, mean with a 98% percentile-bootstrap CI (500
-resamples). It is *significant* when the CI excludes 0. Seeds that diverged
-(``diverged_at >= 0``, see ``ojax.train``) in either arm are left out of the
-pairs and counted apart; with fewer than ``stats.MIN_SEEDS`` pairs left there
-is no interval.
+``d_s = m_s(arm) - m_s(ref)``, its mean with a 98% Student-t interval and the
+p-value of the exact sign-flip test (``experiments.stats``). Seeds that
+diverged (``diverged_at >= 0``, see ``ojax.train``) in either arm are left out
+of the pairs and counted apart. The p-values of a claim's family (its
+settings x Oja arms) are Holm-adjusted; a difference is *significant* when
+its adjusted p is below 0.02, *better* or *worse* by its sign.
 
-Verdict rule (the same for every experiment): over the settings the claim is
-about, the primary Oja arm (the reference formulation) is compared with its
-baseline on final test accuracy.
+Verdict rule (the same for every experiment; :data:`RULE`): over the claim's
+settings, the primary Oja arm (the reference formulation) is compared with
+its baseline. With B settings better and W worse out of N:
 
-- reproduced: the CI is above 0 in at least half of the claim settings and
-  below 0 in none;
-- partly reproduced: above 0 in at least one claim setting, for the primary
-  arm or the hidden-layers-only arm;
-- not reproduced: otherwise;
-- no verdict: fewer than ``MIN_SEEDS_VERDICT`` seeds per arm.
+- reproduced: B >= N/2 and W = 0;
+- partly reproduced: 0 < B < N/2 and W = 0;
+- mixed: B > 0 and W > 0 (both counts are stated);
+- contradicted: W > N/2 and B = 0;
+- not reproduced: otherwise (B = 0);
+- no verdict: fewer than ``MIN_SEEDS_VERDICT`` seeds per arm, or no setting.
 """
 
 from __future__ import annotations
@@ -38,16 +39,18 @@ from experiments import stats
 from experiments.config import Job, expand
 from experiments.runner import JobResult
 
-MIN_SEEDS_VERDICT = 3
-RULE = ("Verdict rule: over the claim's settings, the paired difference "
-        "(Oja arm - baseline, final test accuracy, 98% bootstrap CI over "
-        "seeds) of the reference-formulation arm (Oja on all layers) is "
-        "*reproduced* if its CI is above 0 in at least half of the settings "
-        "and below 0 in none; *partly reproduced* if it is above 0 in at least "
-        "one setting for the all-layers or the hidden-only arm; *not "
-        "reproduced* otherwise. With fewer than "
-        f"{MIN_SEEDS_VERDICT} seeds per arm there is no verdict. Seeds that "
-        "diverged in either arm are left out of the pairs and counted apart.")
+MIN_SEEDS_VERDICT = 10
+RULE = ("Verdict rule: at each of the claim's N settings the reference-"
+        "formulation arm (Oja on all layers) is compared with its baseline, "
+        "paired over seeds (exact sign-flip test, p-values Holm-adjusted over "
+        "the claim's settings x Oja arms; significant below "
+        f"{stats.ALPHA:g}; {stats.LEVEL:.0%} t intervals). With B settings "
+        "significantly better and W worse: *reproduced* if B >= N/2 and W = 0; "
+        "*partly reproduced* if 0 < B < N/2 and W = 0; *mixed* if B > 0 and "
+        "W > 0; *contradicted* if W > N/2 and B = 0; *not reproduced* "
+        f"otherwise. Fewer than {MIN_SEEDS_VERDICT} seeds per arm: no "
+        "verdict. Seeds that diverged in either arm are left out of the pairs "
+        "and counted apart.")
 
 
 class Run(NamedTuple):
@@ -60,16 +63,28 @@ class Comparison(NamedTuple):
   setting: str
   arm: str
   reference: str
-  diff: stats.Estimate
+  diff: stats.Estimate  # Mean, t interval, n and raw sign-flip p.
   diverged: tuple[int, int] = (0, 0)  # Seeds left out: (arm, reference).
+  p_adj: float = float("nan")  # Holm-adjusted over the claim's family.
+
+  @property
+  def significant(self) -> bool:
+    p = self.p_adj if np.isfinite(self.p_adj) else self.diff.p
+    return bool(p < stats.ALPHA)
 
   @property
   def better(self) -> bool:
-    return self.diff.low > 0
+    return self.significant and self.diff.mean > 0
 
   @property
   def worse(self) -> bool:
-    return self.diff.high < 0
+    return self.significant and self.diff.mean < 0
+
+
+def adjust(comparisons: Sequence[Comparison]) -> list[Comparison]:
+  """Holm-adjusts the p-values of one family of comparisons."""
+  adjusted = stats.holm([c.diff.p for c in comparisons])
+  return [c._replace(p_adj=p) for c, p in zip(comparisons, adjusted)]
 
 
 def label(value: Any) -> str:
@@ -169,52 +184,62 @@ def pairwise(run: Run, arm: str, reference: str, keep=lambda v, g: True,
 
 def verdict(primary: Sequence[Comparison],
             secondary: Sequence[Comparison] = ()) -> tuple[str, str]:
-  """The verdict of :data:`RULE` and a one-line count of the evidence."""
+  """The verdict of :data:`RULE` and a one-line count of the evidence.
+
+  ``primary`` and ``secondary`` should be Holm-adjusted together
+  (:func:`adjust`); only ``primary`` decides, ``secondary`` is reported.
+  """
   n = len(primary)
-  seeds = min([c.diff.n + max(c.diverged) for c in primary] or [0])
-  if n and seeds < MIN_SEEDS_VERDICT:
+  if not n:
+    return "no verdict", "no claim settings in this run."
+  seeds = min(c.diff.n + max(c.diverged) for c in primary)
+  if seeds < MIN_SEEDS_VERDICT:
     return "no verdict", (f"only {seeds} seed(s) per arm; the rule needs at "
                           f"least {MIN_SEEDS_VERDICT}.")
   better = sum(c.better for c in primary)
   worse = sum(c.worse for c in primary)
-  better2 = sum(c.better for c in secondary)
-  if n and 2 * better >= n and worse == 0:
-    word = "reproduced"
-  elif better or better2:
-    word = "partly reproduced"
+  if better and worse:
+    word = "mixed"
+  elif better:
+    word = "reproduced" if 2 * better >= n else "partly reproduced"
+  elif 2 * worse > n:
+    word = "contradicted"
   else:
     word = "not reproduced"
-  if not n:
-    return "no verdict", "no claim settings in this run."
   text = (f"`{primary[0].arm}` significantly better in {better}/{n} claim "
           f"settings, significantly worse in {worse}/{n}")
   if secondary:
-    text += (f"; `{secondary[0].arm}` significantly better in "
-             f"{better2}/{len(secondary)}, worse in "
+    text += (f"; `{secondary[0].arm}` better in "
+             f"{sum(c.better for c in secondary)}/{len(secondary)}, worse in "
              f"{sum(c.worse for c in secondary)}/{len(secondary)}")
-  return word, text + "."
+  return word, text + " (Holm-adjusted sign-flip tests)."
 
 
 def comparison_table(comparisons: Sequence[Comparison],
                      what: str = "final test acc",
                      words: tuple[str, str] = ("better", "worse")) -> str:
-  """Markdown rows: setting, arms, paired difference, significance.
+  """Markdown rows: setting, arms, paired difference, p-values, significance.
 
-  ``words`` name a significant positive and negative difference.
+  ``words`` name a significant positive and negative difference. Unless the
+  comparisons were adjusted already (a claim's family), the table's rows are
+  Holm-adjusted as one family.
   """
+  if comparisons and not any(np.isfinite(c.p_adj) for c in comparisons):
+    comparisons = adjust(comparisons)  # The table is its own family.
   lines = [f"| setting | arm - baseline | {what} difference "
-           f"[{stats.LEVEL:.0%} CI] | significant | diverged (arm / base) |",
-           "|---|---|---|---|---|"]
+           f"[{stats.LEVEL:.0%} CI] | p (sign-flip) | p (Holm) | significant "
+           "| diverged (arm / base) |", "|---|---|---|---|---|---|---|"]
   for c in comparisons:
     sig = (f"yes, {words[0]}" if c.better else f"yes, {words[1]}"
-           if c.worse else "n/a" if not np.isfinite(c.diff.low) else "no")
+           if c.worse else "n/a" if not np.isfinite(c.diff.p) else "no")
     lines.append(f"| {c.setting} | {c.arm} - {c.reference} | {c.diff} | "
-                 f"{sig} | {c.diverged[0]} / {c.diverged[1]} |")
+                 f"{c.diff.p:.3g} | {c.p_adj:.3g} | {sig} | "
+                 f"{c.diverged[0]} / {c.diverged[1]} |")
   return "\n".join(lines)
 
 
 def ratio_ci(num_a, num_b, den_a, den_b, level: float = stats.LEVEL,
-             num_resamples: int = stats.RESAMPLES, seed: int = 0
+             num_resamples: int = 2000, seed: int = 0
              ) -> stats.Estimate:
   """Bootstrap CI of ``mean(num_a - num_b) / mean(den_a - den_b)``.
 

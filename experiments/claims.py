@@ -24,13 +24,24 @@ from experiments.report import Section
 def _final_tables(run: analysis.Run, keys=("test_accuracy",
                                            "online_accuracy")
                   ) -> list[tuple[str, str]]:
-  return [(f"Final metrics per arm ({stats.LEVEL:.0%} bootstrap CI over the "
+  return [(f"Final metrics per arm ({stats.LEVEL:.0%} t interval over the "
            "seeds that did not diverge; diverged: see ojax.train)",
            report.summary_table(run.results, run.config, keys))]
 
 
 def _figure(run: analysis.Run, name: str) -> str:
   return os.path.join(run.run_dir, f"{name}.png")
+
+
+def _family(primary, *others):
+  """Holm-adjusts a claim's comparisons together; returns them split again."""
+  groups = (primary,) + others
+  flat = analysis.adjust([c for g in groups for c in g])
+  out, i = [], 0
+  for g in groups:
+    out.append(flat[i:i + len(g)])
+    i += len(g)
+  return out
 
 
 def _section(run, claim, scope, primary, secondary, tables, figure_paths):
@@ -63,6 +74,7 @@ def online(run: analysis.Run) -> Section:
           f"hidden={r.job.axis_value}, first pass", arm, "bp",
           stats.paired_difference(first_pass(r.history),
                                   first_pass(base.history))))
+  primary, secondary = _family(primary, secondary)
   tables = _final_tables(run) + [
       ("Paired difference in test accuracy (BP + Oja - BP)",
        analysis.comparison_table(primary + secondary)),
@@ -84,6 +96,7 @@ def deep_online(run: analysis.Run) -> Section:
   deep = lambda v, g: float(v) >= 10
   primary = analysis.pairwise(run, "bp_oja", "bp", deep)
   secondary = analysis.pairwise(run, "bp_oja_hidden", "bp", deep)
+  primary, secondary = _family(primary, secondary)
   tables = _final_tables(run) + [
       ("Paired difference in final test accuracy, every depth",
        analysis.comparison_table(analysis.pairwise(run, "bp_oja", "bp") +
@@ -107,6 +120,7 @@ def bad_init(run: analysis.Run) -> Section:
   figure = _figure(run, 'bad_init')
   primary = analysis.pairwise(run, "bp_oja", "bp", _bad_gain)
   secondary = analysis.pairwise(run, "bp_oja_hidden", "bp", _bad_gain)
+  primary, secondary = _family(primary, secondary)
   tables = _final_tables(run) + [
       ("Paired difference in final test accuracy, every init scheme and "
        "gain", analysis.comparison_table(
@@ -127,6 +141,7 @@ def tricks(run: analysis.Run) -> Section:
   bp = analysis.find(run, "bp")
   primary = analysis.pairwise(run, "bp_oja", "bp")
   secondary = analysis.pairwise(run, "bp_oja_hidden", "bp")
+  primary, secondary = _family(primary, secondary)
   tricks_ = [r for r in run.results if r.job.arm not in
              ("bp", "bp_oja", "bp_oja_hidden")]
   trick_rows = [analysis.compare(r, bp, "-") for r in tricks_]
@@ -168,6 +183,7 @@ def feedback_alignment(run: analysis.Run) -> Section:
   figure = _figure(run, 'feedback_alignment')
   primary = analysis.pairwise(run, "fa_oja", "fa")
   secondary = analysis.pairwise(run, "fa_oja_hidden", "fa")
+  primary, secondary = _family(primary, secondary)
   others = analysis.pairwise(run, "bp", "fa")
   fa = analysis.find(run, "fa")
   norms = [analysis.compare(r, fa, "end", "weight_norm", reduce=_total_norm)
@@ -175,9 +191,9 @@ def feedback_alignment(run: analysis.Run) -> Section:
   growth = []
   for r in run.results:
     w = _total_norm(r.history["weight_norm"][:, 0])  # (E, S)
-    growth.append(f"| {r.job.arm} | {stats.bootstrap_ci(w[0])} | "
-                  f"{stats.bootstrap_ci(w[-1])} | "
-                  f"{stats.bootstrap_ci(w[-1] / w[0])} |")
+    growth.append(f"| {r.job.arm} | {stats.interval(w[0])} | "
+                  f"{stats.interval(w[-1])} | "
+                  f"{stats.interval(w[-1] / w[0])} |")
   tables = _final_tables(run) + [
       ("Paired difference in final test accuracy against FA",
        analysis.comparison_table(primary + secondary + others)),
@@ -208,6 +224,7 @@ def recurrent_memory(run: analysis.Run) -> Section:
   primary = analysis.pairwise(run, "bp_oja", "bp", key=mc)
   attribution = (analysis.pairwise(run, "bp_oja_rec", "bp", key=mc) +
                  analysis.pairwise(run, "bp_oja_in", "bp", key=mc))
+  primary, attribution = _family(primary, attribution)
   tables = _final_tables(run, (mc, "test_loss", "spectral_radius",
                                "participation_ratio")) + [
       ("Paired difference in final memory capacity against bp",

@@ -1,6 +1,6 @@
 """The figures of every report (PNG, dpi 80).
 
-Every curve is the mean over the seeds that did not diverge, with a bootstrap
+Every curve is the mean over the seeds that did not diverge, with a Student-t
 band (or error bars) from ``experiments.stats``; one color per arm, the same
 in every panel.
 """
@@ -30,13 +30,13 @@ def _colors(run: analysis.Run) -> dict[str, str]:
 def _band(ax, x, values_ExS, color, label, diverged_S=None):
   if diverged_S is not None:
     values_ExS = values_ExS[:, ~diverged_S]
-  mean, low, high = stats.bootstrap_band(values_ExS, LEVEL)
+  mean, low, high = stats.band(values_ExS, LEVEL)
   ax.plot(x, mean, color=color, label=label)
   ax.fill_between(x, low, high, color=color, alpha=0.25)
 
 
 def _errorbars(ax, xs, per_seed: Sequence[np.ndarray], color, label):
-  ests = [stats.bootstrap_ci(v, LEVEL) for v in per_seed]
+  ests = [stats.interval(v, LEVEL) for v in per_seed]
   ax.errorbar(xs, [e.mean for e in ests],
               yerr=[[e.mean - e.low for e in ests],
                     [e.high - e.mean for e in ests]],
@@ -58,7 +58,7 @@ def _finish(fig, axes, title: str, path: str) -> str:
 def _title(run: analysis.Run, what: str) -> str:
   c = run.config
   return (f"{c.experiment}: {what}\n({c.get('dataset', c.task)}, {c.seeds} "
-          f"seeds, mean and {int(LEVEL * 100)}% bootstrap CI)")
+          f"seeds, mean and {int(LEVEL * 100)}% t interval)")
 
 
 def curves(run: analysis.Run, path: str, keys=("test_accuracy",
@@ -141,7 +141,7 @@ def versus_gain(run: analysis.Run, path: str) -> str:
 def bars(run: analysis.Run, path: str) -> str:
   """Final test accuracy per arm, horizontal bars with CI error bars."""
   rs = run.results
-  ests = [stats.bootstrap_ci(analysis.value(r)[~analysis.diverged(r)], LEVEL)
+  ests = [stats.interval(analysis.value(r)[~analysis.diverged(r)], LEVEL)
           for r in rs]
   fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(rs) + 1.2))
   y = np.arange(len(rs))

@@ -172,7 +172,7 @@ def summary_table(results, config: ml_collections.ConfigDict,
       ok = final(r, "diverged_at", g) < 0
       rows.append(([str(r.job.axis_value)] if axis else []) + [r.job.arm] +
                   [f"{point[k]:g}" for k in fields] +
-                  [str(stats.bootstrap_ci(final(r, k, g)[ok])) for k in keys]
+                  [str(stats.interval(final(r, k, g)[ok])) for k in keys]
                   + [str(int((~ok).sum())), str(len(ok))])
   return table(head, rows)
 
@@ -188,9 +188,8 @@ def _preamble(config: ml_collections.ConfigDict, command: str) -> list[str]:
             f"{config.num_samples} samples per seed, batch size "
             f"{config.batch_size}")
   return [f"{data}; {config.seeds} paired seeds. Means over the seeds that "
-          f"did not diverge, with {stats.LEVEL:.0%} bootstrap CIs "
-          f"({stats.RESAMPLES} resamples; n/a below {stats.MIN_SEEDS} "
-          "seeds).", f"Command: `{command}`" if command else ""]
+          f"did not diverge, with {stats.LEVEL:.0%} Student-t CIs (n/a "
+          f"below {stats.MIN_SEEDS} seeds).", f"Command: `{command}`" if command else ""]
 
 
 def write_run(run_dir: str, results, config: ml_collections.ConfigDict,

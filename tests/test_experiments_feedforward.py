@@ -150,22 +150,35 @@ def test_feedback_alignment_angles(run_dirs, tmp_path):
   assert any("Weight-norm growth" in t for t, _ in section.tables)
 
 
-def _comparison(low, high, n=5):
+def _comparison(mean, p, n=10):
   return analysis.Comparison("s", "bp_oja", "bp",
-                             stats.Estimate((low + high) / 2, low, high, n))
+                             stats.Estimate(mean, mean - .01, mean + .01, n,
+                                            p))
 
 
 def test_verdict_rule():
-  up, flat, down = _comparison(.01, .03), _comparison(-.01, .02), (
-      _comparison(-.03, -.01))
+  up, flat, down = (_comparison(.02, .001), _comparison(.01, .3),
+                    _comparison(-.02, .001))
   assert analysis.verdict([up, up, flat])[0] == "reproduced"
   assert analysis.verdict([up, flat])[0] == "reproduced"
-  assert analysis.verdict([up, down])[0] == "partly reproduced"
-  assert analysis.verdict([flat, flat], [up])[0] == "partly reproduced"
-  assert analysis.verdict([flat, down], [flat])[0] == "not reproduced"
+  assert analysis.verdict([up, flat, flat])[0] == "partly reproduced"
+  # Three wins against two losses is not a reproduction: both are counted.
+  word, why = analysis.verdict([up, up, up, down, down])
+  assert word == "mixed" and "better in 3/5" in why and "worse in 2/5" in why
+  assert analysis.verdict([down, down, flat])[0] == "contradicted"
+  assert analysis.verdict([down, flat, flat])[0] == "not reproduced"
+  assert analysis.verdict([flat, flat], [up])[0] == "not reproduced"
   assert analysis.verdict([])[0] == "no verdict"
-  word, why = analysis.verdict([_comparison(.01, .03, n=2)])
-  assert word == "no verdict" and "at least 3" in why
+  word, why = analysis.verdict([_comparison(.02, .001, n=5)])
+  assert word == "no verdict" and "at least 10" in why
+
+
+def test_holm_adjustment_can_remove_significance():
+  # Raw p = 0.015 < 0.02 alone; in a family of three it is not significant.
+  one = analysis.adjust([_comparison(.02, .015)])
+  three = analysis.adjust([_comparison(.02, .015)] * 3)
+  assert one[0].better and not three[0].better
+  assert three[0].p_adj == pytest.approx(0.045)
 
 
 def test_diverged_seeds_are_left_out_of_the_pairs():

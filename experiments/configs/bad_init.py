@@ -28,7 +28,7 @@ QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=200",
 def get_config() -> ml_collections.ConfigDict:
   c = base.get_base_config()
   c.experiment = "bad_init"
-  c.seeds = 5  # x 6 gains = 30 vmapped points per job.
+  c.seeds = 10  # x 6 gains = 60 vmapped points per job.
   c.axis = "model.kernel_init"
   c.axis_values = ("xavier_uniform", "he", "lecun")
   c.sweep.model_gain = GAINS

@@ -15,7 +15,7 @@ progress):
 
 Verdict rule (claim: meta-learned rules with Oja's term match and surpass
 backprop when data are scarce): at each data-scarce K (K <= scarce_max_k)
-the paired difference of held-out accuracy meta - bp (98% bootstrap CI over
+the paired difference of held-out accuracy meta - bp (98% t interval over
 episodes) is "better" if its CI lies above 0 and "worse" if below. Reproduced
 if better at a majority of scarce K and worse at no K; partly reproduced if
 better at some scarce K, or worse at none; not reproduced otherwise.
@@ -218,7 +218,7 @@ def _plot_accuracy(config, tests, path: str) -> str:
   ks = [t["k"] for t in tests]
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   for i, rule in enumerate(RULES):
-    ests = [stats.bootstrap_ci(t["accuracy"][rule]) for t in tests]
+    ests = [stats.interval(t["accuracy"][rule]) for t in tests]
     axes[0].errorbar(ks, [e.mean for e in ests],
                      yerr=[[e.mean - e.low for e in ests],
                            [e.high - e.mean for e in ests]],
@@ -243,7 +243,7 @@ def _plot_accuracy(config, tests, path: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.suptitle(f"meta_plasticity: mean over {config.test_episodes} held-out "
-               "episodes, 98% bootstrap CI")
+               "episodes, 98% t interval")
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
@@ -358,9 +358,9 @@ def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
       _plot_coefficients(config, list(learned.values()), os.path.join(
           run_dir, "meta_plasticity_coefficients.png"))]
   verdict, evidence, vrows = _verdict(config, tests)
-  acc_rows = [[t["k"]] + [f"{stats.bootstrap_ci(t['accuracy'][r])}" for r in RULES]
+  acc_rows = [[t["k"]] + [f"{stats.interval(t['accuracy'][r])}" for r in RULES]
               for t in tests]
-  loss_rows = [[t["k"]] + [f"{stats.bootstrap_ci(t['loss'][r])}" for r in RULES]
+  loss_rows = [[t["k"]] + [f"{stats.interval(t['loss'][r])}" for r in RULES]
                for t in tests]
   rule_rows = [[t["k"]] + [_describe(t["rules"][r]) for r in RULES]
                for t in tests]
@@ -386,8 +386,8 @@ def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
       f"{'-'.join(map(str, config.hidden))}-{config.n_way}, softplus "
       f"(beta 10), no biases, Xavier-uniform; feedback: {config.feedback}. "
       f"{config.test_episodes} held-out episodes per K, identical for every "
-      f"rule; means with {stats.LEVEL:.0%} bootstrap CIs over episodes "
-      f"({stats.RESAMPLES} resamples).",
+      f"rule; means with {stats.LEVEL:.0%} Student-t intervals over "
+      "episodes.",
       "Rules: `bp` = error term only, rate tuned per K by query "
       f"{config.tune_metric}; `bp_oja` = error + Oja, both rates tuned per K "
       f"by query {config.tune_metric}; `meta` = error + Oja coefficients "
