@@ -62,12 +62,18 @@ class Task(NamedTuple):
       of ``num_steps``; ``start`` is the step index. Default: the step
       indices ``start .. start + num_steps``.
     samples_per_step: samples one step consumes (the batch size).
+    enter: optional ``state -> state`` applied before a chunk's steps, and
+      ``exit`` after them (e.g. a step that wants its own parameter layout;
+      outside a chunk, ``exit(enter(state))`` is what evaluation and
+      checkpoints see).
   """
 
   step: Callable[[TrainState, Any, Any], tuple[TrainState, Metrics]]
   evaluate: Callable[[TrainState, Any], Metrics]
   sample: Optional[Callable[[TrainState, jax.Array, int, Any], Any]] = None
   samples_per_step: int = 1
+  enter: Optional[Callable[[TrainState], TrainState]] = None
+  exit: Optional[Callable[[TrainState], TrainState]] = None
 
 
 class Progress(NamedTuple):
@@ -202,7 +208,8 @@ def generic_classifier_step(model: nn.Module, tx: optax.GradientTransformation
 def classifier_task(model: nn.Module, tx: optax.GradientTransformation, *,
                     batch_size: int = 1, eval_batch_size: int = 1000,
                     diagnostics: Optional[Diagnostics] = None,
-                    step: Optional[Callable[..., Any]] = None) -> Task:
+                    step: Optional[Callable[..., Any]] = None,
+                    fast: bool = True) -> Task:
   """Online (or mini-batch) training of a classifier on ``ClassifierData``.
 
   Args:
@@ -214,8 +221,16 @@ def classifier_task(model: nn.Module, tx: optax.GradientTransformation, *,
       of extra per-seed metrics at each evaluation, inside the compiled call.
     step: a step with the signature of :func:`generic_classifier_step`'s
       result that replaces it (e.g. a fused fast path); it must compute the
-      same update.
+      same update. Its ``enter``/``exit`` attributes, if any, become the
+      task's hooks (see :class:`Task`).
+    fast: if ``step`` is None, use :mod:`ojax.fused`'s step when it applies
+      to ``(model, tx)`` (an MLP trained by SGD or SGD + Oja with the rates
+      in the optimizer state; same numbers to float tolerance, see
+      docs/performance.md), else the generic step.
   """
+  if step is None and fast:
+    from ojax import fused  # pylint: disable=g-import-not-at-top
+    step = fused.select_step(model, tx, batch_size=batch_size)
   step = step or generic_classifier_step(model, tx)
 
   def sample(state, start, num_steps, data):
@@ -232,7 +247,9 @@ def classifier_task(model: nn.Module, tx: optax.GradientTransformation, *,
                                  data.test_x, data.test_y))
     return metrics
 
-  return Task(step, evaluate_fn, sample, batch_size)
+  return Task(step, evaluate_fn, sample, batch_size,
+              enter=getattr(step, "enter", None),
+              exit=getattr(step, "exit", None))
 
 
 # --- The loop ------------------------------------------------------------
@@ -314,8 +331,12 @@ def _steps(task: Task, state: TrainState, start: jax.Array, num_steps: int,
         state.diverged_at))
     return state, metrics
 
+  if task.enter is not None:
+    state = task.enter(state)
   state, metrics = jax.lax.scan(body, state,
                                 (jnp.arange(num_steps), inputs))
+  if task.exit is not None:
+    state = task.exit(state)
   return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
 

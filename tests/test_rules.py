@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import base
 import pytest
 
 import ojax
@@ -180,7 +179,7 @@ def test_extra_args_are_tolerated_and_traces_may_omit_parameters():
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda p, a: (None, a), base.NO_PARAMS_MSG[:40]),
+    (lambda p, a: (None, a), ojax.rules.NO_PARAMS_MSG[:40]),
     (lambda p, a: (p, None), "needs activations="),
     (lambda p, a: (p, {"c": {"kernel": a["a"]["kernel"]}}),
      "no parameter matches the Trace at ['c']['kernel']"),
@@ -212,5 +211,47 @@ def test_bad_update_inputs_raise_clear_errors(mutate, message):
 
 @pytest.mark.parametrize("rate", [-0.1, float("nan"), float("-inf")])
 def test_negative_or_nan_learning_rate_is_rejected(rate):
-  with pytest.raises(ValueError, match="must be a float >= 0"):
+  with pytest.raises(ValueError, match="must be a finite float >= 0"):
     ojax.oja(rate)
+
+
+def _reference_oja_update(update, kernel_IxO, pre, post, eta):
+  """ojax.oja as it was before the rule family (ojax 0.1), op for op."""
+  fan_in, fan_out = kernel_IxO.shape
+  x_BxI = jnp.reshape(pre, (-1, fan_in))
+  y_BxO = jnp.reshape(post, (-1, fan_out))
+  residual_BxI = x_BxI - (kernel_IxO @ y_BxO.T).T
+  term = (residual_BxI.T @ y_BxO) / x_BxI.shape[0]
+  return update + (eta * term).astype(update.dtype)
+
+
+@pytest.mark.parametrize("rate", [0.01, "schedule"])
+def test_oja_and_sgd_oja_are_bit_for_bit_what_ojax_0_1_computed(rate):
+  params, acts, grads = _mlp_problem()
+  schedule = rate == "schedule"
+  eta_of = (lambda count: 0.01 * (count + 1)) if schedule else (lambda _: 0.01)
+  tx = ojax.sgd_oja(0.1, (lambda c: 0.01 * (c + 1)) if schedule else 0.01)
+  chained = optax.chain(optax.sgd(0.1),
+                        ojax.oja((lambda c: 0.01 * (c + 1)) if schedule
+                                 else 0.01))
+
+  @jax.jit
+  def both(params, grads, acts):
+    s1, s2 = tx.init(params), chained.init(params)
+    u1, s1 = tx.update(grads, s1, params, activations=acts)
+    u2, s2 = chained.update(grads, s2, params, activations=acts)
+    ref = {}
+    for name in params:
+      trace = acts[name]["kernel"]
+      sgd = jax.tree.map(lambda g: -0.1 * g, grads[name]["kernel"])
+      eta = eta_of(jnp.zeros([], jnp.int32))
+      ref[name] = {"kernel": _reference_oja_update(
+          sgd, params[name]["kernel"], trace.pre, trace.post, eta)}
+    return u1, u2, ref, s1, s2
+
+  u1, u2, ref, s1, s2 = both(params, grads, acts)
+  jax.tree.map(np.testing.assert_array_equal, u1, ref)
+  jax.tree.map(np.testing.assert_array_equal, u2, ref)
+  # sgd_oja's state is optax.chain's: (sgd state, OjaState).
+  assert jax.tree.structure(s1) == jax.tree.structure(s2)
+  assert isinstance(s1[1], ojax.OjaState)
