@@ -66,14 +66,15 @@ def test_error_plus_oja_rule_equals_ojax_sgd_oja():
         logits, jnp.array([1])).mean(), acts
 
   grads, acts = jax.grad(loss, has_aux=True)(params)
-  ours = meta.local_update(params, grads, acts, {"error": 0.2, "oja": 0.05})
+  traces = meta.error_traces(model, params, None, acts,
+                             jax.nn.one_hot(jnp.array([1]), 3))
+  ours = meta.local_update(params, traces, {"error": 0.2, "oja": 0.05})
   tx = ojax.sgd_oja(0.2, 0.05)
   theirs, _ = tx.update(grads, tx.init(params), params, activations=acts)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                        atol=1e-7),
                ours, theirs)
-  hebb = meta.local_update(params, jax.tree.map(jnp.zeros_like, grads), acts,
-                           {"error": 0.0, "hebb": 1.0})
+  hebb = meta.local_update(params, traces, {"error": 0.0, "hebb": 1.0})
   trace = acts["layer_0"]["kernel"]
   np.testing.assert_allclose(hebb["layer_0"]["kernel"],
                              jnp.outer(trace.pre[0], trace.post[0]),
@@ -94,14 +95,18 @@ def test_explicit_errors_equal_autodiff_through_the_model(feedback):
     ), acts
 
   auto, acts = jax.grad(loss, has_aux=True)(variables["params"])
-  ours = meta.error_gradients(model, variables["params"],
-                              variables.get("feedback"), acts,
-                              jax.nn.one_hot(y, 3))
+
+  def error_grads(feedback_weights):  # mean_b x e^T from the traced errors.
+    traces = meta.error_traces(model, variables["params"], feedback_weights,
+                               acts, jax.nn.one_hot(y, 3))
+    return jax.tree.map(lambda t: t.pre.T @ t.post_error / t.pre.shape[0],
+                        traces, is_leaf=lambda t: isinstance(t, ojax.Trace))
+
+  ours = error_grads(variables.get("feedback"))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
                                                        atol=1e-6), ours, auto)
   if feedback == "random":  # B, not K, carries the errors below the top.
-    bp = meta.error_gradients(model, variables["params"], None, acts,
-                              jax.nn.one_hot(y, 3))
+    bp = error_grads(None)
     np.testing.assert_allclose(bp["layer_2"]["kernel"],
                                ours["layer_2"]["kernel"], rtol=1e-6)
     assert not np.allclose(bp["layer_0"]["kernel"], ours["layer_0"]["kernel"])
@@ -191,3 +196,23 @@ def test_prepare_rejects_bad_values(field, value, message):
   config[field] = value
   with pytest.raises(ValueError, match=message):
     runner.prepare(config)
+
+
+def test_error_traces_pair_each_layer_with_its_own_and_the_lower_error():
+  model = models.MLP(features=(5, 4, 3))
+  x = jax.random.uniform(jax.random.PRNGKey(9), (2, 4))
+  params = model.init(jax.random.PRNGKey(10), x)["params"]
+  _, acts = model.apply({"params": params}, x)
+  onehot = jax.nn.one_hot(jnp.array([0, 2]), 3)
+  traces = meta.error_traces(model, params, None, acts, onehot)
+  t0, t1, t2 = (traces[f"layer_{i}"]["kernel"] for i in range(3))
+  np.testing.assert_allclose(t2.post_error, t2.post - onehot, rtol=1e-6)
+  np.testing.assert_array_equal(t0.pre_error, 0.0)  # No error at the input.
+  np.testing.assert_array_equal(t1.pre_error, t0.post_error)
+  np.testing.assert_array_equal(t2.pre_error, t1.post_error)
+  # A term of the pool that reads errors: error_hebb = mean a e^T.
+  update = meta.local_update(params, traces, {"error": 0.0,
+                                              "error_hebb": 1.0})
+  np.testing.assert_allclose(update["layer_2"]["kernel"],
+                             t1.post_error.T @ t2.post_error / 2, rtol=1e-5)
+  np.testing.assert_array_equal(update["layer_0"]["kernel"], 0.0)

@@ -4,18 +4,21 @@ Inner loop: a network (``ojax.models.MLP``, weights re-initialized for every
 episode) learns an episode's training stream one sample at a time. Each
 kernel ``K_l`` (fan_in, fan_out) with pre-synaptic ``x`` and post-synaptic
 ``y`` (softmax output at the last layer) changes by the local rule
+``ojax.plasticity(theta)``: a weighted sum of terms from the pool
+``ojax.TERMS``, e.g.
 
     dK_l = -theta_error * x e_l^T                  (error term)
            + theta_oja  * outer(x - K_l y, y)       (Oja's subspace term)
-           + theta_hebb * x y^T                     (optional Hebbian term)
+           + theta_hebb * x y^T + ...               (other local terms)
 
 where ``e_l`` is the error at layer l: ``softmax(z_L) - onehot`` at the top,
 ``(e_{l+1} B_{l+1}^T) * sigma'(z_l)`` below, with ``B = K`` (backprop) or a
-fixed random ``B`` (feedback alignment, ``MLP(feedback="random")``). The error
-term is the gradient of the cross-entropy for backprop; it is propagated
-explicitly (``error_gradients``) so that the meta-gradient stays exact under
-random feedback too. The Oja term is ``ojax.oja_term``. The whole online
-stream is one ``lax.scan``.
+fixed random ``B`` (feedback alignment, ``MLP(feedback="random")``). The
+errors are propagated explicitly (``error_traces``: ``post_error = e_l``,
+``pre_error = e_{l-1}``, zero at the input, which has no error) so that the
+meta-gradient stays exact under random feedback too. With backprop the error
+term is the gradient of the cross-entropy. The whole online stream is one
+``lax.scan``.
 
 Outer loop: the coefficients ``theta`` minimize the query cross-entropy after
 the inner loop, averaged over a batch of episodes (``vmap``), by Adam on
@@ -37,17 +40,17 @@ import numpy as np
 import optax
 
 from experiments.tasks import episodes as episodes_lib
+import ojax
 from ojax import metrics
 from ojax import models
-from ojax import rules
 from ojax import train
 
-RULE_TERMS = ("error", "oja", "hebb")
+RULE_TERMS = tuple(ojax.TERMS)
 Theta = dict[str, jax.Array]
 
 
 def check_terms(terms: Sequence[str]) -> None:
-  """Raises ValueError unless ``terms`` is a subset of ``RULE_TERMS``."""
+  """Raises ValueError unless ``terms`` names terms of ``ojax.TERMS``."""
   if "error" not in terms:
     raise ValueError(f"rule terms {tuple(terms)} must include 'error'.")
   for t in terms:
@@ -56,31 +59,22 @@ def check_terms(terms: Sequence[str]) -> None:
                        f"{', '.join(RULE_TERMS)}.")
 
 
-def local_update(params: Any, grads: Any, activations: Any,
-                 theta: Theta) -> Any:
-  """The additive change ``dK`` of every kernel under the rule ``theta``.
+def local_update(params: Any, traces: Any, theta: Theta) -> Any:
+  """The change ``dK`` of every kernel under ``ojax.plasticity(theta)``.
 
   Args:
     params: ``{layer_i: {kernel: K}}`` of the MLP.
-    grads: the error-term gradients ``x e^T`` (same tree).
-    activations: the MLP's ``ojax.Trace`` tree of the same forward pass.
-    theta: coefficients by term name; absent terms count as 0.
+    traces: the ``ojax.Trace`` tree of the forward pass with its errors
+      (:func:`error_traces`).
+    theta: coefficients by term name (``ojax.TERMS``).
 
   Returns:
     A tree like ``params`` to be added to it.
   """
-  def one(kernel, grad, trace):
-    d = -theta["error"] * grad
-    if "oja" in theta:
-      d = d + theta["oja"] * rules.oja_term(kernel, trace)
-    if "hebb" in theta:
-      x = trace.pre.reshape(-1, kernel.shape[0])
-      y = trace.post.reshape(-1, kernel.shape[1])
-      d = d + theta["hebb"] * (x.T @ y) / x.shape[0]
-    return d
-
-  return jax.tree.map(one, params, grads, activations,
-                      is_leaf=lambda t: isinstance(t, rules.Trace))
+  rule = ojax.plasticity(theta)
+  updates, _ = rule.update(jax.tree.map(jnp.zeros_like, params),
+                           rule.init(params), params, activations=traces)
+  return updates
 
 
 def _activation_slope(name: str, beta: float) -> Callable[[jax.Array],
@@ -98,18 +92,17 @@ def _activation_slope(name: str, beta: float) -> Callable[[jax.Array],
   return slopes[name]
 
 
-def error_gradients(model: models.MLP, params: Any, feedback: Optional[Any],
-                    activations: Any, onehot_BxC: jax.Array) -> Any:
-  """The error term ``x_l^T e_l`` of every kernel, by explicit propagation.
+def error_traces(model: models.MLP, params: Any, feedback: Optional[Any],
+                 activations: Any, onehot_BxC: jax.Array) -> Any:
+  """The forward pass's traces with each layer's errors filled in.
 
-  ``e_L = softmax(z_L) - onehot``; ``e_l = (e_{l+1} B_{l+1}^T) * sigma'(z_l)``
-  with ``sigma'`` computed from the activity ``y_l`` (``1 - exp(-beta y)``
-  for softplus), ``B = K`` when ``feedback`` is None (backprop, equal to
-  ``jax.grad`` of the mean cross-entropy) or the fixed random matrices of
-  ``feedback`` (feedback alignment). Written out rather than taken from the
-  model's ``custom_vjp``, so that a meta-gradient through this function is
-  the true derivative (a ``custom_vjp`` would also replace ``K`` by ``B``
-  in the derivative of the forward pass).
+  ``e_L = softmax(z_L) - onehot``; ``e_l = (e_{l+1} B_{l+1}^T) *
+  sigma'(z_l)`` with ``sigma'`` computed from the activity ``y_l`` (``1 -
+  exp(-beta y)`` for softplus), ``B = K`` when ``feedback`` is None
+  (backprop: ``mean x e^T`` is then ``jax.grad`` of the mean cross-entropy)
+  or the fixed random matrices of ``feedback`` (feedback alignment). Written
+  out rather than taken from the model's ``custom_vjp``, so that a
+  meta-gradient through this function is the true derivative.
 
   Args:
     model: the MLP (``output_post="softmax"``, no biases, no norms).
@@ -119,23 +112,30 @@ def error_gradients(model: models.MLP, params: Any, feedback: Optional[Any],
     onehot_BxC: one-hot labels.
 
   Returns:
-    A tree like ``params``: ``mean_b outer(x_b, e_b)`` per kernel.
+    The tree with ``Trace(pre, post, pre_error=e_{l-1}, post_error=e_l)``
+    per kernel; ``pre_error`` of the first layer is zero.
   """
   slope = _activation_slope(model.activation, model.beta)
   names = metrics.layer_names(params)
   e_BxO = activations[names[-1]]["kernel"].post - onehot_BxC
-  grads = {}
+  errors = {}
   for i in reversed(range(len(names))):
     trace = activations[names[i]]["kernel"]
-    grads[names[i]] = {"kernel": trace.pre.T @ e_BxO / e_BxO.shape[0]}
+    errors[names[i]] = e_BxO
     if i:
       b_IxO = (feedback or params)[names[i]]["kernel"]
       e_BxO = (e_BxO @ b_IxO.T) * slope(trace.pre)
-  return grads
+  out = {}
+  for i, name in enumerate(names):
+    trace = activations[name]["kernel"]
+    pre_error = errors[names[i - 1]] if i else jnp.zeros_like(trace.pre)
+    out[name] = {"kernel": trace._replace(pre_error=pre_error,
+                                          post_error=errors[name])}
+  return out
 
 
 def check_model(model: models.MLP) -> None:
-  """Raises ValueError unless ``error_gradients`` covers ``model``."""
+  """Raises ValueError unless ``error_traces`` covers ``model``."""
   if model.use_bias or model.layer_norm or model.output_post != "softmax":
     raise ValueError("the meta-learning MLP must have no biases, no layer "
                      "norm and output_post='softmax' (reference network).")
@@ -157,10 +157,10 @@ def inner_loop(model: models.MLP, theta: Theta, variables: Any,
     x_D, y = xy
     logits, acts = forward.apply({"params": p}, x_D[None])
     loss = train.cross_entropy(logits, y[None])
-    grads = error_gradients(model, p, feedback, acts,
-                            jax.nn.one_hot(y[None], num_classes,
-                                           dtype=x_D.dtype))
-    p = jax.tree.map(jnp.add, p, local_update(p, grads, acts, theta))
+    traces = error_traces(model, p, feedback, acts,
+                          jax.nn.one_hot(y[None], num_classes,
+                                         dtype=x_D.dtype))
+    p = jax.tree.map(jnp.add, p, local_update(p, traces, theta))
     return p, loss
 
   params, losses = jax.lax.scan(step, variables["params"], (x_TxD, y_T))
