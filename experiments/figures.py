@@ -227,3 +227,67 @@ def sweep(result, path: str) -> str:
   fig.colorbar(im, ax=ax, label="final test accuracy (mean, not diverged)")
   ax.set_title(f"{result.job.id}: sweep")
   return _finish(fig, np.array([]), f"{result.job.id}", path)
+
+
+def _heat(ax, xs, ys, values, title, cmap="viridis", center=False):
+  vmax = np.nanmax(np.abs(values)) if center else None
+  im = ax.imshow(values, origin="lower", aspect="auto", cmap=cmap,
+                 vmin=-vmax if center else None, vmax=vmax)
+  for i in range(len(ys)):
+    for j in range(len(xs)):
+      if np.isfinite(values[i, j]):
+        ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center",
+                fontsize=6, color="w" if not center else "k")
+  ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs], fontsize=7)
+  ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys], fontsize=7)
+  ax.set_xlabel("lr")
+  ax.set_ylabel("Oja rate")
+  ax.set_title(title, fontsize=8)
+  plt.colorbar(im, ax=ax)
+
+
+def landscape(run: analysis.Run, path: str, passes: int) -> str:
+  """Maps over (lr, Oja rate) of the ``test`` arm, a row per network.
+
+  Panels: test accuracy after one pass and after all passes, the paired gain
+  over BP at the same lr (Oja rate 0 row), online accuracy over the first
+  pass, and the area under the test-accuracy curve (its mean over
+  evaluations). Means over seeds that did not diverge.
+  """
+  rs = [r for r in run.results if r.job.arm == "test"]
+  fig, axes = plt.subplots(len(rs), 5, squeeze=False,
+                           figsize=(20, 3.6 * len(rs)))
+  for row, r in zip(axes, rs):
+    xs = sorted({p["lr"] for p in r.grid})
+    ys = sorted({p["oja_lr"] for p in r.grid})
+    samples = r.history["samples"]
+    one = analysis.eval_index(r, int(samples[-1]) // passes)
+    maps = {k: np.full((len(ys), len(xs)), np.nan) for k in range(5)}
+    for g, p in enumerate(r.grid):
+      i, j = ys.index(p["oja_lr"]), xs.index(p["lr"])
+      ok = ~analysis.diverged(r, g)
+      if not ok.any():
+        continue
+      acc = r.history["test_accuracy"][:, g][:, ok]  # (E, S)
+      maps[0][i, j] = acc[one].mean() if one is not None else np.nan
+      maps[1][i, j] = acc[-1].mean()
+      base = next(b for b, q in enumerate(r.grid)
+                  if q["lr"] == p["lr"] and q["oja_lr"] == 0)
+      both = ok & ~analysis.diverged(r, base)
+      maps[2][i, j] = np.mean(analysis.value(r, point=g)[both] -
+                              analysis.value(r, point=base)[both])
+      first = slice(1, (one or len(samples) - 1) + 1)
+      maps[3][i, j] = np.nanmean(r.history["online_accuracy"][first, g][:, ok])
+      maps[4][i, j] = acc.mean()
+    titles = (f"test acc, 1 pass", f"test acc, {passes} passes",
+              f"gain over BP at same lr, {passes} passes",
+              "online acc, first pass", "area under test-acc curve")
+    for k, ax in enumerate(row):
+      _heat(ax, xs, ys, maps[k], f"depth={r.job.axis_value}: {titles[k]}",
+            cmap="RdBu" if k == 2 else "viridis", center=(k == 2))
+  fig.suptitle("landscape (claim: Oja helps online BP, at every operating "
+               "point?)", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=DPI)
+  plt.close(fig)
+  return path

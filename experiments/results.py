@@ -33,7 +33,7 @@ from typing import NamedTuple, Union
 from experiments import analysis
 from experiments import report
 
-EXPERIMENTS = ("online", "deep_online", "bad_init", "tricks",
+EXPERIMENTS = ("landscape", "online", "deep_online", "bad_init", "tricks",
                "feedback_alignment", "recurrent_memory", "meta_plasticity")
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                           "configs")
