@@ -36,6 +36,10 @@ SIZES = {
                "select_arms": "bp,bp_oja,bp_batch16,bp_layernorm,bp_adam"},
     "feedback_alignment": {**_TINY, "model.hidden": (16, 12),
                            "select_arms": "bp,fa,fa_oja"},
+    "landscape": {"seeds": 2, "eval_every": 100, "axis_values": (1,),
+                  "model.width": 16, "arms.val.num_samples": 300,
+                  "arms.test.num_samples": 300, "sweep.lr": (0.01, 0.1),
+                  "sweep.oja_lr": (0.0, 0.001, 0.01)},
 }
 VERDICTS = report.VERDICTS
 
@@ -148,6 +152,22 @@ def test_feedback_alignment_angles(run_dirs, tmp_path):
     assert np.all(cos[0, ..., 0] < 0.99)  # B is not K: FA is not backprop.
   section = _check_section("feedback_alignment", run.run_dir, tmp_path)
   assert any("Weight-norm growth" in t for t, _ in section.tables)
+
+
+@pytest.mark.slow
+def test_landscape_chooses_on_validation_and_pairs_at_the_same_lr(run_dirs,
+                                                                   tmp_path):
+  run = analysis.load_run(run_dirs("landscape"))
+  val, test = analysis.find(run, "val"), analysis.find(run, "test")
+  assert len(test.grid) == 6 and test.history["samples"][-1] == 300
+  section = _check_section("landscape", run.run_dir, tmp_path)
+  chosen = section.tables[0][1]
+  assert chosen.count("| depth=1 |") == 2  # 1 pass and 3 passes.
+  # The BP point is the best Oja-rate-0 point on the validation arm.
+  bp = [g for g, p in enumerate(val.grid) if p["oja_lr"] == 0]
+  best = max(bp, key=lambda g: val.history["test_accuracy"][-1, g].mean())
+  assert f"lr={val.grid[best]['lr']:g}, oja_lr=0 |" in chosen
+  assert "at Oja's lr" in section.tables[1][1]
 
 
 def _comparison(mean, p, n=10):
