@@ -119,7 +119,7 @@ def choose(run_dir: str) -> dict[str, dict[str, Any]]:
                                        np.float64)[-1])
     acc_GxS[np.asarray(history["diverged_at"])[-1] >= 0] = 0.0
     best = int(np.argmax(acc_GxS.mean(axis=1)))
-    est = stats.bootstrap_ci(acc_GxS[best])
+    est = stats.interval(acc_GxS[best])
     point = saved["grid"][best]
     edge = [k for k, v in point.items()
             if v in (min(p[k] for p in saved["grid"]),
