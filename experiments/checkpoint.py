@@ -11,9 +11,12 @@ used.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
+import time
 from typing import Any, Optional
 
 import jax
@@ -36,24 +39,63 @@ def _from_json(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
            for k, v in h.items()} for h in history]
 
 
+class _DropOrbax(logging.Filter):
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "orbax" not in record.pathname
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Silences orbax's own log lines (we log one warning per damaged step)."""
+  logger, drop = logging.getLogger("absl"), _DropOrbax()
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
+
+
 class Checkpointer:
   """Saves and restores :class:`ojax.train.Progress` under one directory."""
 
   def __init__(self, directory: str, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             create=True))
+    with _quiet_orbax():  # It reads (and may warn about) every step.
+      self._manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=max_to_keep, create=True,
+              cleanup_tmp_directories=jax.process_index() == 0))
 
   def save(self, progress: Progress) -> None:
-    """Writes ``progress`` as step ``progress.samples_done`` and waits."""
-    self._manager.save(
-        progress.samples_done,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(progress.states),
-            history=ocp.args.JsonSave(_to_json(progress.history))))
-    self._manager.wait_until_finished()
+    """Writes ``progress`` as step ``progress.samples_done`` and waits.
+
+    A step already there (one that could not be restored) is replaced.
+    """
+    step = progress.samples_done
+    if step in self._manager.all_steps():
+      self._manager.delete(step)
+    try:
+      with _quiet_orbax():  # A failure is raised here, once, not logged.
+        self._manager.save(
+            step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(progress.states),
+                history=ocp.args.JsonSave(_to_json(progress.history))))
+        self._manager.wait_until_finished()
+    except BaseException:
+      # The unfinished step stays a temporary folder (never restored); free
+      # its space at once (a full disk). Writer threads may still be ending.
+      for _ in range(20):
+        tmp = [os.path.join(self.directory, n)
+               for n in os.listdir(self.directory)
+               if n.startswith(f"{step}.orbax-checkpoint-tmp")]
+        if not tmp:
+          break
+        for path in tmp:
+          shutil.rmtree(path, ignore_errors=True)
+        time.sleep(0.1)
+      raise
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -64,12 +106,15 @@ class Checkpointer:
     A step that cannot be read is skipped with a one-line warning.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_states)
-    for step in sorted(self._manager.all_steps(), reverse=True):
+    with _quiet_orbax():
+      steps = sorted(self._manager.all_steps(), reverse=True)
+    for step in steps:
       try:
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract),
-                history=ocp.args.JsonRestore()))
+        with _quiet_orbax():
+          restored = self._manager.restore(
+              step, args=ocp.args.Composite(
+                  state=ocp.args.StandardRestore(abstract),
+                  history=ocp.args.JsonRestore()))
         history = restored["history"]
         if not history or history[-1].get("samples") != step:
           raise ValueError("history does not end at the step")
@@ -85,19 +130,28 @@ class Checkpointer:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON so that readers see the old file or the new one, never half."""
+  """Writes JSON so that readers see the old file or the new one, never half.
+
+  A failed write (e.g. a full disk) leaves the old file and no ``.tmp``.
+  """
   tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      json.dump(obj, f)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
-def read_json(path: str) -> Optional[Any]:
+def read_json(path: str, warn: bool = True) -> Optional[Any]:
   """The JSON in ``path``, or None (with a warning) if it is damaged."""
   try:
     with open(path) as f:
       return json.load(f)
   except (OSError, ValueError) as err:
-    _log.warning("%s is damaged (%s); rebuilding it", path,
-                 " ".join(str(err).split())[:120])
+    if warn:
+      _log.warning("%s is damaged (%s); rebuilding it", path,
+                   " ".join(str(err).split())[:120])
     return None

@@ -376,11 +376,24 @@ def _check_top(cfg: ml_collections.ConfigDict) -> None:
 
 def _check_overrides(config: ml_collections.ConfigDict,
                      cli_fields: Sequence[str]) -> None:
-  """A field given on the command line that every arm overrides is an error."""
+  """A field given on the command line that the axis, the sweep or every arm
+  overrides is an error: it would change nothing."""
   arms = selected_arms(config)
   for field in cli_fields:
     if field.split(".")[0] in ("arms", "sweep", "select_arms"):
       continue
+    if config.get("axis") and field == config.axis:
+      raise ConfigError(
+          f"--config.{field} changes nothing: the axis sets {field} to each "
+          f"of axis_values={tuple(config.axis_values)}; set "
+          f"--config.axis_values instead.")
+    swept = field.replace("model.", "model_")
+    sweep = config.get("sweep") or {}
+    if swept in sweep and sweep[swept]:
+      raise ConfigError(
+          f"--config.{field} changes nothing: sweep.{swept}="
+          f"{tuple(config.sweep[swept])} sets it; set --config.sweep.{swept} "
+          "instead.")
     setters = [a for a, o in arms.items() if field in _override_fields(o)]
     if config.arms and len(setters) == len(arms):
       raise ConfigError(

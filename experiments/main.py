@@ -6,8 +6,14 @@ r"""Runs one named experiment: ``make experiment NAME=deep_online``.
 Every config field is a flag (``--config.FIELD=VALUE``). The run directory
 (``--workdir``, default a fresh ``runs/<experiment>/<timestamp>``) receives the
 config, metrics, figures, ``summary.md`` and orbax checkpoints; running again
-with the same ``--workdir`` resumes if the config is the same. Bad input gets
-one line on stderr and exit code 2, before anything is written.
+with the same ``--workdir`` resumes if the config is the same (docs/running.md
+states the guarantees). Bad input gets one line on stderr, ``ojax: error:
+...``, and exit code 2, before anything is compiled or written.
+
+Two stages, both usable without the command line: :func:`parse` (flags ->
+config, no JAX) and :func:`setup` (validation, data, size estimate, run
+directory, lock and resume check: everything before compiling). :func:`check`
+does both for a list of arguments, as the tests do.
 """
 
 from __future__ import annotations
@@ -16,43 +22,97 @@ import errno
 import importlib.util
 import logging as logging_std
 import os
-import re
 import shlex
 import sys
+from typing import Any, NamedTuple, Optional, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, experiments/configs/<name>.py.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run directory; default a fresh runs/<experiment>/"
-    "<timestamp>. An existing one is resumed if its config is the same.")
-_RESTART = flags.DEFINE_bool(
-    "restart", False, "Discard the results and checkpoints already in "
-    "--workdir and start over.")
-_ALLOW_LARGE = flags.DEFINE_bool(
-    "allow_large", False, "Run jobs that the size estimate refuses.")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first: one "
-    "process per host. On SLURM, Open MPI or Kubernetes the cluster is found "
-    "automatically; elsewhere pass the three flags below.")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0 (--distributed).")
-_NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "Number of processes (--distributed).")
-_PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "This process's index (--distributed).")
-
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                           "configs")
 
 
+def _define_flags(flag_values: flags.FlagValues,
+                  sys_argv: Optional[list[str]] = None) -> dict[str, Any]:
+  """This program's flags on ``flag_values``; returns their holders."""
+  kw = {"flag_values": flag_values}
+  return {
+      "config": config_flags.DEFINE_config_file(
+          "config", None, "Experiment config file, experiments/configs/"
+          "<name>.py.", lock_config=True, sys_argv=sys_argv, **kw),
+      "workdir": flags.DEFINE_string(
+          "workdir", None, "Run directory; default a fresh runs/<experiment>/"
+          "<timestamp>. An existing one is resumed if its config is the "
+          "same.", **kw),
+      "restart": flags.DEFINE_bool(
+          "restart", False, "Discard the results and checkpoints already in "
+          "--workdir and start over.", **kw),
+      "allow_large": flags.DEFINE_bool(
+          "allow_large", False, "Run jobs that the size estimate refuses.",
+          **kw),
+      "distributed": flags.DEFINE_bool(
+          "distributed", False, "Call jax.distributed.initialize() first: "
+          "one process per host. On SLURM, Open MPI or Kubernetes the "
+          "cluster is found automatically; elsewhere pass the three flags "
+          "below.", **kw),
+      "coordinator_address": flags.DEFINE_string(
+          "coordinator_address", None, "host:port of process 0 "
+          "(--distributed).", **kw),
+      "num_processes": flags.DEFINE_integer(
+          "num_processes", None, "Number of processes (--distributed).",
+          **kw),
+      "process_id": flags.DEFINE_integer(
+          "process_id", None, "This process's index (--distributed).", **kw),
+      "cpu_devices": flags.DEFINE_integer(
+          "cpu_devices", None, "Split the CPU into this many single-threaded "
+          "XLA devices (0: one per core) and spread each job's (grid point, "
+          "seed) pairs over them. Off by default: numbers then differ from a "
+          "one-device run in the last bits (docs/running.md). Ignored if "
+          "XLA_FLAGS already sets the device count.", lower_bound=0, **kw),
+  }
+
+
+_FLAGS = _define_flags(flags.FLAGS)
+
+
 class UserError(Exception):
   """Bad input: one line to the user, exit code 2."""
+
+
+class Interrupted(UserError):
+  """Ctrl-C: exit code 130."""
+
+
+class Parsed(NamedTuple):
+  """A command line, parsed: the config with its overrides applied."""
+
+  config: Any  # ml_collections.ConfigDict
+  cli_fields: list[str]  # Dotted fields given as --config.FIELD.
+  workdir: Optional[str]
+  restart: bool
+  allow_large: bool
+  distributed: Optional[tuple[Any, Any, Any]]  # (address, processes, id)
+  cpu_devices: Optional[int]  # --cpu_devices (None: XLA's default).
+  program: str  # How to run this program again, e.g. python -m ...
+  args: tuple[str, ...]  # The arguments after the program.
+
+  @property
+  def command(self) -> str:
+    """The command line, quoted for a shell."""
+    return " ".join([self.program] + [shlex.quote(a) for a in self.args])
+
+
+class Setup(NamedTuple):
+  """Everything :func:`setup` checked: ready to compile and run."""
+
+  parsed: Parsed
+  prepared: Any  # runner.Prepared (or meta_plasticity.Prepared)
+  jobs: list[Any]  # config.Job
+  workdir: Any  # runner.Workdir: open and locked; close() releases it.
+  resume: str  # The command that resumes this run.
 
 
 def experiment_names() -> list[str]:
@@ -61,13 +121,8 @@ def experiment_names() -> list[str]:
                 if f.endswith(".py") and f not in ("__init__.py", "base.py"))
 
 
-def _fail(message: str, code: int = 2) -> None:
-  print(f"ojax: error: {message}", file=sys.stderr)
-  sys.exit(code)
-
-
-def _one_line(err: BaseException) -> str:
-  return " ".join(re.sub(r"\\n|\\'|'", " ", str(err)).split())
+def one_line(err: BaseException | str) -> str:
+  return " ".join(str(err).split())
 
 
 def load_config_file(path: str):
@@ -80,22 +135,28 @@ def load_config_file(path: str):
     spec = importlib.util.spec_from_file_location("_ojax_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-  except Exception as err:  # pylint: disable=broad-except
+  except BaseException as err:  # pylint: disable=broad-except
+    if isinstance(err, KeyboardInterrupt):
+      raise
     raise UserError(f"config file {path} cannot be loaded: "
-                    f"{type(err).__name__}: {_one_line(err)}") from None
+                    f"{type(err).__name__}: {one_line(err)}") from None
   if not callable(getattr(module, "get_config", None)):
     raise UserError(f"config file {path} has no get_config() function.")
   try:
-    return module.get_config()
+    config = module.get_config()
   except Exception as err:  # pylint: disable=broad-except
     raise UserError(f"config file {path}: get_config() raised "
-                    f"{type(err).__name__}: {_one_line(err)}") from None
+                    f"{type(err).__name__}: {one_line(err)}") from None
+  if not hasattr(config, "keys"):
+    raise UserError(f"config file {path}: get_config() returned "
+                    f"{type(config).__name__}, not a ConfigDict.")
+  return config
 
 
-def config_fields(argv: list[str]) -> list[str]:
+def config_fields(args: Sequence[str]) -> list[str]:
   """The dotted fields of ``--config.a.b=v`` flags, each at most once."""
-  fields = [a[len("--config."):].split("=", 1)[0] for a in argv
-            if a.startswith("--config.")]
+  fields = [a.lstrip("-")[len("config."):].split("=", 1)[0] for a in args
+            if a.startswith(("--config.", "-config."))]
   twice = sorted({f for f in fields if fields.count(f) > 1})
   if twice:
     raise UserError(f"--config.{twice[0]} is given more than once; give each "
@@ -117,79 +178,208 @@ def _unknown_field(config, fields: list[str]) -> str:
   return ""
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing that answers bad input with one line, not a trace."""
+def _program(argv0: str) -> str:
+  if os.path.basename(argv0) in ("main.py", "__main__.py", ""):
+    return "python -m experiments.main"
+  return shlex.quote(os.path.basename(argv0))
+
+
+def _parse(argv: Sequence[str], flag_values: flags.FlagValues,
+           holders: dict[str, Any]) -> Parsed:
+  argv = list(argv)
+  path = next((a.split("=", 1)[1] for a in argv[1:]
+               if a.startswith(("--config=", "-config="))), None)
+  fields = config_fields(argv[1:])
+  if path is not None:
+    unknown = _unknown_field(load_config_file(path), fields)
+    if unknown:
+      raise UserError(unknown)
   try:
-    path = next((a.split("=", 1)[1] for a in argv[1:]
-                 if a.startswith("--config=")), None)
-    fields = config_fields(argv[1:])
-    if path is not None:
-      unknown = _unknown_field(load_config_file(path), fields)
-      if unknown:
-        raise UserError(unknown)
-    try:
-      return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError,
-            ValueError) as err:
-      raise UserError(f"bad flag: {_one_line(err)}") from None
-  except UserError as err:
-    _fail(str(err))
-  return []
+    rest = flag_values(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError,
+          ValueError) as err:
+    raise UserError(f"bad flag: {one_line(err)}") from None
+  if len(rest) > 1:
+    raise UserError(f"unexpected arguments {rest[1:]}; use "
+                    "--config.FIELD=VALUE.")
+  v = {k: h.value for k, h in holders.items()}
+  if v["config"] is None:
+    raise UserError("--config is required, e.g. --config=experiments/configs/"
+                    f"deep_online.py; experiments: "
+                    f"{', '.join(experiment_names())}.")
+  if v["distributed"] and not v["workdir"]:
+    raise UserError("--distributed needs --workdir on a file system every "
+                    "host shares.")
+  return Parsed(v["config"], fields, v["workdir"], v["restart"],
+                v["allow_large"],
+                (v["coordinator_address"], v["num_processes"],
+                 v["process_id"]) if v["distributed"] else None,
+                v["cpu_devices"], _program(argv[0]), tuple(argv[1:]))
 
 
-def _is_disk_full(err: BaseException) -> bool:
-  while err is not None:
-    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+def parse(argv: Sequence[str]) -> Parsed:
+  """Parses a command line (``argv[0]`` is the program) without JAX.
+
+  Uses fresh flag objects, so it can be called any number of times in one
+  process. Raises ``UserError`` (one line) on bad input.
+  """
+  flag_values = flags.FlagValues()
+  return _parse(argv, flag_values, _define_flags(flag_values, list(argv)))
+
+
+def _resume_command(parsed: Parsed, workdir: str) -> str:
+  """The command line again, on the same run directory, without --restart."""
+  args = [a for a in parsed.args if a not in ("--restart", "-restart")]
+  if not parsed.workdir:
+    args.append(f"--workdir={workdir}")
+  return parsed._replace(args=tuple(args)).command
+
+
+def setup(parsed: Parsed) -> Setup:
+  """Everything before compiling; raises ``UserError`` (one line).
+
+  In order: the ``--workdir`` can be a run directory (nothing created), the
+  config is valid (one validation path, ``experiments.config``), the data
+  loads, the jobs fit the machine (``runner.check_size``), then the run
+  directory is created (a fresh one without ``--workdir``) and locked, and
+  its stored fingerprints match (``runner.check_resume``; with ``--restart``
+  its old contents are removed instead). The lock is held until the process
+  ends or ``setup.workdir.close()``.
+  """
+  if parsed.cpu_devices is not None:
+    split_cpu(parsed.cpu_devices)  # Before JAX starts its backend.
+  from experiments import runner  # pylint: disable=g-import-not-at-top
+  config = parsed.config
+  try:
+    runner.check_workdir(parsed.workdir)
+    import jax  # pylint: disable=g-import-not-at-top
+    if parsed.distributed:
+      # Cross-process collectives for CPU devices (GPUs, TPUs ignore this).
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+      jax.distributed.initialize(*parsed.distributed)
+    prepared = runner.prepare(config, parsed.cli_fields, parsed.allow_large)
+    jobs = runner.jobs_of(config, prepared)
+    lead = not parsed.distributed or jax.process_index() == 0
+    # Hosts of a --distributed run share the lead host's directory and lock.
+    workdir = runner.open_workdir(parsed.workdir, config.experiment,
+                                  lock=lead)
+  except ValueError as err:
+    raise UserError(one_line(err)) from None
+  try:
+    if lead or not parsed.restart:  # Only the lead host clears it.
+      runner.check_resume(workdir.path, jobs, parsed.restart)
+  except ValueError as err:
+    workdir.close()
+    raise UserError(one_line(err)) from None
+  if parsed.distributed:  # The lead host has cleared it (--restart).
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("ojax: run directory ready")
+  return Setup(parsed, prepared, jobs, workdir,
+               _resume_command(parsed, workdir.path))
+
+
+def check(argv: Sequence[str]) -> Setup:
+  """:func:`parse` then :func:`setup`: a command line up to compiling."""
+  return setup(parse(argv))
+
+
+def is_disk_full(err: Optional[BaseException]) -> bool:
+  """True if ``err`` (or what caused it) is a full disk or quota."""
+  seen = set()
+  while err is not None and id(err) not in seen:
+    seen.add(id(err))
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
       return True
-    if "No space left on device" in str(err):
+    if "No space left on device" in str(err) or "Disk quota" in str(err):
       return True
     err = err.__cause__ or err.__context__
   return False
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {argv[1:]}; use --config.FIELD=VALUE.")
-  config = _CONFIG.value
-  if config is None:
-    _fail("--config is required, e.g. --config=experiments/configs/"
-          f"deep_online.py; experiments: {', '.join(experiment_names())}.")
-  if _DISTRIBUTED.value and not _WORKDIR.value:
-    _fail("--distributed needs --workdir on a file system every host shares.")
-  from experiments import runner  # Heavy (JAX); after the flags are good.
-  if _DISTRIBUTED.value:
-    import jax  # pylint: disable=g-import-not-at-top
-    # Cross-process collectives for CPU devices (GPUs and TPUs ignore this).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                               _PROCESS_ID.value)
-  command = " ".join(shlex.quote(a) for a in sys.argv)
+def execute(s: Setup) -> str:
+  """Runs a checked setup; returns the path of summary.md.
+
+  Raises ``UserError`` (one line) when the run stops on a config problem
+  found while running, a full disk or Ctrl-C; the finished jobs and each
+  job's last good checkpoint stay in the run directory.
+  """
+  from experiments import runner  # pylint: disable=g-import-not-at-top
+  path = s.workdir.path
   try:
-    prepared = runner.prepare(config, config_fields(sys.argv[1:]),
-                              _ALLOW_LARGE.value)
-    workdir = runner.open_workdir(_WORKDIR.value, config.experiment)
-  except (ValueError, UserError) as err:
-    _fail(_one_line(err))
-  resume = command if _WORKDIR.value else (
-      f"{command} --workdir={shlex.quote(workdir.path)}")
-  try:
-    summary = runner.run(config, prepared, workdir.path, command,
-                         restart=_RESTART.value)
+    return runner.run(s.parsed.config, s.prepared, path, s.parsed.command)
   except KeyboardInterrupt:
-    _fail(f"interrupted; {workdir.path} keeps every finished job and the "
-          f"last checkpoint. Resume with: {resume}", 130)
+    raise Interrupted(
+        f"interrupted: {runner.where_stopped(path, s.jobs)} in {path}. "
+        f"Resume with: {s.resume}") from None
   except runner.ConfigError as err:
-    _fail(_one_line(err))
+    raise UserError(one_line(err)) from None
   except Exception as err:  # pylint: disable=broad-except
-    if not _is_disk_full(err):
+    if not is_disk_full(err):
       raise
-    _fail(f"disk full while writing to {workdir.path}; the finished jobs and "
-          f"the last good checkpoint are kept. Free space, then: {resume}")
+    raise UserError(
+        f"disk full while writing to {path}: "
+        f"{runner.where_stopped(path, s.jobs)}; the last good checkpoints "
+        f"are kept. Free space, then resume with: {s.resume}") from None
+
+
+def fail(message: str, code: int = 2) -> None:
+  print(f"ojax: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+_PARSED: list[Parsed] = []
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, answering bad input with one line."""
+  try:
+    _PARSED[:] = [_parse(argv, flags.FLAGS, _FLAGS)]
+  except UserError as err:
+    fail(str(err))
+  except KeyboardInterrupt:
+    fail("interrupted before anything was written.", 130)
+  return argv[:1]
+
+
+def main(argv: list[str]) -> None:
+  del argv  # Parsed by _parse_flags.
+  try:
+    s = setup(_PARSED[0])
+  except UserError as err:
+    fail(str(err))
+  except KeyboardInterrupt:
+    fail("interrupted before training started; nothing was run.", 130)
+  try:
+    summary = execute(s)
+  except Interrupted as err:
+    fail(str(err), 130)
+  except UserError as err:
+    fail(str(err))
   if os.path.exists(summary):  # Only the lead host writes reports.
     logging.info("wrote %s", summary)
     with open(summary) as f:
       print(f.read())
-    print(f"run directory: {workdir.path}")
+    print(f"run directory: {s.workdir.path}")
+
+
+def split_cpu(devices: int = 0, environ=None) -> None:
+  """Makes XLA see ``devices`` single-threaded CPU devices (0: one per core).
+
+  Jobs spread their (grid point, seed) pairs over the devices
+  (``ojax.train.shard``). Takes effect only before JAX starts its backend;
+  appends to XLA_FLAGS and leaves the flags the user set there alone.
+  """
+  environ = os.environ if environ is None else environ
+  current = environ.get("XLA_FLAGS", "")
+  if not devices:
+    devices = len(os.sched_getaffinity(0)) if hasattr(
+        os, "sched_getaffinity") else os.cpu_count() or 1
+  extra = []
+  if "xla_force_host_platform_device_count" not in current:
+    extra.append(f"--xla_force_host_platform_device_count={devices}")
+  if "xla_cpu_multi_thread_eigen" not in current:
+    extra.append("--xla_cpu_multi_thread_eigen=false")
+  environ["XLA_FLAGS"] = " ".join([current] + extra).strip()
 
 
 class _DropOrbaxInfo(logging_std.Filter):

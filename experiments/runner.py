@@ -24,6 +24,7 @@ import fcntl
 import logging
 import os
 import shutil
+import tempfile
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -63,49 +64,99 @@ class Workdir(NamedTuple):
   path: str
   lock: Any  # The open lock file; closing it releases the lock.
 
+  def close(self) -> None:
+    self.lock.close()
 
-def open_workdir(path: Optional[str], experiment: str) -> Workdir:
+
+def _writable_dir(path: str) -> Optional[str]:
+  """Why no file can be created in the directory ``path``, or None."""
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".ojax-probe-", dir=path)
+  except OSError as err:
+    return err.strerror or str(err)
+  os.close(fd)
+  os.remove(probe)
+  return None
+
+
+def check_workdir(path: Optional[str]) -> None:
+  """Refuses a ``--workdir`` that cannot be a run directory, creating nothing.
+
+  It must be a directory, or not exist yet under a directory (the nearest
+  existing ancestor) where files can be created.
+  """
+  if path is None:
+    return
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f"--workdir={path} is an existing file; give a "
+                      "directory.")
+  parent = os.path.abspath(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ConfigError(f"--workdir={path} cannot be created: {parent} is a "
+                      "file.")
+  why = _writable_dir(parent)
+  if why:
+    what = "is not writable" if parent == os.path.abspath(path) else (
+        f"cannot be created in {parent}")
+    raise ConfigError(f"--workdir={path} {what}: {why}.")
+
+
+def open_workdir(path: Optional[str], experiment: str,
+                 lock: bool = True) -> Workdir:
   """Creates (or reopens) a run directory and locks it for this process.
 
   Without ``path`` a fresh ``runs/<experiment>/<timestamp>[-n]`` is created
   atomically (``os.mkdir`` fails if it exists), so two runs never share one.
+  The lock is ``fcntl.flock`` on ``<path>/.lock``: held until the process
+  ends (or :meth:`Workdir.close`); a second process gets a ``ConfigError``
+  at once instead of waiting. ``lock=False`` (the other hosts of a
+  ``--distributed`` run, which share the lead host's directory) skips it.
   """
   if path is None:
-    root = os.path.join("runs", experiment)
-    os.makedirs(root, exist_ok=True)
+    root = os.path.join("runs", experiment or "run")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for n in range(1, 1000):
-      path = os.path.join(root, stamp if n == 1 else f"{stamp}-{n}")
-      try:
-        os.mkdir(path)
-        break
-      except FileExistsError:
-        continue
-  elif os.path.exists(path) and not os.path.isdir(path):
-    raise ConfigError(f"--workdir={path} is an existing file; give a "
-                      "directory.")
+    try:
+      os.makedirs(root, exist_ok=True)
+      for n in range(1, 10000):
+        path = os.path.join(root, stamp if n == 1 else f"{stamp}-{n}")
+        try:
+          os.mkdir(path)
+          break
+        except FileExistsError:
+          continue
+    except OSError as err:
+      raise ConfigError(f"cannot create a run directory in "
+                        f"{os.path.abspath(root)}: {err.strerror}; pass "
+                        "--workdir.") from None
   else:
+    check_workdir(path)
     try:
       os.makedirs(path, exist_ok=True)
     except OSError as err:
       raise ConfigError(f"--workdir={path} cannot be created: "
                         f"{err.strerror}.") from None
-  if not os.access(path, os.W_OK):
-    raise ConfigError(f"--workdir={path} is not writable.")
-  lock = open(os.path.join(path, ".lock"), "a+")
+  if not lock:
+    return Workdir(path, open(os.devnull))  # pylint: disable=consider-using-with
   try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock_file = open(os.path.join(path, ".lock"), "a+")  # pylint: disable=consider-using-with
+  except OSError as err:
+    raise ConfigError(f"--workdir={path} is not writable: {err.strerror}."
+                      ) from None
+  try:
+    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
-    lock.seek(0)
-    owner = lock.read().strip() or "another process"
-    lock.close()
+    lock_file.seek(0)
+    owner = lock_file.read().strip() or "another process"
+    lock_file.close()
     raise ConfigError(f"--workdir={path} is in use by {owner}; wait for it "
                       "to finish or choose another --workdir.") from None
-  lock.seek(0)
-  lock.truncate()
-  lock.write(f"pid {os.getpid()}")
-  lock.flush()
-  return Workdir(path, lock)
+  lock_file.seek(0)
+  lock_file.truncate()
+  lock_file.write(f"pid {os.getpid()}")
+  lock_file.flush()
+  return Workdir(path, lock_file)
 
 
 def _job_paths(run_dir: str, job: Job) -> tuple[str, str, str]:
@@ -120,86 +171,147 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
           for k in keys if old.get(k) != new.get(k)]
 
 
+# Files a --restart keeps: the lock and what a caller (experiments/results.py)
+# writes into the run directory around the run.
+RESTART_KEEPS = (".lock", "run.log", "results_run.json")
+
+
+def _steps(ckpt_dir: str) -> list[int]:
+  """The finished checkpoint steps in ``ckpt_dir`` (orbax step folders)."""
+  if not os.path.isdir(ckpt_dir):
+    return []
+  return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+
+
 def check_resume(run_dir: str, jobs: list[Job], restart: bool) -> None:
   """Refuses to reuse a job's results or checkpoints under another config.
 
-  With ``restart`` the stored results, checkpoints and reports are removed.
-  A run without jobs (meta_plasticity) is one job named ``run``, whose
-  fingerprint sits in ``checkpoints/run/fingerprint.json``.
+  Each job's fingerprint is stored twice: in ``checkpoints/<id>/
+  fingerprint.json`` (written before its first checkpoint) and in its result
+  ``jobs/<id>.json``. Any stored fingerprint that differs from the job's
+  present one is a ``ConfigError`` naming the fields; so is a job with
+  checkpoints whose fingerprint cannot be read (they cannot be checked).
+  With ``restart`` everything in ``run_dir`` but :data:`RESTART_KEEPS` is
+  removed first. A run without jobs (meta_plasticity) is one job named
+  ``run``, whose fingerprint sits in ``checkpoints/run/fingerprint.json``.
   """
   if restart:
     for name in os.listdir(run_dir):
-      if name == ".lock":
+      if name in RESTART_KEEPS:
         continue
       target = os.path.join(run_dir, name)
-      if os.path.isdir(target):
+      if os.path.isdir(target) and not os.path.islink(target):
         shutil.rmtree(target)
-      elif os.path.exists(target):
+      elif os.path.lexists(target):
         os.remove(target)
     return
   for job in jobs:
     fp = config_lib.fingerprint(job.config)
-    result_path, _, fp_path = _job_paths(run_dir, job)
-    for path, pick in ((fp_path, lambda d: d),
-                       (result_path, lambda d: d.get("fingerprint"))):
-      if not os.path.exists(path):
-        continue
-      stored = checkpoint.read_json(path)
-      old = pick(stored) if isinstance(stored, dict) else None
-      if old is None:
-        continue  # Damaged: rebuilt from checkpoints or rerun.
-      diff = _differences(old, fp)
+    result_path, ckpt_dir, fp_path = _job_paths(run_dir, job)
+    result = (checkpoint.read_json(result_path, warn=False)
+              if os.path.exists(result_path) else None)
+    stored_fp = (checkpoint.read_json(fp_path, warn=False)
+                 if os.path.exists(fp_path) else None)
+    result_fp = result.get("fingerprint") if isinstance(result, dict) else None
+    for old in (result_fp, stored_fp):
+      diff = _differences(old, fp) if isinstance(old, dict) else []
       if diff:
         raise ConfigError(
-            f"--workdir={run_dir} holds job {job.id} run with another config "
+            f"--workdir={run_dir} holds job {job.id} from another config "
             f"({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''}); use "
             "a new --workdir, or --restart to discard the old results.")
+    if (not isinstance(stored_fp, dict) and result_fp is None and
+        _steps(ckpt_dir)):
+      raise ConfigError(
+          f"--workdir={run_dir}: job {job.id} has checkpoints but "
+          f"{os.path.relpath(fp_path, run_dir)} is missing or damaged, so "
+          "they cannot be checked against this config; use a new --workdir, "
+          "or --restart to discard them.")
+
+
+def where_stopped(run_dir: str, jobs: list[Job]) -> str:
+  """Which jobs of ``run_dir`` are finished and where the others stopped."""
+  finished, partial = 0, []
+  for job in jobs:
+    result_path, ckpt_dir, _ = _job_paths(run_dir, job)
+    if os.path.exists(result_path):
+      finished += 1
+      continue
+    steps = _steps(ckpt_dir)
+    if steps:
+      partial.append(f"{job.id} at {steps[-1]}/{job.config.num_samples}")
+  return (f"{finished} of {len(jobs)} jobs finished" +
+          (f"; last checkpoint of {', '.join(partial)} samples" if partial
+           else ""))
 
 
 # --- Size estimates --------------------------------------------------------
 
 
-def estimate(job: Job, num_inputs: int, num_points: int) -> tuple[float, float]:
-  """Rough (bytes, seconds) of a job, from its parameter count."""
+def estimate(job: Job, num_inputs: int, num_points: int,
+             num_test: int = 1000) -> tuple[float, float]:
+  """Rough peak (bytes, seconds on one core) of a job.
+
+  Memory per (grid point, seed): the parameters ``copies`` times (params,
+  gradients, updates; Adam's moments) plus the activations of one evaluation
+  batch (twice, four times with diagnostics). Measured on deep_online depth
+  2 with 500 and 1000 seeds: 1.8 and 3.2 MB per seed, estimated 2.4 and 4.1.
+  Time: ``8 * params`` flops per sample (forward, backward, update) at
+  :data:`ASSUMED_FLOPS`.
+  """
   cfg = job.config
+  diag = 4 if cfg.get("diagnostics") else 2
   if cfg.task == "memory":
     h, k = cfg.model.hidden, cfg.memory.delays
     params = h + h * h + h * k + k
     flops_per_sample = 6 * cfg.memory.length * (h * h + h * k)
+    activations = (cfg.batch_size * cfg.memory.length * (h + k) * 2 +
+                   cfg.memory.eval_batch * cfg.memory.eval_length * (h + k)
+                   * diag)
   else:
     widths = (num_inputs,) + config_lib.hidden_widths(cfg.model) + (10,)
     params = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
     flops_per_sample = 8 * params
-  copies = 4 if cfg.optimizer == "adam" else 2  # params, updates, moments
-  memory_bytes = 4.0 * params * copies * num_points
+    activations = (min(cfg.eval_batch_size, num_test) * sum(widths[1:]) *
+                   diag)
+  copies = 4 if cfg.optimizer == "adam" else 2
+  memory_bytes = 4.0 * (params * copies + activations) * num_points
   seconds = flops_per_sample * cfg.num_samples * num_points / ASSUMED_FLOPS
   return memory_bytes, seconds
 
 
-def check_size(jobs: list[Job], num_inputs: int, allow_large: bool) -> None:
-  """Refuses jobs far beyond this machine unless ``allow_large``."""
+def check_size(jobs: list[Job], num_inputs: int, allow_large: bool,
+               num_test: int = 1000) -> None:
+  """Refuses jobs far beyond this machine unless ``allow_large``.
+
+  Bounds: a job's estimated memory above :data:`MAX_MEMORY_SHARE` of this
+  machine's, a job deeper than :data:`MAX_LAYERS` layers, or all jobs
+  together above :data:`MAX_HOURS` of compute on one core.
+  """
   total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  hours = 0.0
+  hours, peak = 0.0, 0.0
   for job in jobs:
     points = len(config_lib.sweep_grid(job.config)) * job.config.seeds
-    mem, sec = estimate(job, num_inputs, points)
+    mem, sec = estimate(job, num_inputs, points, num_test)
     hours += sec / 3600
+    peak = max(peak, mem)
     layers = (len(config_lib.hidden_widths(job.config.model))
               if job.config.task == "classifier" else 1)
     problem = (
+        f"has {layers} layers (> {MAX_LAYERS}; compiling takes minutes)"
+        if layers > MAX_LAYERS else
         f"needs about {mem / 2**30:.1f} GiB, more than "
         f"{MAX_MEMORY_SHARE:.0%} of this machine's {total / 2**30:.0f} GiB"
-        if mem > MAX_MEMORY_SHARE * total else
-        f"has {layers} layers (> {MAX_LAYERS}; compiling takes minutes)"
-        if layers > MAX_LAYERS else "")
+        if mem > MAX_MEMORY_SHARE * total else "")
     if problem and not allow_large:
       raise ConfigError(f"job {job.id} {problem}; pass --allow_large to run "
                         "it anyway.")
   if hours > MAX_HOURS and not allow_large:
     raise ConfigError(f"the jobs need an estimated {hours:.0f} h of compute "
-                      f"(> {MAX_HOURS:g} h); pass --allow_large to run them "
-                      "anyway.")
-  _log.info("estimated compute: %.2f h on one core", hours)
+                      f"on one core (> {MAX_HOURS:g} h); pass --allow_large "
+                      "to run them anyway.")
+  _log.info("estimated size: %.2f h of compute on one core, %.2f GiB for the "
+            "largest job", hours, peak / 2**30)
 
 
 # --- Jobs --------------------------------------------------------------------
@@ -229,7 +341,7 @@ def load_data(jobs: list[Job]) -> dict[Any, Any]:
         out[key] = data_lib.load(
             cfg.dataset, data_dir=cfg.data_dir or None, download=cfg.download,
             validation=cfg.validation)
-      except ValueError as err:
+      except (ValueError, data_lib.DataUnavailableError) as err:
         raise ConfigError(str(err)) from None
   return out
 
@@ -281,14 +393,22 @@ def _with_grid(states: train.TrainState, grid: list[dict[str, float]],
 
 
 def _unpad(tree: Any, n: int) -> Any:
+  """The first ``n`` (grid point, seed) entries: without device padding."""
   return jax.tree.map(lambda x: x[:n], tree)
 
 
+def _unpad_history(history: list[dict[str, Any]], n: int
+                   ) -> list[dict[str, Any]]:
+  return [{k: v if k == "samples" else np.asarray(v)[:n]
+           for k, v in h.items()} for h in history]
+
+
 def _history_arrays(history, num_points, num_grid, num_seeds):
-  stacked = train.stack_history(history)
+  # Evaluations restored from a checkpoint have no padding; later ones
+  # have this run's (which depends on the number of devices).
+  stacked = train.stack_history(_unpad_history(history, num_points))
   out = {"samples": stacked.pop("samples")}
   for k, v in stacked.items():
-    v = v[:, :num_points]
     out[k] = v.reshape(v.shape[0], num_grid, num_seeds, *v.shape[2:])
   return out
 
@@ -304,10 +424,14 @@ def run_job(job: Job, run_dir: str, datasets: dict[Any, Any]) -> JobResult:
   result_path, ckpt_dir, fp_path = _job_paths(run_dir, job)
   fp = config_lib.fingerprint(cfg)
   if os.path.exists(result_path):
-    saved = checkpoint.read_json(result_path)
-    if saved is not None:
+    saved = checkpoint.read_json(result_path, warn=False)
+    try:
+      result = _result_from_json(job, saved)
       _log.info("%s: finished earlier, loaded %s", job.id, result_path)
-      return _result_from_json(job, saved)
+      return result
+    except (KeyError, TypeError, ValueError):
+      _log.warning("%s is damaged; rebuilding it from the job's last good "
+                   "checkpoint", result_path)
   data = datasets[_data_key(cfg)]
   grid = config_lib.sweep_grid(cfg)
   model, tx, task, example, loop_data = _task(cfg, data, "oja_lr" in grid[0])
@@ -321,28 +445,42 @@ def run_job(job: Job, run_dir: str, datasets: dict[Any, Any]) -> JobResult:
   if jax.process_index() == 0:
     checkpoint.write_json_atomic(fp_path, fp)
   ckpt = checkpoint.Checkpointer(ckpt_dir)
-  start = ckpt.restore(states)
-  if start is not None:
-    _log.info("%s: resuming at %d samples", job.id, start.samples_done)
-    start = start._replace(states=train.shard(start.states, num_points))
-  else:
-    start = train.shard(states, num_points)
+  try:
+    start = ckpt.restore(states)
+    saved = [None]  # The last step written or restored, known to be good.
+    if start is not None:
+      grid_points = [0] + train.chunk_ends(cfg.num_samples, cfg.eval_every)
+      if start.samples_done not in grid_points:
+        raise ConfigError(
+            f"job {job.id}: its checkpoint at {start.samples_done} samples is "
+            f"not an evaluation point of this config (eval_every="
+            f"{cfg.eval_every}, num_samples={cfg.num_samples}); use a new "
+            "--workdir, or --restart to discard it.")
+      _log.info("%s: resuming at %d samples", job.id, start.samples_done)
+      saved[0] = start.samples_done
+      start = start._replace(states=train.shard(start.states, num_points))
+    else:
+      start = train.shard(states, num_points)
 
-  def save(progress: train.Progress) -> None:
-    ckpt.save(progress._replace(states=_unpad(progress.states, num_points)))
+    def save(progress: train.Progress) -> None:
+      ckpt.save(progress._replace(
+          states=_unpad(progress.states, num_points),
+          history=_unpad_history(progress.history, num_points)))
+      saved[0] = progress.samples_done
 
-  def on_chunk(progress: train.Progress) -> None:
-    if (cfg.checkpoint_every and
-        progress.samples_done % cfg.checkpoint_every == 0 and
-        progress.samples_done < cfg.num_samples):
-      save(progress)
+    def on_chunk(progress: train.Progress) -> None:
+      if (cfg.checkpoint_every and
+          progress.samples_done % cfg.checkpoint_every == 0 and
+          progress.samples_done < cfg.num_samples):
+        save(progress)
 
-  final = train.run(task, start, loop_data, num_samples=cfg.num_samples,
-                    eval_every=cfg.eval_every, on_chunk=on_chunk,
-                    log_prefix=f"{job.id}: ")
-  if ckpt.latest_step() != final.samples_done:
-    save(final)
-  ckpt.close()
+    final = train.run(task, start, loop_data, num_samples=cfg.num_samples,
+                      eval_every=cfg.eval_every, on_chunk=on_chunk,
+                      log_prefix=f"{job.id}: ")
+    if saved[0] != final.samples_done:
+      save(final)
+  finally:
+    ckpt.close()
   history = _history_arrays(final.history, num_points, len(grid), cfg.seeds)
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(result_path), exist_ok=True)
@@ -369,9 +507,17 @@ def prepare(config: ml_collections.ConfigDict, cli_fields=(),
     return meta_plasticity.prepare(config)
   jobs = config_lib.validate(config, cli_fields)
   data = load_data(jobs)
-  inputs = [d.input_dim for d in data.values() if hasattr(d, "input_dim")]
-  check_size(jobs, inputs[0] if inputs else 1, allow_large)
+  sets = [d for d in data.values() if hasattr(d, "input_dim")]
+  check_size(jobs, sets[0].input_dim if sets else 1, allow_large,
+             len(sets[0].test_y) if sets else 1000)
   return Prepared(jobs, data)
+
+
+def jobs_of(config: ml_collections.ConfigDict, prepared: Any) -> list[Job]:
+  """The jobs whose results and checkpoints a run directory holds."""
+  if isinstance(prepared, Prepared):
+    return list(prepared.jobs)
+  return [Job("run", None, "", config)]  # meta_plasticity: one job.
 
 
 def run(config: ml_collections.ConfigDict, prepared: Any, run_dir: str,
