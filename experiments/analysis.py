@@ -150,15 +150,19 @@ def diverged(result: JobResult, point: int = 0, at: int = -1) -> np.ndarray:
 
 def compare(a: JobResult, b: JobResult, setting: str, key="test_accuracy",
             point: int = 0, at: int = -1,
-            reduce: Callable[[np.ndarray], np.ndarray] = lambda v: v
+            reduce: Callable[[np.ndarray], np.ndarray] = lambda v: v,
+            values: Optional[Callable[[JobResult], np.ndarray]] = None
             ) -> Comparison:
-  """Paired ``key(a) - key(b)`` over seeds that diverged in neither arm."""
+  """Paired ``key(a) - key(b)`` over seeds that diverged in neither arm.
+
+  ``values(result) -> (S,)`` replaces the per-seed metric (e.g. a mean over
+  evaluations); by default ``reduce(value(result, key, point, at))``.
+  """
   da, db = diverged(a, point, at), diverged(b, point, at)
   keep = ~da & ~db
-  va = reduce(value(a, key, point, at))[keep]
-  vb = reduce(value(b, key, point, at))[keep]
+  get = values or (lambda r: reduce(value(r, key, point, at)))
   return Comparison(setting, a.job.arm, b.job.arm,
-                    stats.paired_difference(va, vb),
+                    stats.paired_difference(get(a)[keep], get(b)[keep]),
                     (int(da.sum()), int(db.sum())))
 
 
@@ -266,9 +270,12 @@ def layer_summary(result: JobResult, point: int = 0, at: int = -1
   mean participation ratio of the hidden layers; ``act_last_hidden``: the
   last hidden layer's activation norm; ``weight_norm``: ``sqrt(sum_l
   ||K_l||^2)``; ``fb_cos_hidden``: mean feedback cosine of hidden layers.
+  Seeds that diverged are left out.
   """
-  h = result.history
-  with warnings.catch_warnings():  # Diverged seeds give all-NaN slices.
+  ok = ~diverged(result, point, at)
+  h = {k: (v[:, :, ok] if k != "samples" and v.ndim >= 3 else v)
+       for k, v in result.history.items()}
+  with warnings.catch_warnings():  # All seeds diverged: all-NaN slices.
     warnings.simplefilter("ignore", RuntimeWarning)
     out = _layer_means(h, point, at)
   return {k: float(v) for k, v in out.items()}

@@ -68,12 +68,10 @@ def online(run: analysis.Run) -> Section:
                                   f"end ({n} samples)"))
       stop = (e1 if e1 is not None else len(r.history["samples"]) - 1) + 1
 
-      def first_pass(h):
-        return np.nanmean(h["online_accuracy"][1:stop, 0], axis=0)
-      online_rows.append(analysis.Comparison(
-          f"hidden={r.job.axis_value}, first pass", arm, "bp",
-          stats.paired_difference(first_pass(r.history),
-                                  first_pass(base.history))))
+      online_rows.append(analysis.compare(
+          r, base, f"hidden={r.job.axis_value}, first pass", at=stop - 1,
+          values=lambda res, stop=stop: np.nanmean(
+              res.history["online_accuracy"][1:stop, 0], axis=0)))
   primary, secondary = _family(primary, secondary)
   tables = _final_tables(run) + [
       ("Paired difference in test accuracy (BP + Oja - BP)",

@@ -92,22 +92,28 @@ def versus_axis(run: analysis.Run, path: str, log_y_keys=("act_last_hidden",)
   """Final accuracy and layer diagnostics against the axis value."""
   colors = _colors(run)
   panels = ("test_accuracy", "pr_hidden", "act_last_hidden")
+  if "participation_ratio" not in run.results[0].history:  # diagnostics off
+    panels = panels[:1]
   names = {"test_accuracy": "final test accuracy",
            "pr_hidden": "participation ratio (hidden mean)",
            "act_last_hidden": "activation norm, last hidden"}
-  fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0))
+  fig, axes = plt.subplots(1, len(panels), squeeze=False,
+                           figsize=(3.6 * len(panels), 3.0))
+  axes = axes[0]
   axis = run.config.axis.split(".")[-1]
   for ax, panel in zip(axes, panels):
     for arm in colors:
       rs = [r for r in run.results if r.job.arm == arm]
       xs = [float(r.job.axis_value) for r in rs]
+      ok = [~analysis.diverged(r) for r in rs]
       if panel == "test_accuracy":
-        per_seed = [analysis.value(r) for r in rs]
+        per_seed = [analysis.value(r)[k] for r, k in zip(rs, ok)]
       elif panel == "pr_hidden":
-        per_seed = [np.nanmean(r.history["participation_ratio"][-1, 0, :, :-1],
-                               axis=-1) for r in rs]
+        per_seed = [np.nanmean(r.history["participation_ratio"][-1, 0, k, :-1],
+                               axis=-1) for r, k in zip(rs, ok)]
       else:
-        per_seed = [r.history["activation_norm"][-1, 0, :, -2] for r in rs]
+        per_seed = [r.history["activation_norm"][-1, 0, k, -2]
+                    for r, k in zip(rs, ok)]
       _errorbars(ax, xs, per_seed, colors[arm], arm)
     ax.set_xlabel(axis)
     ax.set_ylabel(names[panel], fontsize=8)

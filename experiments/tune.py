@@ -42,6 +42,9 @@ NUM_SAMPLES = 3200  # ~1 pass over the 3,000 remaining; a multiple of 16.
 
 _FA = {"model": {"feedback": "random"}}
 _OJA = {"sweep": {"lr": OJA_LRS_LR, "oja_lr": OJA_LRS}}
+# Down to 1e-5: the reference net's chosen 3e-4 sat at OJA_LRS's lower edge.
+_OJA_WIDE = {"sweep": {"lr": OJA_LRS_LR,
+                       "oja_lr": (1e-5, 1e-4) + OJA_LRS[:-1]}}
 _SGD = {"sweep": {"lr": SGD_LRS}}
 
 # study -> (setting overrides, {group: (sweep, {arm: overrides})}, where the
@@ -75,6 +78,22 @@ STUDIES: dict[str, dict[str, Any]] = {
                            "bp_oja_hidden": {"oja_layers": "hidden"}}),
         },
         "used_by": "deep_online.py (BP_LR, OJA, OJA_HIDDEN)",
+    },
+    "deep_init": {
+        "setting": {"model": {"depth": 20, "width": 100}},
+        "note": "20 hidden layers of width 100, He-normal and orthogonal "
+                "init (the good inits the deep claim is deconfounded from)",
+        "groups": {
+            "sgd": (_SGD, {"bp_he": {"model": {"kernel_init": "he"}},
+                           "bp_orthogonal": {
+                               "model": {"kernel_init": "orthogonal"}}}),
+            "oja": (_OJA_WIDE, {
+                "bp_oja_he": {"model": {"kernel_init": "he"},
+                              "oja_layers": "all"},
+                "bp_oja_orthogonal": {"model": {"kernel_init": "orthogonal"},
+                                      "oja_layers": "all"}}),
+        },
+        "used_by": "deep_online.py (INIT_RATES)",
     },
     "feedback": {
         "setting": {},

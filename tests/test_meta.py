@@ -216,3 +216,12 @@ def test_error_traces_pair_each_layer_with_its_own_and_the_lower_error():
   np.testing.assert_allclose(update["layer_2"]["kernel"],
                              t1.post_error.T @ t2.post_error / 2, rtol=1e-5)
   np.testing.assert_array_equal(update["layer_0"]["kernel"], 0.0)
+
+
+def test_a_damaged_part_is_made_again(tmp_path):
+  path = str(tmp_path / "part.json")
+  assert runner._cached(path, lambda: {"a": 1}) == {"a": 1}  # pylint: disable=protected-access
+  assert runner._cached(path, lambda: {"a": 2}) == {"a": 1}  # pylint: disable=protected-access
+  with open(path, "w") as f:
+    f.write('{"a": ')  # Truncated.
+  assert runner._cached(path, lambda: {"a": 3}) == {"a": 3}  # pylint: disable=protected-access

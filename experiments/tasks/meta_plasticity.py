@@ -122,10 +122,15 @@ def _model(config) -> models.MLP:
 
 
 def _cached(path: str, make) -> Any:
-  """Reads the part at ``path`` if a previous run wrote it, else makes it."""
+  """Reads the part at ``path`` if a previous run wrote it, else makes it.
+
+  A damaged part (``read_json`` warns) is made again.
+  """
   if os.path.exists(path):
-    logging.info("reusing %s", path)
-    return checkpoint.read_json(path)
+    saved = checkpoint.read_json(path)
+    if saved is not None:
+      logging.info("reusing %s", path)
+      return saved
   return checkpoint.read_json(report.write_json(path, make()))
 
 
