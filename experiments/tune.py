@@ -42,8 +42,11 @@ NUM_SAMPLES = 3200  # ~1 pass over the 3,000 remaining; a multiple of 16.
 
 _FA = {"model": {"feedback": "random"}}
 _OJA = {"sweep": {"lr": OJA_LRS_LR, "oja_lr": OJA_LRS}}
-# Down to 1e-5: the reference net's chosen 3e-4 sat at OJA_LRS's lower edge.
-_OJA_WIDE = {"sweep": {"lr": OJA_LRS_LR,
+# Deep nets want smaller rates (the first deep_init sweep chose the lower
+# edge of SGD_LRS), and Oja rates down to 1e-5 (the reference net's chosen
+# 3e-4 sat at OJA_LRS's lower edge).
+_SGD_LOW = {"sweep": {"lr": (0.0003, 0.001) + SGD_LRS[:4]}}
+_OJA_WIDE = {"sweep": {"lr": (0.0003, 0.001) + OJA_LRS_LR[:3],
                        "oja_lr": (1e-5, 1e-4) + OJA_LRS[:-1]}}
 _SGD = {"sweep": {"lr": SGD_LRS}}
 
@@ -84,7 +87,7 @@ STUDIES: dict[str, dict[str, Any]] = {
         "note": "20 hidden layers of width 100, He-normal and orthogonal "
                 "init (the good inits the deep claim is deconfounded from)",
         "groups": {
-            "sgd": (_SGD, {"bp_he": {"model": {"kernel_init": "he"}},
+            "sgd": (_SGD_LOW, {"bp_he": {"model": {"kernel_init": "he"}},
                            "bp_orthogonal": {
                                "model": {"kernel_init": "orthogonal"}}}),
             "oja": (_OJA_WIDE, {
@@ -219,10 +222,18 @@ def write_doc(path: str, chosen: dict[str, dict[str, Any]], seeds: int,
               "| arm | chosen | validation acc [98% CI] | grid points | "
               "at the grid's edge |", "|---|---|---|---|---|"]
     for arm, c in chosen[study].items():
+      if arm == "_notes":
+        continue
       lines.append(f"| {arm} | {_fmt(c['point'])} | {c['val_acc']:.4f} "
                    f"[{c['val_ci'][0]:.4f}, {c['val_ci'][1]:.4f}] | "
                    f"{c['points']} | {', '.join(c.get('edge', [])) or '-'} |")
-    lines += ["", f"Heat maps: `runs/tuning/{study}/*/sweep-*.png`.", ""]
+    grids = "; ".join(
+        f"{group}: " + " x ".join(f"{k} in {tuple(v)}" for k, v in
+                                  sweep["sweep"].items())
+        for group, (sweep, _) in spec["groups"].items())
+    lines += ["", f"Grids: {grids}.", "",
+              f"Heat maps: `runs/tuning/{study}/*/sweep-*.png`.", ""]
+    lines += [n + "\n" for n in chosen[study].get("_notes", [])]
   with open(path, "w") as f:
     f.write("\n".join(lines))
 
@@ -243,7 +254,9 @@ def main(argv: list[str]) -> None:
     faulthandler.register(signal.SIGUSR1)
     run_group(*args.group.split("/"), args.seeds, args.num_samples, args.out)
     return
-  path = os.path.join(args.out, "chosen.json")
+  # The chosen values of every study live in the repository, next to the
+  # doc, so a machine that ran only some studies keeps the others.
+  path = os.path.splitext(args.doc)[0] + ".json"
   chosen = {}
   if os.path.exists(path):
     with open(path) as f:
@@ -253,13 +266,15 @@ def main(argv: list[str]) -> None:
       parser.error(f"unknown study {study!r}; studies: {', '.join(STUDIES)}")
     chosen[study] = run_study(study, args.seeds, args.num_samples, args.out,
                               args.timeout)
-    os.makedirs(args.out, exist_ok=True)
     with open(path, "w") as f:
       json.dump(chosen, f, indent=2)
   for study in STUDIES:  # Re-read every finished study (doc from files).
     dirs = [os.path.join(args.out, study, g) for g in STUDIES[study]["groups"]]
     if all(os.path.isdir(os.path.join(d, "jobs")) for d in dirs):
+      notes = chosen.get(study, {}).get("_notes")
       chosen[study] = {k: v for d in dirs for k, v in choose(d).items()}
+      if notes:
+        chosen[study]["_notes"] = notes
   write_doc(args.doc, chosen, args.seeds, args.num_samples)
   print(json.dumps(chosen, indent=2))
   print(f"command: {' '.join(shlex.quote(a) for a in sys.argv)}")
