@@ -285,7 +285,7 @@ def landscape(run: analysis.Run, path: str, passes: int) -> str:
       first = slice(1, (one or len(samples) - 1) + 1)
       maps[3][i, j] = np.nanmean(r.history["online_accuracy"][first, g][:, ok])
       maps[4][i, j] = acc.mean()
-    titles = (f"test acc, 1 pass", f"test acc, {passes} passes",
+    titles = ("test acc, 1 pass", f"test acc, {passes} passes",
               f"gain over BP at same lr, {passes} passes",
               "online acc, first pass", "area under test-acc curve")
     for k, ax in enumerate(row):

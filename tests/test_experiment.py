@@ -3,7 +3,6 @@
 Resuming, changed configs, locks and damaged state: tests/test_resume.py.
 """
 
-import functools
 import json
 import logging
 import os
@@ -13,14 +12,12 @@ import subprocess
 import sys
 
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
 from experiments import analysis
 from experiments import checkpoint
 from experiments import config as config_lib
-from experiments import data as data_lib
 from experiments import main
 from experiments import runner
 from experiments.configs import deep_online
@@ -30,21 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEEP = os.path.join(ROOT, "experiments", "configs", "deep_online.py")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast(tmp_path_factory):
-  """Loads each data set once; caches compiled programs on disk."""
-  saved = data_lib.load
-  data_lib.load = functools.lru_cache(maxsize=None)(saved)
-  old = jax.config.jax_compilation_cache_dir
-  jax.config.update("jax_compilation_cache_dir",
-                    str(tmp_path_factory.getbasetemp() / "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  compilation_cache.reset_cache()
-  yield
-  data_lib.load = saved
-  jax.config.update("jax_compilation_cache_dir", old)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  compilation_cache.reset_cache()
+pytestmark = pytest.mark.usefixtures("fast_runs")
 
 
 def tiny_config(**overrides):

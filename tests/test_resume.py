@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import errno
-import functools
 import json
 import logging
 import os
@@ -28,13 +27,10 @@ import threading
 import time
 import types
 
-import jax
-from jax.experimental.compilation_cache import compilation_cache
 import pytest
 
 from experiments import checkpoint
 from experiments import config as config_lib
-from experiments import data as data_lib
 from experiments import main
 from experiments import report
 from experiments import runner
@@ -74,21 +70,7 @@ def metrics(workdir) -> bytes:
     return f.read()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast(tmp_path_factory):
-  """Loads each data set once; caches compiled programs on disk."""
-  saved = data_lib.load
-  data_lib.load = functools.lru_cache(maxsize=None)(saved)
-  old = jax.config.jax_compilation_cache_dir
-  jax.config.update("jax_compilation_cache_dir",
-                    str(tmp_path_factory.getbasetemp() / "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  compilation_cache.reset_cache()
-  yield
-  data_lib.load = saved
-  jax.config.update("jax_compilation_cache_dir", old)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  compilation_cache.reset_cache()
+pytestmark = pytest.mark.usefixtures("fast_runs")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from ojax.rules import _common
 from ojax.rules._common import Trace
