@@ -66,6 +66,12 @@ def _define_flags(flag_values: flags.FlagValues,
           **kw),
       "process_id": flags.DEFINE_integer(
           "process_id", None, "This process's index (--distributed).", **kw),
+      "workers": flags.DEFINE_integer(
+          "workers", 0, "Run the jobs in this many worker processes, each "
+          "pinned to its own core with single-threaded XLA (0: one per core; "
+          "1: in this process). Every job is computed the same way whichever "
+          "worker runs it, so the numbers do not depend on this.",
+          lower_bound=0, **kw),
       "cpu_devices": flags.DEFINE_integer(
           "cpu_devices", None, "Split the CPU into this many single-threaded "
           "XLA devices (0: one per core) and spread each job's (grid point, "
@@ -96,6 +102,7 @@ class Parsed(NamedTuple):
   allow_large: bool
   distributed: Optional[tuple[Any, Any, Any]]  # (address, processes, id)
   cpu_devices: Optional[int]  # --cpu_devices (None: XLA's default).
+  workers: int  # --workers (0: one per core).
   program: str  # How to run this program again, e.g. python -m ...
   args: tuple[str, ...]  # The arguments after the program.
 
@@ -214,7 +221,8 @@ def _parse(argv: Sequence[str], flag_values: flags.FlagValues,
                 v["allow_large"],
                 (v["coordinator_address"], v["num_processes"],
                  v["process_id"]) if v["distributed"] else None,
-                v["cpu_devices"], _program(argv[0]), tuple(argv[1:]))
+                v["cpu_devices"], v["workers"], _program(argv[0]),
+                tuple(argv[1:]))
 
 
 def parse(argv: Sequence[str]) -> Parsed:
@@ -246,8 +254,12 @@ def setup(parsed: Parsed) -> Setup:
   its old contents are removed instead). The lock is held until the process
   ends or ``setup.workdir.close()``.
   """
+  single_threaded()  # Before JAX starts its backend.
+  if parsed.workers == 1 and hasattr(os, "sched_setaffinity"):
+    # Computes here: on one core, as a worker would (runner.run_jobs).
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
   if parsed.cpu_devices is not None:
-    split_cpu(parsed.cpu_devices)  # Before JAX starts its backend.
+    split_cpu(parsed.cpu_devices)
   from experiments import runner  # pylint: disable=g-import-not-at-top
   config = parsed.config
   try:
@@ -306,7 +318,8 @@ def execute(s: Setup) -> str:
   from experiments import runner  # pylint: disable=g-import-not-at-top
   path = s.workdir.path
   try:
-    return runner.run(s.parsed.config, s.prepared, path, s.parsed.command)
+    return runner.run(s.parsed.config, s.prepared, path, s.parsed.command,
+                      workers=s.parsed.workers)
   except KeyboardInterrupt:
     raise Interrupted(
         f"interrupted: {runner.where_stopped(path, s.jobs)} in {path}. "
@@ -360,6 +373,21 @@ def main(argv: list[str]) -> None:
     with open(summary) as f:
       print(f.read())
     print(f"run directory: {s.workdir.path}")
+
+
+def single_threaded(environ=None) -> None:
+  """Single-threaded XLA:CPU unless XLA_FLAGS says otherwise.
+
+  A batch-1 step gains nothing from XLA's intra-op threads (BENCHMARKS.md:
+  the fused step runs 2x faster pinned and single-threaded than with the
+  default threads), and one single-threaded worker per core
+  (``--workers``) uses the machine best.
+  """
+  environ = os.environ if environ is None else environ
+  current = environ.get("XLA_FLAGS", "")
+  if "xla_cpu_multi_thread_eigen" not in current:
+    environ["XLA_FLAGS"] = (current +
+                            " --xla_cpu_multi_thread_eigen=false").strip()
 
 
 def split_cpu(devices: int = 0, environ=None) -> None:

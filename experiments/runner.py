@@ -520,8 +520,62 @@ def jobs_of(config: ml_collections.ConfigDict, prepared: Any) -> list[Job]:
   return [Job("run", None, "", config)]  # meta_plasticity: one job.
 
 
+def cores() -> list[int]:
+  """The cores this process may run on."""
+  if hasattr(os, "sched_getaffinity"):
+    return sorted(os.sched_getaffinity(0))
+  return list(range(os.cpu_count() or 1))
+
+
+def _init_worker(counter, cpus: list[int]) -> None:
+  """Pins a fresh worker process to its own core; logs progress."""
+  with counter.get_lock():
+    index = counter.value
+    counter.value += 1
+  if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+  logging.basicConfig(level=logging.INFO,
+                      format=f"[worker {index}] %(message)s")
+
+
+def run_jobs(jobs: list[Job], run_dir: str, data: dict[Any, Any],
+             workers: int = 1) -> list[JobResult]:
+  """Runs jobs in order, or spread over ``workers`` pinned processes.
+
+  Each worker is a fresh process (spawned) pinned to one core, with
+  single-threaded XLA:CPU (``--xla_cpu_multi_thread_eigen=false`` in its
+  XLA_FLAGS). A job is computed the same way in any worker, so the results
+  are those of ``workers=1`` in a process pinned to one core with the same
+  flags (the command line pins itself then): XLA:CPU's code can depend on
+  how many cores a process sees. ``workers=0``: one per core.
+  """
+  if workers == 1 or jax.process_count() > 1:
+    return [run_job(job, run_dir, data) for job in jobs]
+  workers = min(workers or len(cores()), len(jobs))
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  flags_before = os.environ.get("XLA_FLAGS")
+  if "xla_cpu_multi_thread_eigen" not in (flags_before or ""):
+    os.environ["XLA_FLAGS"] = ((flags_before or "") +
+                               " --xla_cpu_multi_thread_eigen=false").strip()
+  ctx = multiprocessing.get_context("spawn")
+  try:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker,
+        initargs=(ctx.Value("i", 0), cores())) as pool:
+      futures = [pool.submit(run_job, job, run_dir,
+                             {_data_key(job.config): data[_data_key(
+                                 job.config)]}) for job in jobs]
+      return [f.result() for f in futures]
+  finally:
+    if flags_before is None:
+      os.environ.pop("XLA_FLAGS", None)
+    else:
+      os.environ["XLA_FLAGS"] = flags_before
+
+
 def run(config: ml_collections.ConfigDict, prepared: Any, run_dir: str,
-        command: str, restart: bool = False) -> str:
+        command: str, restart: bool = False, workers: int = 1) -> str:
   """Runs (or resumes) every job; writes the run directory; returns summary.md.
 
   Nothing is written before the resume check has passed.
@@ -539,7 +593,7 @@ def run(config: ml_collections.ConfigDict, prepared: Any, run_dir: str,
   lead = jax.process_index() == 0  # One host writes; all of them compute.
   if lead:
     report.write_config(run_dir, config)
-  results = [run_job(job, run_dir, prepared.data) for job in prepared.jobs]
+  results = run_jobs(prepared.jobs, run_dir, prepared.data, workers)
   if lead:
     report.write_run(run_dir, results, config, command)
   return os.path.join(run_dir, "summary.md")

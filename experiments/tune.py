@@ -160,7 +160,7 @@ def run_group(study: str, group: str, seeds: int, num_samples: int,
   os.makedirs(run_dir, exist_ok=True)
   workdir = runner.open_workdir(run_dir, config.experiment)
   runner.run(config, runner.prepare(config), workdir.path,
-             f"python -m experiments.tune --only={study}")
+             f"python -m experiments.tune --only={study}", workers=0)
 
 
 def run_study(study: str, seeds: int, num_samples: int, out_root: str,

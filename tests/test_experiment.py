@@ -212,6 +212,23 @@ def test_a_sweep_split_over_cpu_devices_matches_one_device_and_resumes_on_one(
   _close(_rows(one), _rows(two))
 
 
+@pytest.mark.slow
+def test_one_pinned_worker_per_core_gives_the_numbers_of_one_process(
+    tmp_path):
+  """Two jobs run by two pinned single-threaded workers, against the same
+  jobs run one after the other in one process pinned to one core."""
+  args = ["--config.select_arms=bp,bp_oja", "--config.seeds=2",
+          "--config.num_samples=200", "--config.eval_every=100",
+          "--config.axis_values=(1,)", "--config.model.width=16"]
+  one, two = tmp_path / "one", tmp_path / "two"
+  for workdir, workers in ((one, 1), (two, 2)):
+    proc = _cli(args + [f"--workdir={workdir}", f"--workers={workers}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+  assert (one / "metrics.jsonl").read_bytes() == (
+      two / "metrics.jsonl").read_bytes()
+  assert (two / "jobs" / "depth=1-bp_oja.json").exists()
+
+
 def _free_port():
   with socket.socket() as sock:
     sock.bind(("127.0.0.1", 0))
