@@ -1,10 +1,11 @@
-"""The one online loop: ``jit(vmap over seeds(scan over steps))``.
+"""The one online loop: ``jit(over seeds(scan over steps))``.
 
 A :class:`Task` says what one seed does: ``step`` (one update from the inputs
 of one time step), ``sample`` (the inputs of a chunk of steps, e.g. the
 indices of the samples it sees) and ``evaluate``. :func:`run` trains S seeds
-(or grid points) in lock-step: each *chunk* of ``eval_every`` samples is one
-compiled call, ``lax.scan`` over steps then evaluation, vmapped over seeds.
+(or grid points) together: each *chunk* of ``eval_every`` samples is one
+compiled call, ``lax.scan`` over steps then evaluation, for every seed
+(:func:`over_seeds`: vmapped on accelerators, one after another on a CPU).
 The host loops over chunks only to log, call ``on_chunk`` (checkpoints) and
 collect metrics; there is no Python loop over samples.
 
@@ -352,6 +353,20 @@ def _evaluate(task: Task, state: TrainState, data: Any,
   return metrics
 
 
+def over_seeds(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+  """``fn`` of one seed, applied to states stacked over seeds.
+
+  ``jax.vmap`` on accelerators and on several devices; on a single CPU
+  device the seeds run one after another (``lax.map``): a batch-1 step
+  streams each seed's weights through the cache, and vmapped seeds spill it
+  (the reference net, 10 seeds, one core: 6.5k samples/s vmapped, 14.3k one
+  after another).
+  """
+  if jax.default_backend() == "cpu" and len(jax.devices()) == 1:
+    return lambda states: jax.lax.map(fn, states)
+  return jax.vmap(fn)
+
+
 @functools.lru_cache(maxsize=64)
 def _compiled(task: Task):
   """The jitted evaluation and chunk functions of ``task`` (made once)."""
@@ -359,7 +374,7 @@ def _compiled(task: Task):
 
   @jax.jit
   def eval_all(states, data, done):
-    return jax.vmap(lambda s: _evaluate(task, s, data, done))(states)
+    return over_seeds(lambda s: _evaluate(task, s, data, done))(states)
 
   @functools.partial(jax.jit, static_argnames="num_steps")
   def chunk(states, start_step, data, *, num_steps):
@@ -368,7 +383,7 @@ def _compiled(task: Task):
       metrics.update(_evaluate(task, state, data,
                                (start_step + num_steps) * per_step))
       return state._replace(diverged_at=metrics["diverged_at"]), metrics
-    return jax.vmap(one)(states)
+    return over_seeds(one)(states)
 
   return eval_all, chunk
 
