@@ -36,10 +36,10 @@ sweep: $(VENV)/.installed
 
 # The fast suite (< 3 min on 2 cores); test-slow runs the end-to-end tests.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow" --doctest-modules ojax tests $(ARGS)
+	$(PY) -m pytest -q -n 2 -m "not slow" --doctest-modules ojax tests $(ARGS)
 
 test-slow: $(VENV)/.installed
-	$(PY) -m pytest -q -m slow tests $(ARGS)
+	$(PY) -m pytest -q -n 2 -m slow tests $(ARGS)
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench.py $(ARGS)
