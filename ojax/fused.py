@@ -3,73 +3,78 @@
 :func:`ojax.train.generic_classifier_step` runs any model with any optax
 transform: autodiff, then ``tx.update`` walks the parameter tree, then
 ``optax.apply_updates``. For the paper's case, an MLP trained by SGD plus
-Oja's rule, that costs several passes over every kernel per sample (forward,
-backprop, the Oja residual, the gradient and the Oja term as separate updates)
-and XLA:CPU emits slow code for some of them. :func:`select_step` returns a
-step that computes the same update in fewer passes:
+Oja's rule, that costs extra passes over every kernel per sample (the Oja
+residual, the gradient and the Oja term as separate updates) and XLA:CPU
+emits slow code for some of them. :func:`select_step` returns a step that
+computes the same update in fewer, faster passes (measured in BENCHMARKS.md;
+how and why in docs/performance.md):
 
-* **One update per kernel.** For a kernel ``W`` (stored ``(fan_out, fan_in)``
-  inside a chunk, see below) with input ``x``, output ``y`` and output error
-  ``d = dL/dz`` (``d`` carries the ``1/B`` of the batch mean),
+* **One update per kernel.** For a kernel ``W`` stored ``(fan_out, fan_in)``
+  (inside a chunk, see below) with input ``x`` (B, fan_in), post-synaptic
+  activity ``y`` and output error ``d = dL/dz`` (which carries the ``1/B`` of
+  the batch mean), both (B, fan_out),
 
-      W <- W - lr * d^T x + (eta / B) * y^T (x - y W)
+      W <- W + [d; y]^T @ [-lr x; (eta / B) (x - y W)]
 
-  is one elementwise pass (a rank-2 update for batch 1) that reads and writes
-  ``W`` once; the gradient and the Oja term are never materialized.
-* **One read for backprop and the residual.** ``[d; y] @ W`` gives both the
-  error sent to the layer below (``d @ W``) and ``y @ W`` for the Oja residual
-  ``x - y W`` in one pass over ``W``. The input layer needs no backprop, so
-  its residual is the only extra read. A step is then: one read per kernel
-  (forward), one read (backprop + residual), one read-write (update).
+  is one elementwise pass over ``W`` (a rank-2 update for batch 1; batches
+  above 4 use a matrix product). The gradient and the Oja term are never
+  materialized.
+* **One read for backprop and the residual.** ``[d; y] @ W`` gives the error
+  for the layer below (``d W``) and ``y W`` for the Oja residual in one pass.
+  The input layer needs no backprop: ``y W`` is its only extra read. A step
+  is one read of each kernel (forward), one read (backward) and one
+  read-write (update); plain SGD skips the input layer's backward read.
 * **A layout that suits XLA:CPU.** Inside a chunk the kernels are stored
   transposed, ``(fan_out, fan_in)`` row-major: the forward pass is a plain
-  matrix-vector product, the backward pass a vector-matrix product, and the
-  update walks rows of length ``fan_in``. :class:`FusedStep` has ``enter`` /
-  ``exit`` hooks that :func:`ojax.train.classifier_task` wires into the loop:
-  they transpose the kernels once per chunk, so outside a chunk (evaluation,
-  checkpoints, ``Progress``) the state has the usual Flax layout and is
-  interchangeable with the generic path's.
-* **Every vector the update reads is materialized.** XLA fuses cheap
-  elementwise producers into their consumers; into a kernel-sized update loop
-  that means recomputing the activation (or re-gathering the input sample) for
-  every weight, which also stops vectorization (measured: 10-30x slower update
-  loops). Dividing each such vector by a runtime ``1.0`` (an "expensive" op
-  XLA will not duplicate; exact in IEEE arithmetic) keeps it a buffer.
-* **Single-threaded friendly.** Nothing in the step benefits from XLA's
-  intra-op threads; run one worker per core for sweeps (see
-  docs/performance.md).
+  matrix-vector product, the backward pass a vector-matrix product and the
+  update walks rows of length ``fan_in``. :class:`FusedStep`'s ``enter`` and
+  ``exit`` hooks, which :func:`ojax.train.classifier_task` wires into the
+  loop, transpose the kernels once per chunk; outside a chunk (evaluation,
+  checkpoints, ``Progress``) the state has the Flax layout and the same
+  structure as the generic path's, so the two are interchangeable.
+* **Every vector the update reads is a buffer.** XLA fuses cheap elementwise
+  producers into their consumers; in a kernel-sized update loop that means
+  recomputing the activation (or re-gathering the input sample) for every
+  weight, which also stops vectorization (10-30x slower update loops,
+  measured). Each layer boundary's vectors are one fusion whose result is
+  divided by runtime ones (exact; XLA will not duplicate a divide), so they
+  are computed once per step.
+* **Single-threaded.** Nothing in the step gains from XLA's intra-op threads;
+  use ``--xla_cpu_multi_thread_eigen=false`` and one process per core.
 
 Math (checked against the generic path by tests/test_fused.py to float
-tolerance): per kernel ``K`` (Flax ``(fan_in, fan_out)``), with ``x`` the
-layer input and ``y`` its post-synaptic activity (softmax for the output layer
-by default), ``K <- K - lr * dL/dK + eta * mean_b outer(x - K y, y)``, both
-terms from the forward pass with the old weights, cross-entropy loss.
+tolerance, and against PyTorch by tests/test_bench_equivalence.py): per
+Flax kernel ``K`` (fan_in, fan_out), with ``x`` the layer input and ``y`` its
+post-synaptic activity (softmax for the output layer by default),
+``K <- K - lr * dL/dK + eta * mean_b outer(x - K y, y)``, both terms from
+the forward pass with the old weights, cross-entropy loss. Only the order of
+floating-point sums differs from the generic path.
 
 What it accepts (anything else: :func:`select_step` returns ``None`` and the
 generic path runs):
 
-* model: :class:`ojax.models.MLP` with any ``activation`` of
-  ``ACTIVATIONS`` (softplus with any beta, relu, tanh, identity), any
-  ``kernel_init``/``gain``, ``output_post`` ``"softmax"`` or ``"logits"``,
-  ``use_bias=False``, ``layer_norm=False``, ``feedback="backprop"``;
+* model: :class:`ojax.models.MLP` with any ``activation`` (softplus with any
+  beta, relu, tanh, identity), any ``kernel_init``/``gain``, ``output_post``
+  ``"softmax"`` or ``"logits"``, ``use_bias=False``, ``layer_norm=False``,
+  ``feedback="backprop"``;
 * optimizer: ``optax.inject_hyperparams`` of SGD, or of SGD chained with
   ``ojax.oja`` on every layer or (through ``optax.masked``) on the hidden
-  layers only, with hyperparameters named ``learning_rate`` and
-  ``oja_learning_rate`` (what ``experiments/config.py`` builds and
-  :func:`sgd_oja` here returns). Rates are read from the optimizer state at
-  every step, so vmapped sweeps over them and schedules work;
+  layers only, with hyperparameters named ``learning_rate`` (and
+  ``oja_learning_rate``): what ``experiments/config.py`` builds and
+  :func:`sgd_oja` here returns. :func:`select_step` checks this numerically
+  (two probe updates), not by name. Rates are read from the optimizer state
+  at every step, so vmapped sweeps over them and schedules work;
 * any batch size.
 
 The optimizer state is advanced by the transform's own ``update`` (its
-update values are dead code XLA removes), so counters and hyperparameters
-after a fused step are exactly what the generic path leaves.
+update values are dead code that XLA removes), so counters and
+hyperparameters after a fused step are exactly the generic path's.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -92,9 +97,11 @@ def sgd_oja(learning_rate: float, oja_learning_rate: float, *,
             oja_layers: str = "all") -> optax.GradientTransformation:
   """SGD + Oja as the fused step recognizes it (rates in the state).
 
-  ``optax.inject_hyperparams`` of ``chain(sgd(learning_rate),
-  ojax.oja(oja_learning_rate))``, the Oja term masked to the hidden layers if
-  ``oja_layers="hidden"``. Numerically the same as ``ojax.sgd_oja``.
+  ``optax.inject_hyperparams`` of ``ojax.with_rule(sgd(learning_rate),
+  ojax.oja(oja_learning_rate))``, the Oja term masked to the hidden layers
+  (``optax.masked``) if ``oja_layers="hidden"``. Numerically the same as
+  ``ojax.sgd_oja``, which keeps its rates out of the state and so takes the
+  generic step.
   """
   if oja_layers not in ("all", "hidden"):
     raise ValueError(f"oja_layers={oja_layers!r}; choose all or hidden.")
@@ -103,7 +110,7 @@ def sgd_oja(learning_rate: float, oja_learning_rate: float, *,
     oja = rules.oja(oja_learning_rate)
     if oja_layers == "hidden":
       oja = optax.masked(oja, hidden_mask)
-    return optax.chain(optax.sgd(learning_rate), oja)
+    return rules.with_rule(optax.sgd(learning_rate), oja)
 
   return optax.inject_hyperparams(make)(
       learning_rate=learning_rate, oja_learning_rate=oja_learning_rate)
@@ -142,15 +149,23 @@ def _layer_names(params: Any) -> list[str]:
   return sorted(params, key=lambda s: int(s.split("_")[1]))
 
 
+def _np_oja_term(kernel_IxO: np.ndarray, pre_BxI: np.ndarray,
+                 post_BxO: np.ndarray) -> np.ndarray:
+  residual = pre_BxI - post_BxO @ kernel_IxO.T
+  return residual.T @ post_BxO / pre_BxI.shape[0]
+
+
 def _probe(model: nn.Module, tx: optax.GradientTransformation,
            input_dim: int) -> Optional[str]:
   """Which Oja layers ``tx`` applies ("all", "hidden", "none"), or None.
 
-  Runs two updates of ``tx`` from ``tx.init`` on random parameters, gradients
-  and traces (kernel shapes of ``model``) and checks each against
-  ``-lr * g + eta * oja_term`` with the rates the transform reports in its
-  state. ``None`` if it matches none of them (Adam, momentum, weight decay,
-  other hyperparameters, rates not in the state, ...).
+  Runs two updates of ``tx`` from ``tx.init`` on random
+  parameters, gradients and traces (kernel shapes of ``model``) and checks
+  each against ``-lr * g + eta * oja_term`` with the rates the transform
+  reports in its state, and checks that the new state does not depend on
+  the gradients. ``None`` if it matches none of them (Adam, momentum, weight
+  decay, ``apply_if_finite``, other hyperparameters, rates not in the state,
+  ...).
   """
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0),
@@ -159,59 +174,80 @@ def _probe(model: nn.Module, tx: optax.GradientTransformation,
   rng = np.random.default_rng(0)
 
   def rand(shape, scale=1.0):
-    return jnp.asarray(scale * rng.standard_normal(shape), jnp.float32)
+    return (scale * rng.standard_normal(shape)).astype(np.float32)
 
   params = {n: {"kernel": rand(shapes[n]["kernel"].shape, 0.3)} for n in names}
-  state = tx.init(params)
-  hyper = getattr(state, "hyperparams", None)
+  try:
+    hyper = getattr(jax.eval_shape(tx.init, params), "hyperparams", None)
+  except Exception:  # pylint: disable=broad-except
+    return None
   if not isinstance(hyper, dict) or "learning_rate" not in hyper or (
       set(hyper) - {"learning_rate", "oja_learning_rate"}):
     return None
   # Rates the probe can tell apart from each other and from zero.
-  probe = {"learning_rate": 0.375, "oja_learning_rate": 0.625}
-  state = state._replace(hyperparams={
-      k: jnp.asarray(probe[k], jnp.asarray(v).dtype) for k, v in hyper.items()})
-  found = None
+  rates = {"learning_rate": 0.375, "oja_learning_rate": 0.625}
+  steps = []
   for _ in range(2):
     grads = {n: {"kernel": rand(params[n]["kernel"].shape)} for n in names}
-    traces = {}
-    for n in names:
-      fan_in, fan_out = params[n]["kernel"].shape
-      traces[n] = {"kernel": rules.Trace(rand((3, fan_in)),
-                                         rand((3, fan_out)))}
-    try:
+    traces = {n: {"kernel": rules.Trace(
+        rand((3, params[n]["kernel"].shape[0])),
+        rand((3, params[n]["kernel"].shape[1])))} for n in names}
+    steps.append((grads, traces))
+
+  def two_updates(params, steps):  # Eager: op caches amortize across calls.
+    state = tx.init(params)
+    state = state._replace(hyperparams={
+        k: jnp.asarray(rates[k], v.dtype)
+        for k, v in state.hyperparams.items()})
+    out = []
+    for grads, traces in steps:
+      # The fused step advances the state with stand-in gradients, so the
+      # new state must not depend on them (e.g. optax.apply_if_finite's
+      # counter does): compare with non-finite ones.
+      _, other = tx.update(jax.tree.map(lambda g: g * jnp.nan, grads), state,
+                           params, activations=traces)
       updates, state = tx.update(grads, state, params, activations=traces)
-    except Exception:  # pylint: disable=broad-except
-      return None
-    lr = float(state.hyperparams["learning_rate"])
-    eta = float(state.hyperparams.get("oja_learning_rate", 0.0))
-    if lr == 0.0:
-      return None
+      out.append((params, updates, state.hyperparams,
+                  all(jax.tree.leaves(jax.tree.map(
+                      lambda a, b: bool(jnp.array_equal(a, b)), state,
+                      other)))))
+      params = jax.tree.map(lambda p, u: p + 0.1 * u, params, updates)
+    return out
+
+  try:
+    results = jax.device_get(two_updates(params, steps))
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if not all(r[-1] for r in results):
+    return None
+  found = None
+  for (grads, traces), (before, updates, hyper, _) in zip(steps, results):
+    lr = float(hyper["learning_rate"])
+    eta = float(hyper.get("oja_learning_rate", 0.0))
+    if lr == 0.0 or ("oja_learning_rate" in hyper and eta == 0.0):
+      return None  # Cannot tell the terms apart.
+    candidates = ("all", "hidden") if "oja_learning_rate" in hyper else (
+        "none",)
     matches = []
-    for layers in OJA_LAYERS:
-      if layers != "none" and eta == 0.0:
-        continue
-      if layers == "none" and "oja_learning_rate" in state.hyperparams and (
-          eta != 0.0):
-        continue
+    for layers in candidates:
       with_oja = {"all": names, "hidden": names[:-1], "none": []}[layers]
       ok = True
       for n in names:
         want = -lr * grads[n]["kernel"]
         if n in with_oja:
-          want = want + eta * rules.oja_term(params[n]["kernel"],
-                                             traces[n]["kernel"])
-        got = updates[n]["kernel"]
-        if got.shape != want.shape or not np.allclose(
-            np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5):
+          trace = traces[n]["kernel"]
+          want = want + eta * _np_oja_term(before[n]["kernel"], trace.pre,
+                                           trace.post)
+        got = np.asarray(updates[n]["kernel"])
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4,
+                                                      atol=1e-5):
           ok = False
           break
       if ok:
         matches.append(layers)
-    if len(matches) != 1 or (found is not None and matches[0] != found):
+    if len(matches) != 1 or found not in (None, matches[0]):
       return None
     found = matches[0]
-    params = jax.tree.map(lambda p, u: p + 0.1 * u, params, updates)
   return found
 
 
@@ -309,21 +345,27 @@ class FusedStep:
             f"activation={self.model.activation!r}, "
             f"oja_layers={self.oja_layers!r})")
 
+  def _scratch_shapes(self, widths: list[int]) -> set[tuple[int, int]]:
+    """Shapes of the vectors the step materializes (see ``__call__``)."""
+    b, last = self.batch_size, len(widths) - 2
+    oja = [int(l in self._oja_on(last + 1)) for l in range(last + 1)]
+    shapes = {((1 + oja[0]) * b, widths[0]),
+              ((1 + oja[last]) * b, widths[last + 1])}
+    for l in range(last):
+      shapes.add((b, widths[l + 1]))
+      shapes.add(((2 + oja[l] + oja[l + 1]) * b, widths[l + 1]))
+    return shapes
+
   def enter(self, state: train.TrainState) -> train.TrainState:
     """Flax layout -> chunk layout: kernels transposed, plus scratch."""
     params = _transpose_kernels(state.params)
-    names = _layer_names(params)
-    # Runtime ones (see _mat): derived from the weights so XLA cannot fold
-    # them; nan_to_num keeps them finite whatever the weights hold.
-    w0 = params[names[0]]["kernel"]
-    one = 1.0 + 0.0 * jnp.nan_to_num(w0[0, 0])
-    oja_on = self._oja_on(len(names))
-    ones = {}
-    for l, n in enumerate(names):
-      fan_out, fan_in = params[n]["kernel"].shape
-      k = (2 if l in oja_on else 1) * self.batch_size
-      ones[n] = {"rows": jnp.full((k, fan_out), one, w0.dtype),
-                 "cols": jnp.full((k, fan_in), one, w0.dtype)}
+    ws = [params[n]["kernel"] for n in _layer_names(params)]
+    widths = [ws[0].shape[1]] + [w.shape[0] for w in ws]
+    # Runtime ones (see _mat): derived from the weights so that XLA cannot
+    # fold them; nan_to_num keeps them finite whatever the weights hold.
+    one = 1.0 + 0.0 * jnp.nan_to_num(ws[0][0, 0])
+    ones = {f"{k}x{n}": jnp.full((k, n), one, ws[0].dtype)
+            for k, n in self._scratch_shapes(widths)}
     return state._replace(params=params,
                           model_state={**state.model_state, _ONES: ones})
 
@@ -339,68 +381,79 @@ class FusedStep:
     names = _layer_names(state.params)
     ws = [state.params[n]["kernel"] for n in names]  # (O, I) each.
     last = len(ws) - 1
-    x_BxD = data.train_x[idx_B]
+    x_BxD = data.train_x[idx_B].astype(ws[0].dtype)
     label_B = data.train_y[idx_B]
     batch = x_BxD.shape[0]
+    scratch = state.model_state.get(_ONES, {})
+
+    def mat(parts):
+      v = jnp.concatenate(parts, 0) if len(parts) > 1 else parts[0]
+      return _mat(v, scratch.get(f"{v.shape[0]}x{v.shape[1]}"))
 
     # The optimizer state, advanced by the transform itself; only the state
-    # is used (the update values are dead code). The rates of this step are
-    # what it reports in the new state, as the generic path's update used.
+    # is used (the update values are dead code XLA removes). The rates of
+    # this step are those it reports in the new state, which the generic
+    # path's update used.
     flax_params = {n: {"kernel": w.T} for n, w in zip(names, ws)}
     zero_traces = {n: {"kernel": rules.Trace(
-        jnp.zeros((1, w.shape[1]), w.dtype), jnp.zeros((1, w.shape[0]),
-                                                      w.dtype))}
-                   for n, w in zip(names, ws)}
+        jnp.zeros((1, w.shape[1]), w.dtype),
+        jnp.zeros((1, w.shape[0]), w.dtype))} for n, w in zip(names, ws)}
     _, opt_state = self.tx.update(flax_params, state.opt_state, flax_params,
                                   activations=zero_traces)
     lr = opt_state.hyperparams["learning_rate"]
-    eta = opt_state.hyperparams.get("oja_learning_rate",
-                                    jnp.zeros_like(lr))
-    oja_on = self._oja_on(len(ws))
-    ones = state.model_state.get(_ONES, {})
+    eta = opt_state.hyperparams.get("oja_learning_rate", jnp.zeros_like(lr))
+    # ojax.oja's run-time guard: a negative or non-finite rate is NaN.
+    eta = jnp.where(jnp.isfinite(eta) & (eta >= 0), eta, jnp.nan)
+    oja = [l in self._oja_on(len(ws)) for l in range(len(ws))]
 
-    # Forward: z = x W^T, a matrix-vector product for batch 1.
-    pre = [x_BxD.astype(ws[0].dtype)]
-    zs, posts = [], []
+    # Forward: z = x W^T (a matrix-vector product for batch 1); each hidden
+    # activity is one fusion and one buffer.
+    zs, ys = [], [x_BxD]
     for l, w in enumerate(ws):
-      z = (w @ pre[l].T).T
-      zs.append(z)
+      zs.append((w @ ys[l].T).T)
       if l < last:
-        pre.append(self.activation(z))
-        posts.append(pre[-1])
+        ys.append(mat([self.activation(zs[l])]))
     logits = zs[last]
     # Softmax cross-entropy and its gradient from one exponential.
     shifted = logits - jnp.max(logits, -1, keepdims=True)
     exp = jnp.exp(shifted)
     total = jnp.sum(exp, -1, keepdims=True)
     probs = exp / total
-    picked = jnp.take_along_axis(shifted, label_B[:, None], -1)
-    loss = jnp.mean(jnp.log(total) - picked)
+    picked = jnp.take_along_axis(shifted, label_B[:, None], -1)[:, 0]
+    loss_B = jnp.log(total[:, 0]) - picked
+    loss = loss_B[0] if batch == 1 else jnp.mean(loss_B)
     onehot = jax.nn.one_hot(label_B, logits.shape[-1], dtype=logits.dtype)
     d = (probs - onehot) / batch  # dL/dz of the output layer.
-    posts.append(probs if self.model.output_post == "softmax" else logits)
+    post = probs if self.model.output_post == "softmax" else logits
 
-    # Backward, top layer first: per kernel one read for backprop and the
-    # Oja residual together, then one update pass.
-    new_ws = [None] * len(ws)
-    for l in range(last, -1, -1):
-      w = ws[l]
-      oja = l in oja_on
-      scratch = ones.get(names[l], {})
-      rows_KxO = _mat(jnp.concatenate([d] + ([posts[l]] if oja else []), 0),
-                      scratch.get("rows"))
-      cols = [-lr * pre[l]]
-      if l > 0 or oja:
-        # [d; y] @ W: the error for the layer below and y W for the residual
-        # (the input layer needs only y W).
-        back = (rows_KxO if l > 0 else rows_KxO[batch:]) @ w
-      if oja:
-        cols.append((eta / batch) * (pre[l] - back[-batch:]))
-      new_ws[l] = _update(w, rows_KxO,
-                          _mat(jnp.concatenate(cols, 0), scratch.get("cols")))
-      if l > 0:
-        _, act_vjp = jax.vjp(self.activation, zs[l - 1])
-        (d,) = act_vjp(back[:batch])
+    # Backward, top layer first. Layer l's update is
+    #   W_l + rows_l^T @ cols_l,  rows_l = [d_l; y_l],
+    #   cols_l = [-lr x_l; (eta / B) (x_l - y_l W_l)]
+    # (the Oja halves only where the rule applies). One matrix product
+    # [d_l; y_l] @ W_l gives the error for the layer below and y_l W_l for
+    # the residual; each layer boundary's vectors are one fusion (one
+    # buffer) sliced into rows of the layer below and cols of the one above.
+    rows, cols = [None] * len(ws), [None] * len(ws)
+    rows[last] = mat([d] + ([post] if oja[last] else []))
+    for l in range(last, 0, -1):
+      back = rows[l] @ ws[l]  # (k B, fan_in): [d_l W_l; y_l W_l].
+      _, act_vjp = jax.vjp(self.activation, zs[l - 1])
+      (d,) = act_vjp(back[:batch])
+      y = ys[l]
+      below = [d] + ([y] if oja[l - 1] else [])
+      above = [-lr * y] + ([(eta / batch) * (y - back[-batch:])]
+                           if oja[l] else [])
+      pack = mat(below + above)
+      rows[l - 1] = pack[:len(below) * batch]
+      cols[l] = pack[len(below) * batch:]
+    x = ys[0]
+    if oja[0]:
+      back = rows[0][batch:] @ ws[0]  # y_0 W_0, the input layer's residual.
+      cols[0] = mat([-lr * x, (eta / batch) * (x - back)])
+    else:
+      cols[0] = mat([-lr * x])
+    new_ws = [_update(w, r, c) for w, r, c in zip(ws, rows, cols)]
+
 
     params = {n: {**state.params[n], "kernel": w}
               for n, w in zip(names, new_ws)}
