@@ -190,14 +190,14 @@ CASES = [
          "num_samples=0 must be finite and > 0."),
     Case("batch size not dividing eval_every", [DEEP,
                                                 "--config.batch_size=3"],
-         "eval_every=500 must be a multiple of batch_size=3."),
+         "eval_every=1000 must be a multiple of batch_size=3."),
     Case("an arm's batch size not dividing eval_every",
          [TRICKS, "--config.eval_every=100"],
          "arm 'bp_batch16': eval_every=100 must be a multiple of "
          "batch_size=16."),
     Case("checkpoint_every off the evaluation grid",
          [DEEP, "--config.checkpoint_every=300"],
-         "checkpoint_every=300 must be a multiple of eval_every=500 (or 0)."),
+         "checkpoint_every=300 must be a multiple of eval_every=1000 (or 0)."),
     Case("unknown optimizer", [DEEP, "--config.optimizer=rmsprop"],
          "optimizer='rmsprop' is not known; choose one of sgd, adam."),
     Case("unknown Oja layers", [DEEP, "--config.oja_layers=some"],
@@ -210,26 +210,29 @@ CASES = [
     Case("unknown axis field", [DEEP, "--config.axis=model.foo"],
          "config field 'model.foo' does not exist"),
     Case("unknown arm selected", [DEEP, "--config.select_arms=xx"],
-         "select_arms names 'xx'; arms are bp, bp_oja, bp_oja_hidden."),
+         "select_arms names 'xx'; arms are bp, bp_he, bp_oja, bp_oja_he, "
+         "bp_oja_hidden, bp_oja_orthogonal, bp_orthogonal."),
     Case("select_arms naming no arm", [DEEP, "--config.select_arms=,"],
-         "select_arms=',' names no arm; arms are bp, bp_oja, "
-         "bp_oja_hidden."),
+         "select_arms=',' names no arm; arms are bp, bp_he, bp_oja, "
+         "bp_oja_he, bp_oja_hidden, bp_oja_orthogonal, bp_orthogonal."),
     Case("unknown reference arm", [DEEP, "--config.reference_arm=zz"],
-         "reference_arm='zz' is not an arm; arms are bp, bp_oja, "
-         "bp_oja_hidden."),
+         "reference_arm='zz' is not an arm; arms are bp, bp_he, bp_oja, "
+         "bp_oja_he, bp_oja_hidden, bp_oja_orthogonal, bp_orthogonal."),
     Case("meta_plasticity: meta_ks not in ks", [META,
                                                 "--config.meta_ks=(7,)"],
          "meta_ks=(7,) must be a non-empty subset of ks=(5, 10, 20, 50)."),
     # --- Overrides that would change nothing.
     Case("a field every arm sets", [DEEP, "--config.lr=0.5"],
-         "--config.lr changes nothing: every arm sets lr (bp, bp_oja, "
-         "bp_oja_hidden); set --config.arms.<arm>.lr instead."),
+         "--config.lr changes nothing: every arm sets lr (bp, bp_he, bp_oja, "
+         "bp_oja_he, bp_oja_hidden, bp_oja_orthogonal, bp_orthogonal); set "
+         "--config.arms.<arm>.lr instead."),
     Case("a field every arm sets, bad value", [DEEP, "--config.lr=-1"],
          "--config.lr changes nothing: every arm sets lr"),
     Case("an axis every arm overrides", [DEEP, "--config.axis=lr",
                                          "--config.axis_values=(0.001,0.3)"],
-         "axis='lr' would not apply: arms bp, bp_oja, bp_oja_hidden set lr;"
-         " choose another axis or remove the override."),
+         "axis='lr' would not apply: arms bp, bp_he, bp_oja, bp_oja_he, "
+         "bp_oja_hidden, bp_oja_orthogonal, bp_orthogonal set lr; choose "
+         "another axis or remove the override."),
     Case("a field the axis sets", [DEEP, "--config.model.depth=1000"],
          "--config.model.depth changes nothing: the axis sets model.depth to"
          " each of axis_values=(2, 5, 10, 20, 30); set --config.axis_values "
@@ -256,7 +259,7 @@ CASES = [
          "job depth=2-bp needs about 3795.3 GiB, more than 50% of this "
          "machine's"),
     Case("days of compute", [DEEP, "--config.num_samples=10000000"],
-         "the jobs need an estimated 339 h of compute on one core (> 12 h);"
+         "the jobs need an estimated 791 h of compute on one core (> 12 h);"
          " pass --allow_large to run them anyway."),
     # --- Run directories.
     Case("workdir is a file", [*SMALL, "--workdir={tmp}/a_file"],
