@@ -50,6 +50,7 @@ def _rows(run_dir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_deep_online_writes_config_metrics_figure_summary_and_checkpoints(
     tmp_path):
   _run(tiny_config(axis_values=(1,)), tmp_path)
@@ -87,6 +88,7 @@ def test_arms_share_initialization_and_sample_order_per_seed(tmp_path):
   assert by[("bp", 0, 200)] != by[("bp", 1, 200)]
 
 
+@pytest.mark.slow
 def test_sweep_grid_runs_every_point_in_one_job(tmp_path):
   config = tiny_config(axis_values=(1,))
   config.sweep.lr = (0.01, 0.1)
@@ -99,6 +101,7 @@ def test_sweep_grid_runs_every_point_in_one_job(tmp_path):
   assert (tmp_path / "deep_online.png").exists()
 
 
+@pytest.mark.slow
 def test_one_seed_gives_no_interval_no_verdict_and_diverged_seeds_apart(
     tmp_path):
   config = online.get_config()

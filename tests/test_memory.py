@@ -141,6 +141,7 @@ def test_initial_spectral_radius_follows_the_config():
     assert abs(rho - radius) < 0.15 * radius
 
 
+@pytest.mark.slow
 def test_runner_writes_the_run_directory_contract(tmp_path):
   config = _cfg(seeds=2, num_samples=8, eval_every=4, batch_size=2,
                 axis_values=(1.5,), select_arms="bp,bp_oja_rec", **{
