@@ -205,7 +205,8 @@ def test_a_sweep_split_over_cpu_devices_matches_one_device_and_resumes_on_one(
   os.remove(two / "jobs" / "depth=1-bp.json")
   shutil.rmtree(two / "checkpoints" / "depth=1-bp" / "200")  # Keeps 100.
   caplog.set_level(logging.INFO, logger="ojax")
-  s = main.check(["ojax", f"--config={DEEP}", *SWEEP, f"--workdir={two}"])
+  s = main.check(["ojax", f"--config={DEEP}", *SWEEP, f"--workdir={two}",
+                  "--workers=1"])  # In this process, where caplog sees it.
   try:
     main.execute(s)  # This process has one device.
   finally:
