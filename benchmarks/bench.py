@@ -1,6 +1,6 @@
 r"""Online (batch-1) training speed: ojax vs PyTorch, sweeps, the floor.
 
-  make bench                      # full run, both networks (~10 minutes)
+  make bench                      # full run, both networks (~15 minutes)
   make bench ARGS="--quick"       # 784-256-256-10 only, < 2 minutes
   python benchmarks/bench.py --markdown=/tmp/tables.md --json=/tmp/all.json
 
