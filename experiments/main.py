@@ -254,7 +254,8 @@ def setup(parsed: Parsed) -> Setup:
   its old contents are removed instead). The lock is held until the process
   ends or ``setup.workdir.close()``.
   """
-  single_threaded()  # Before JAX starts its backend.
+  from experiments import runner  # pylint: disable=g-import-not-at-top
+  runner.single_threaded()  # Before JAX starts its backend.
   if parsed.workers == 1 and hasattr(os, "sched_setaffinity"):
     # Computes here: on one core, as a worker would (runner.run_jobs).
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -375,21 +376,6 @@ def main(argv: list[str]) -> None:
     print(f"run directory: {s.workdir.path}")
 
 
-def single_threaded(environ=None) -> None:
-  """Single-threaded XLA:CPU unless XLA_FLAGS says otherwise.
-
-  A batch-1 step gains nothing from XLA's intra-op threads (BENCHMARKS.md:
-  the fused step runs 2x faster pinned and single-threaded than with the
-  default threads), and one single-threaded worker per core
-  (``--workers``) uses the machine best.
-  """
-  environ = os.environ if environ is None else environ
-  current = environ.get("XLA_FLAGS", "")
-  if "xla_cpu_multi_thread_eigen" not in current:
-    environ["XLA_FLAGS"] = (current +
-                            " --xla_cpu_multi_thread_eigen=false").strip()
-
-
 def split_cpu(devices: int = 0, environ=None) -> None:
   """Makes XLA see ``devices`` single-threaded CPU devices (0: one per core).
 
@@ -402,12 +388,11 @@ def split_cpu(devices: int = 0, environ=None) -> None:
   if not devices:
     devices = len(os.sched_getaffinity(0)) if hasattr(
         os, "sched_getaffinity") else os.cpu_count() or 1
-  extra = []
   if "xla_force_host_platform_device_count" not in current:
-    extra.append(f"--xla_force_host_platform_device_count={devices}")
-  if "xla_cpu_multi_thread_eigen" not in current:
-    extra.append("--xla_cpu_multi_thread_eigen=false")
-  environ["XLA_FLAGS"] = " ".join([current] + extra).strip()
+    environ["XLA_FLAGS"] = (
+        current + f" --xla_force_host_platform_device_count={devices}").strip()
+  from experiments import runner  # pylint: disable=g-import-not-at-top
+  runner.single_threaded(environ)
 
 
 class _DropOrbaxInfo(logging_std.Filter):

@@ -527,6 +527,22 @@ def cores() -> list[int]:
   return list(range(os.cpu_count() or 1))
 
 
+def single_threaded(environ=None) -> None:
+  """Single-threaded XLA:CPU unless XLA_FLAGS says otherwise.
+
+  A batch-1 step gains nothing from XLA's intra-op threads (BENCHMARKS.md:
+  the fused step runs 2x faster pinned and single-threaded than with the
+  default threads), and one single-threaded worker per core
+  (``--workers``) uses the machine best. Takes effect only before JAX starts
+  its backend (importing jax does not start it).
+  """
+  environ = os.environ if environ is None else environ
+  current = environ.get("XLA_FLAGS", "")
+  if "xla_cpu_multi_thread_eigen" not in current:
+    environ["XLA_FLAGS"] = (current +
+                            " --xla_cpu_multi_thread_eigen=false").strip()
+
+
 def _init_worker(counter, cpus: list[int]) -> None:
   """Pins a fresh worker process to its own core; logs progress."""
   with counter.get_lock():
@@ -555,9 +571,7 @@ def run_jobs(jobs: list[Job], run_dir: str, data: dict[Any, Any],
   import concurrent.futures  # pylint: disable=g-import-not-at-top
   import multiprocessing  # pylint: disable=g-import-not-at-top
   flags_before = os.environ.get("XLA_FLAGS")
-  if "xla_cpu_multi_thread_eigen" not in (flags_before or ""):
-    os.environ["XLA_FLAGS"] = ((flags_before or "") +
-                               " --xla_cpu_multi_thread_eigen=false").strip()
+  single_threaded()  # The spawned workers inherit it.
   ctx = multiprocessing.get_context("spawn")
   try:
     with concurrent.futures.ProcessPoolExecutor(

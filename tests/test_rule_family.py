@@ -33,6 +33,20 @@ def _run(tx, p, fields=("x", "y")):
 # --- Hebb -----------------------------------------------------------------
 
 
+
+def _train_linear(tx, params, x_TxD):
+  """A linear layer ``y = x K`` trained by ``tx`` alone, one sample a step."""
+  def step(carry, x_D):
+    params, state = carry
+    x_1xD = x_D[None]
+    trace = ojax.Trace(x_1xD, x_1xD @ params["w"])
+    updates, state = tx.update(optax.tree.zeros_like(params), state, params,
+                               activations={"w": trace})
+    return (optax.apply_updates(params, updates), state), None
+
+  (params, state), _ = jax.lax.scan(step, (params, tx.init(params)), x_TxD)
+  return params, state
+
 def test_hebb_is_mean_outer_x_y():
   p = _problem()
   expected = sum(np.outer(x, y) for x, y in zip(p["x"], p["y"])) / 5
@@ -68,16 +82,7 @@ def test_sanger_finds_principal_components_in_order_with_unit_norm():
   tx = ojax.sanger(optax.linear_schedule(5e-3, 1e-4, steps))
   params = {"w": jnp.asarray(rng.normal(size=(dim, k)) * 0.1, jnp.float32)}
 
-  def step(carry, x_D):
-    params, state = carry
-    x_1xD = x_D[None]
-    trace = ojax.Trace(x_1xD, x_1xD @ params["w"])
-    updates, state = tx.update(optax.tree.zeros_like(params), state, params,
-                               activations={"w": trace})
-    return (optax.apply_updates(params, updates), state), None
-
-  (params, _), _ = jax.lax.scan(step, (params, tx.init(params)),
-                                jnp.asarray(x_TxD, jnp.float32))
+  params, _ = _train_linear(tx, params, jnp.asarray(x_TxD, jnp.float32))
   w = np.asarray(params["w"])
   norms = np.linalg.norm(w, axis=0)
   cosines = np.abs(np.sum(w * basis[:, :k], axis=0)) / norms
@@ -121,16 +126,7 @@ def test_bcm_units_become_selective_to_one_of_two_patterns():
   tx = ojax.bcm(optax.linear_schedule(0.01, 0.0005, steps), theta_decay=0.95)
   params = {"w": jnp.array([[0.5, 0.4], [0.4, 0.5]], jnp.float32)}
 
-  def step(carry, x_D):
-    params, state = carry
-    x_1xD = x_D[None]
-    trace = ojax.Trace(x_1xD, x_1xD @ params["w"])
-    updates, state = tx.update(optax.tree.zeros_like(params), state, params,
-                               activations={"w": trace})
-    return (optax.apply_updates(params, updates), state), None
-
-  (params, state), _ = jax.lax.scan(step, (params, tx.init(params)),
-                                    jnp.asarray(x_TxD))
+  params, state = _train_linear(tx, params, jnp.asarray(x_TxD))
   responses = patterns @ np.asarray(params["w"])  # (pattern, unit)
   # Measured: unit 0 -> (2.008, 0.022), unit 1 -> (-0.024, 1.992).
   np.testing.assert_allclose(np.diag(responses), 2.0, atol=0.1)
