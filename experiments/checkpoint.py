@@ -16,6 +16,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 from typing import Any, Optional
 
@@ -56,6 +58,29 @@ def _quiet_orbax():
     logger.removeFilter(drop)
 
 
+@contextlib.contextmanager
+def _ctrl_c_after():
+  """Holds a Ctrl-C (SIGINT) that arrives inside the block until its end.
+
+  Orbax starts writer threads inside ``save``; an interrupt among them leaves
+  threads writing into a folder that is then freed. Held, the step is
+  either written completely or not started, and the interrupt follows.
+  """
+  handler = signal.getsignal(signal.SIGINT)
+  if (threading.current_thread() is not threading.main_thread() or
+      handler is not signal.default_int_handler):
+    yield  # Only the main thread takes signals; keep others' handlers.
+    return
+  held = []
+  signal.signal(signal.SIGINT, lambda *_: held.append(True))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, handler)
+  if held:
+    raise KeyboardInterrupt
+
+
 class Checkpointer:
   """Saves and restores :class:`ojax.train.Progress` under one directory."""
 
@@ -71,8 +96,13 @@ class Checkpointer:
   def save(self, progress: Progress) -> None:
     """Writes ``progress`` as step ``progress.samples_done`` and waits.
 
-    A step already there (one that could not be restored) is replaced.
+    A step already there (one that could not be restored) is replaced. A
+    Ctrl-C during the write is raised once the step is complete.
     """
+    with _ctrl_c_after():
+      self._save(progress)
+
+  def _save(self, progress: Progress) -> None:
     step = progress.samples_done
     if step in self._manager.all_steps():
       self._manager.delete(step)
@@ -84,17 +114,22 @@ class Checkpointer:
                 history=ocp.args.JsonSave(_to_json(progress.history))))
         self._manager.wait_until_finished()
     except BaseException:
-      # The unfinished step stays a temporary folder (never restored); free
-      # its space at once (a full disk). Writer threads may still be ending.
-      for _ in range(20):
-        tmp = [os.path.join(self.directory, n)
-               for n in os.listdir(self.directory)
-               if n.startswith(f"{step}.orbax-checkpoint-tmp")]
-        if not tmp:
-          break
-        for path in tmp:
-          shutil.rmtree(path, ignore_errors=True)
-        time.sleep(0.1)
+      with _quiet_orbax():  # Writer threads log their own failure here.
+        try:  # Let them end first: freeing their folder mid-write fails.
+          self._manager.wait_until_finished()
+        except BaseException:  # pylint: disable=broad-except
+          pass
+        # An unfinished step stays a temporary folder (never restored);
+        # free its space at once (a full disk).
+        for _ in range(20):
+          tmp = [os.path.join(self.directory, n)
+                 for n in os.listdir(self.directory)
+                 if n.startswith(f"{step}.orbax-checkpoint-tmp")]
+          if not tmp:
+            break
+          for path in tmp:
+            shutil.rmtree(path, ignore_errors=True)
+          time.sleep(0.1)
       raise
 
   def latest_step(self) -> Optional[int]:

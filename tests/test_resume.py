@@ -241,6 +241,34 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_good_step(
   assert metrics(workdir) == metrics(baseline)
 
 
+def test_ctrl_c_during_a_checkpoint_write_completes_the_step_then_stops(
+    tmp_path, caplog):
+  """A real SIGINT inside orbax's save: no thread error, no tmp left."""
+  if threading.current_thread() is not threading.main_thread():
+    pytest.skip("signals reach the main thread only")
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from ojax.train import Progress  # pylint: disable=import-outside-toplevel
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  states = {"w": jnp.ones((64, 256, 256))}
+  ckpt.save(Progress(100, states, [{"samples": 100, "acc": 0.5}]))
+  manager = ckpt._manager  # pylint: disable=protected-access
+  save = manager.save
+
+  def interrupted(*args, **kwargs):  # Ctrl-C as orbax's save begins.
+    signal.raise_signal(signal.SIGINT)
+    save(*args, **kwargs)
+  manager.save = interrupted
+  caplog.set_level(logging.INFO)
+  with pytest.raises(KeyboardInterrupt):
+    ckpt.save(Progress(200, states, [{"samples": 200, "acc": 0.6}]))
+  assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+  assert not [n for n in os.listdir(tmp_path) if "tmp" in n]
+  assert ckpt.latest_step() == 200  # Completed, then the interrupt.
+  assert ckpt.restore(states).history[-1]["samples"] == 200
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  ckpt.close()
+
+
 # --- Damaged state -----------------------------------------------------------
 
 
