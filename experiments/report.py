@@ -28,8 +28,8 @@ import numpy as np
 
 from experiments import stats
 
-VERDICTS = ("reproduced", "partly reproduced", "not reproduced",
-            "no verdict")
+VERDICTS = ("reproduced", "partly reproduced", "mixed", "contradicted",
+            "not reproduced", "no verdict")  # experiments.analysis.RULE
 
 
 class Section(NamedTuple):

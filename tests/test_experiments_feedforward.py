@@ -9,6 +9,7 @@ and the section (section.json / summary.md) built from it.
 import importlib
 import json
 import os
+import shutil
 
 import ml_collections
 import numpy as np
@@ -193,6 +194,19 @@ def test_verdict_rule():
   assert word == "no verdict" and "at least 10" in why
 
 
+@pytest.mark.parametrize("primary", [
+    "up up flat", "up flat flat", "up up up down down", "down down flat",
+    "down flat flat", ""])
+def test_every_verdict_the_rule_gives_is_a_section_verdict(tmp_path,
+                                                           primary):
+  cases = {"up": _comparison(.02, .001), "flat": _comparison(.01, .3),
+           "down": _comparison(-.02, .001)}
+  word, why = analysis.verdict([cases[c] for c in primary.split()])
+  report.write_section(str(tmp_path), report.Section(
+      "c", "", [], [], word, why), "t")
+  assert report.read_section(str(tmp_path)).verdict == word
+
+
 def test_holm_adjustment_can_remove_significance():
   # Raw p = 0.015 < 0.02 alone; in a family of three it is not significant.
   one = analysis.adjust([_comparison(.02, .015)])
@@ -226,13 +240,13 @@ def test_results_quick_runs_each_config_and_renders_every_section(tmp_path):
   assert results.main([
       "--quick", "--only=deep_online,recurrent_memory",
       f"--runs={tmp_path / 'runs'}", f"--out={out}",
-      f"--figures={tmp_path / 'figs'}"]) == 0
+      f"--figures={tmp_path / 'figs'}", f"--records={tmp_path / 'rec'}"]) == 0
   text = out.read_text()
   for name in ("deep_online", "recurrent_memory"):
     assert f"## {name}" in text
     section = report.read_section(str(tmp_path / "runs" / name))
     assert report.render(section, name, level=2) .split("\n")[0] in text
-  assert "**Verdict: no verdict.**" in text and "Machine:" in text
+  assert "**Verdict: no verdict.**" in text and " s wall on " in text
   assert (tmp_path / "figs" / "deep_online.png").exists()
   assert (tmp_path / "figs" / "recurrent_memory_curves.png").exists()
 
@@ -254,3 +268,25 @@ def test_results_renders_a_section_and_copies_its_figures(tmp_path):
   assert "**Verdict: partly reproduced.** e" in text
   assert "figs/other-fig.png" in text and (figs / "other-fig.png").exists()
   assert "| [other](#other) | **partly reproduced** | e |" in text
+
+
+def test_results_only_one_experiment_keeps_the_other_records(tmp_path):
+  """--only=NAME replaces NAME's section; the others stay (any machine)."""
+  runs, rec = tmp_path / "runs", tmp_path / "rec"
+  for name, word in (("online", "mixed"), ("tricks", "contradicted")):
+    (runs / name).mkdir(parents=True)
+    report.write_section(str(runs / name), report.Section(
+        f"claim of {name}", "", [], [], word, f"why {name}"), name)
+  args = [f"--runs={runs}", f"--out={tmp_path / 'R.md'}",
+          f"--figures={tmp_path / 'figs'}", f"--records={rec}",
+          "--report_only"]
+  assert results.main([*args, "--only=online,tricks"]) == 0
+  shutil.rmtree(runs / "online")  # A fresh machine: only the records.
+  report.write_section(str(runs / "tricks"), report.Section(
+      "claim of tricks", "", [], [], "reproduced", "new"), "tricks")
+  assert results.main([*args, "--only=tricks"]) == 0
+  text = (tmp_path / "R.md").read_text()
+  assert "| [online](#online) | **mixed** | why online |" in text
+  assert "| [tricks](#tricks) | **reproduced** | new |" in text
+  assert text.index("## online") < text.index("## tricks")
+  assert sorted(os.listdir(rec)) == ["online.json", "tricks.json"]
