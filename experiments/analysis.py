@@ -37,7 +37,7 @@ import numpy as np
 
 from experiments import stats
 from experiments.config import Job, expand
-from experiments.runner import JobResult
+from experiments.runner import JobResult, merge_splits
 
 MIN_SEEDS_VERDICT = 10
 RULE = ("Verdict rule: at each of the claim's N settings the reference-"
@@ -114,13 +114,12 @@ def load_run(run_dir: str) -> Run:
       continue
     with open(path) as f:
       saved = json.load(f)
-    history = {k: np.asarray(v, np.float64) for k, v in
-               saved["history"].items()}
-    results.append(JobResult(Job(job.id, label(job.axis_value), job.arm,
-                                 config), saved["grid"], history))
+    results.append(JobResult(job, saved["grid"], {
+        k: np.asarray(v) for k, v in saved["history"].items()}))
+  results = merge_splits(results, config.get("splits", 1))
   if not results:
     raise FileNotFoundError(f"no finished jobs in {run_dir}/jobs")
-  return Run(run_dir, config, results)
+  return from_results(run_dir, config, results)
 
 
 def find(run: Run, arm: str, axis_value: Any = None) -> Optional[JobResult]:
@@ -213,7 +212,10 @@ def verdict(primary: Sequence[Comparison],
   text = (f"`{primary[0].arm}` significantly better in {better}/{n} claim "
           f"settings, significantly worse in {worse}/{n}")
   if secondary:
-    text += (f"; `{secondary[0].arm}` better in "
+    other = secondary[0]
+    name = (other.arm if other.reference == primary[0].reference else
+            f"{other.arm} vs {other.reference}")
+    text += (f"; `{name}` better in "
              f"{sum(c.better for c in secondary)}/{len(secondary)}, worse in "
              f"{sum(c.worse for c in secondary)}/{len(secondary)}")
   return word, text + " (Holm-adjusted sign-flip tests)."

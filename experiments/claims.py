@@ -306,17 +306,20 @@ def _choose(r, points: list[int], at: int) -> int:
 
 
 def _edge(grid, g: int) -> str:
-  point = grid[g]
-  edges = [k for k, v in point.items()
-           if v in (min(p[k] for p in grid), max(p[k] for p in grid))
-           and not (k == "oja_lr" and v == 0)]
+  """Fields of point ``g`` at the grid's edge (for Oja rates: the smallest
+  non-zero one too, since 0 is BP itself)."""
+  edges = []
+  for k, v in grid[g].items():
+    values = [p[k] for p in grid if not (k == "oja_lr" and p[k] == 0)]
+    if values and v in (min(values), max(values)):
+      edges.append(k)
   return ", ".join(edges) or "-"
 
 
 def landscape(run: analysis.Run) -> Section:
   """Oja vs BP, each at its validation-chosen (lr, Oja rate), and the maps."""
   passes = 3
-  primary, same_lr, chosen_rows = [], [], []
+  primary, same_lr, chosen_rows, early = [], [], [], []
   for val in [r for r in run.results if r.job.arm == "val"]:
     test = analysis.find(run, "test", val.job.axis_value)
     if test is None:
@@ -343,7 +346,16 @@ def landscape(run: analysis.Run) -> Section:
           test, go, gb, at_test, f"{net}, {label}: each at its chosen point"))
       base = next(g for g in bp_points if grid[g]["lr"] == grid[go]["lr"])
       same_lr.append(_paired_points(test, go, base, at_test,
-                                    f"{net}, {label}: at Oja's lr"))
+                                    f"{net}, {label}: at Oja's lr",
+                                    ("bp_oja", "bp at Oja's lr")))
+      if label == "1 pass":  # Early learning, at the 1-pass choices.
+        one = len(samples) - 1 if at_test == -1 else at_test
+        early += [
+            _paired_points(test, go, gb, at_test, f"{net}: online acc over "
+                           "the first pass", values=lambda r, g, one=one:
+                           _first_pass_online(r, g, one)),
+            _paired_points(test, go, gb, at_test, f"{net}: area under the "
+                           "test-acc curve", values=_curve_area)]
   primary, same_lr = _family(primary, same_lr)
   tables = [
       ("Operating points chosen on the validation split (best mean "
@@ -352,7 +364,10 @@ def landscape(run: analysis.Run) -> Section:
        report.table(["network", "budget", "BP point", "edge", "BP + Oja "
                      "point", "edge"], chosen_rows)),
       ("Test accuracy, BP + Oja - BP, paired over seeds",
-       analysis.comparison_table(primary + same_lr))]
+       analysis.comparison_table(primary + same_lr)),
+      ("Early learning, BP + Oja - BP at the points chosen for 1 pass "
+       "(reported, not counted by the verdict)",
+       analysis.comparison_table(early, "early-learning measure"))]
   paths = [figures.landscape(run, _figure(run, "landscape"), passes)]
   return _section(
       run, "Adding Oja's rule to online backprop improves test accuracy "
@@ -366,16 +381,29 @@ def _fmt(point) -> str:
   return ", ".join(f"{k}={v:g}" for k, v in point.items())
 
 
-def _paired_points(r, ga: int, gb: int, at: int, setting: str
-                   ) -> analysis.Comparison:
-  """Grid point ``ga`` minus ``gb`` of one job, paired over seeds."""
+def _paired_points(r, ga: int, gb: int, at: int, setting: str,
+                   arms=("bp_oja", "bp"), values=None) -> analysis.Comparison:
+  """Grid point ``ga`` minus ``gb`` of one job, paired over seeds.
+
+  ``values(r, g) -> (S,)`` replaces the test accuracy at evaluation ``at``.
+  """
   da, db = analysis.diverged(r, ga, at), analysis.diverged(r, gb, at)
   keep = ~da & ~db
+  get = values or (lambda r, g: analysis.value(r, point=g, at=at))
   return analysis.Comparison(
-      setting, "bp_oja", "bp", stats.paired_difference(
-          analysis.value(r, point=ga, at=at)[keep],
-          analysis.value(r, point=gb, at=at)[keep]),
+      setting, *arms, stats.paired_difference(get(r, ga)[keep],
+                                              get(r, gb)[keep]),
       (int(da.sum()), int(db.sum())))
+
+
+def _first_pass_online(r, g: int, one: int) -> np.ndarray:
+  """Per seed: online accuracy (scored before learning) over the 1st pass."""
+  return np.nanmean(r.history["online_accuracy"][1:one + 1, g], axis=0)
+
+
+def _curve_area(r, g: int) -> np.ndarray:
+  """Per seed: area under the test-accuracy curve (mean over evaluations)."""
+  return np.mean(r.history["test_accuracy"][:, g], axis=0)
 
 
 def generic(run: analysis.Run) -> Section:

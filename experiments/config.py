@@ -198,8 +198,37 @@ def expand(config: ml_collections.ConfigDict) -> list[Job]:
       seen.add(key)
       prefix = f"{config.axis.split('.')[-1]}={_slug(value)}-" if (
           config.axis) else ""
-      jobs.append(Job(prefix + _slug(arm), value, arm, cfg))
+      jobs += _split_jobs(Job(prefix + _slug(arm), value, arm, cfg))
   return jobs
+
+
+SPLIT_TAG = "-split="  # Job id suffix of one train/test split's seeds.
+
+
+def _split_jobs(job: Job) -> list[Job]:
+  """With ``splits`` = S > 1: S jobs, each ``seeds / S`` seeds on a split.
+
+  Split k trains seeds ``seed + k``'s keys on ``data_split + k``; the
+  results are joined along the seed axis again (``runner.merge_splits``).
+  """
+  cfg = job.config
+  splits = cfg.get("splits", 1)
+  if splits == 1:
+    return [job]
+  check_number("splits", splits, integer=True)
+  if cfg.task != "classifier":
+    raise ConfigError(f"splits={splits} is for the classifier task, not "
+                      f"task={cfg.task!r}.")
+  if cfg.seeds % splits:
+    raise ConfigError(f"splits={splits} must divide seeds={cfg.seeds}.")
+  out = []
+  for k in range(splits):
+    c = copy.deepcopy(cfg)
+    with c.unlocked():
+      c.splits, c.seeds = 1, cfg.seeds // splits
+      c.seed, c.data_split = cfg.seed + k, cfg.data_split + k
+    out.append(Job(f"{job.id}{SPLIT_TAG}{k}", job.axis_value, job.arm, c))
+  return out
 
 
 def sweep_grid(config: ml_collections.ConfigDict) -> list[dict[str, float]]:
@@ -349,6 +378,15 @@ def _check_top(cfg: ml_collections.ConfigDict) -> None:
     one_of("dataset", cfg.dataset, data_lib.DATASETS)
     fields.append("eval_batch_size")
     check_number("validation", cfg.validation, integer=True, zero=True)
+    check_number("data_split", cfg.get("data_split", 0), integer=True,
+                 zero=True)
+    check_number("splits", cfg.get("splits", 1), integer=True)
+    if (cfg.get("data_split", 0) or cfg.get("splits", 1) > 1) and (
+        cfg.dataset not in data_lib.EMBEDDED):
+      raise ConfigError(
+          f"data_split/splits resample the train/test split of an embedded "
+          f"dataset ({', '.join(data_lib.EMBEDDED)}); dataset="
+          f"{cfg.dataset!r} has a fixed split.")
   else:
     for f in ("delays", "length", "eval_batch", "eval_length"):
       check_number(f"memory.{f}", cfg.memory[f], integer=True)

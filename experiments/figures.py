@@ -256,19 +256,19 @@ def landscape(run: analysis.Run, path: str, passes: int) -> str:
   """Maps over (lr, Oja rate) of the ``test`` arm, a row per network.
 
   Panels: test accuracy after one pass and after all passes, the paired gain
-  over BP at the same lr (Oja rate 0 row), online accuracy over the first
+  over BP at the same lr (Oja rate 0 row) after each, online accuracy over the first
   pass, and the area under the test-accuracy curve (its mean over
   evaluations). Means over seeds that did not diverge.
   """
   rs = [r for r in run.results if r.job.arm == "test"]
-  fig, axes = plt.subplots(len(rs), 5, squeeze=False,
-                           figsize=(20, 3.6 * len(rs)))
+  fig, axes = plt.subplots(len(rs), 6, squeeze=False,
+                           figsize=(24, 3.6 * len(rs)))
   for row, r in zip(axes, rs):
     xs = sorted({p["lr"] for p in r.grid})
     ys = sorted({p["oja_lr"] for p in r.grid})
     samples = r.history["samples"]
     one = analysis.eval_index(r, int(samples[-1]) // passes)
-    maps = {k: np.full((len(ys), len(xs)), np.nan) for k in range(5)}
+    maps = {k: np.full((len(ys), len(xs)), np.nan) for k in range(6)}
     for g, p in enumerate(r.grid):
       i, j = ys.index(p["oja_lr"]), xs.index(p["lr"])
       ok = ~analysis.diverged(r, g)
@@ -280,17 +280,21 @@ def landscape(run: analysis.Run, path: str, passes: int) -> str:
       base = next(b for b, q in enumerate(r.grid)
                   if q["lr"] == p["lr"] and q["oja_lr"] == 0)
       both = ok & ~analysis.diverged(r, base)
-      maps[2][i, j] = np.mean(analysis.value(r, point=g)[both] -
+      if one is not None:
+        maps[2][i, j] = np.mean(analysis.value(r, point=g, at=one)[both] -
+                                analysis.value(r, point=base, at=one)[both])
+      maps[3][i, j] = np.mean(analysis.value(r, point=g)[both] -
                               analysis.value(r, point=base)[both])
       first = slice(1, (one or len(samples) - 1) + 1)
-      maps[3][i, j] = np.nanmean(r.history["online_accuracy"][first, g][:, ok])
-      maps[4][i, j] = acc.mean()
+      maps[4][i, j] = np.nanmean(r.history["online_accuracy"][first, g][:, ok])
+      maps[5][i, j] = acc.mean()
     titles = ("test acc, 1 pass", f"test acc, {passes} passes",
+              "gain over BP at same lr, 1 pass",
               f"gain over BP at same lr, {passes} passes",
               "online acc, first pass", "area under test-acc curve")
     for k, ax in enumerate(row):
       _heat(ax, xs, ys, maps[k], f"depth={r.job.axis_value}: {titles[k]}",
-            cmap="RdBu" if k == 2 else "viridis", center=(k == 2))
+            cmap="RdBu" if k in (2, 3) else "viridis", center=(k in (2, 3)))
   fig.suptitle("landscape (claim: Oja helps online BP, at every operating "
                "point?)", fontsize=10)
   fig.tight_layout()

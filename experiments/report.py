@@ -177,16 +177,28 @@ def summary_table(results, config: ml_collections.ConfigDict,
   return table(head, rows)
 
 
-def _preamble(config: ml_collections.ConfigDict, command: str) -> list[str]:
+def _preamble(config: ml_collections.ConfigDict, command: str,
+              results=()) -> list[str]:
+  counts = sorted({r.job.config.num_samples for r in results} or
+                  {config.num_samples})
+  per_arm = ", ".join(sorted({f"{r.job.arm}: {r.job.config.num_samples}"
+                              for r in results}))
+  num_samples = (str(counts[0]) if len(counts) == 1 else
+                 f"{counts[0]}-{counts[-1]} ({per_arm})")
   if config.get("task") == "memory":
-    data = (f"Memory task: {config.num_samples} training sequences of "
+    data = (f"Memory task: {num_samples} training sequences of "
             f"{config.memory.length} steps per seed, {config.batch_size} per "
             "BPTT step")
   else:
     data = (f"Dataset `{config.dataset}`"
             f"{' (validation split)' if config.validation else ''}, "
-            f"{config.num_samples} samples per seed, batch size "
+            f"{num_samples} samples per seed, batch size "
             f"{config.batch_size}")
+  splits = config.get("splits", 1)
+  if splits > 1:
+    data += ("; every seed on its own train/test split" if splits ==
+             config.seeds else f"; the seeds spread over {splits} train/test "
+             "splits")
   return [f"{data}; {config.seeds} paired seeds. Means over the seeds that "
           f"did not diverge, with {stats.LEVEL:.0%} Student-t CIs (n/a "
           f"below {stats.MIN_SEEDS} seeds).", f"Command: `{command}`" if command else ""]
@@ -202,4 +214,4 @@ def write_run(run_dir: str, results, config: ml_collections.ConfigDict,
   run = analysis.from_results(run_dir, config, results)
   section = claims.section(run)
   return write_section(run_dir, section, config.experiment,
-                       _preamble(config, command))
+                       _preamble(config, command, results))

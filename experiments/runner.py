@@ -19,6 +19,7 @@ Guarantees about a run directory (docs/running.md):
 
 from __future__ import annotations
 
+import copy
 import datetime
 import fcntl
 import logging
@@ -321,7 +322,7 @@ def _data_key(cfg: ml_collections.ConfigDict) -> tuple[Any, ...]:
   if cfg.task == "memory":
     return ("memory", cfg.seed, cfg.memory.eval_batch,
             cfg.memory.eval_length, cfg.memory.delays)
-  return (cfg.dataset, cfg.data_dir, cfg.validation)
+  return (cfg.dataset, cfg.data_dir, cfg.validation, cfg.get("data_split", 0))
 
 
 def load_data(jobs: list[Job]) -> dict[Any, Any]:
@@ -340,7 +341,7 @@ def load_data(jobs: list[Job]) -> dict[Any, Any]:
       try:
         out[key] = data_lib.load(
             cfg.dataset, data_dir=cfg.data_dir or None, download=cfg.download,
-            validation=cfg.validation)
+            validation=cfg.validation, split_seed=cfg.get("data_split", 0))
       except (ValueError, data_lib.DataUnavailableError) as err:
         raise ConfigError(str(err)) from None
   return out
@@ -410,6 +411,38 @@ def _history_arrays(history, num_points, num_grid, num_seeds):
   out = {"samples": stacked.pop("samples")}
   for k, v in stacked.items():
     out[k] = v.reshape(v.shape[0], num_grid, num_seeds, *v.shape[2:])
+  return out
+
+
+def merge_splits(results: list[JobResult], splits: int) -> list[JobResult]:
+  """Joins each (axis value, arm)'s ``splits`` split jobs along the seeds.
+
+  ``history["data_split"]`` says which split each seed trained on. A group
+  with a split missing (an unfinished run) is left out, never half-paired.
+  """
+  if splits == 1:
+    return list(results)
+  groups: dict[str, list[JobResult]] = {}
+  for r in results:
+    groups.setdefault(r.job.id.split(config_lib.SPLIT_TAG)[0], []).append(r)
+  out = []
+  for job_id, parts in groups.items():
+    if len(parts) != splits:
+      continue
+    first = parts[0]
+    history = {"samples": first.history["samples"]}
+    for k in first.history:
+      if k != "samples":
+        history[k] = np.concatenate([p.history[k] for p in parts], axis=2)
+    history["data_split"] = np.concatenate(
+        [np.full(p.history["diverged_at"].shape, p.job.config.data_split)
+         for p in parts], axis=2)
+    cfg = copy.deepcopy(first.job.config)
+    with cfg.unlocked():
+      cfg.seeds, cfg.splits = cfg.seeds * splits, splits
+      cfg.seed, cfg.data_split = first.job.config.seed, 0
+    out.append(JobResult(first.job._replace(id=job_id, config=cfg),
+                         first.grid, history))
   return out
 
 
@@ -607,7 +640,8 @@ def run(config: ml_collections.ConfigDict, prepared: Any, run_dir: str,
   lead = jax.process_index() == 0  # One host writes; all of them compute.
   if lead:
     report.write_config(run_dir, config)
-  results = run_jobs(prepared.jobs, run_dir, prepared.data, workers)
+  results = merge_splits(run_jobs(prepared.jobs, run_dir, prepared.data,
+                                  workers), config.get("splits", 1))
   if lead:
     report.write_run(run_dir, results, config, command)
   return os.path.join(run_dir, "summary.md")

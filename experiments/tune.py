@@ -98,6 +98,23 @@ STUDIES: dict[str, dict[str, Any]] = {
         },
         "used_by": "deep_online.py (INIT_RATES)",
     },
+    "deep20": {
+        "setting": {"model": {"depth": 20, "width": 100}},
+        "note": "20 hidden layers of width 100, Xavier init: BP, the tricks "
+                "that need no other init, and BP + Oja (He and orthogonal "
+                "at depth 20: study deep_init)",
+        "groups": {
+            "sgd": (_SGD_LOW, {"bp": {"oja_lr": 0.0},
+                               "bp_batch16": {"batch_size": 16},
+                               "bp_layernorm": {
+                                   "model": {"layer_norm": True}}}),
+            "adam": ({"sweep": {"lr": ADAM_LRS}},
+                     {"bp_adam": {"optimizer": "adam"}}),
+            "oja": (_OJA_WIDE, {"bp_oja": {"oja_layers": "all"},
+                                "bp_oja_hidden": {"oja_layers": "hidden"}}),
+        },
+        "used_by": "tricks.py (DEPTH20_RATES)",
+    },
     "feedback": {
         "setting": {},
         "note": "reference network with fixed random feedback (FA)",

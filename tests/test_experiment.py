@@ -88,6 +88,45 @@ def test_arms_share_initialization_and_sample_order_per_seed(tmp_path):
   assert by[("bp", 0, 200)] != by[("bp", 1, 200)]
 
 
+def test_splits_give_each_seed_its_own_train_test_split(tmp_path):
+  config = tiny_config(axis_values=(1,), splits=2)
+  for d in ("split", "alone", "other"):
+    (tmp_path / d).mkdir()
+  _run(config, tmp_path / "split")
+  rows = _rows(tmp_path / "split")
+  assert {r["job"] for r in rows} == {"depth=1-bp", "depth=1-bp_oja"}
+  assert {(r["seed"], r["data_split"]) for r in rows} == {(0, 0), (1, 1)}
+  # Seed 1 is a run of its own: seed 1's keys on split 1.
+  alone = tiny_config(axis_values=(1,), seeds=1, seed=1, data_split=1)
+  _run(alone, tmp_path / "alone")
+  acc = {(r["arm"], r["samples"]): r["test_accuracy"]
+         for r in _rows(tmp_path / "split") if r["seed"] == 1}
+  assert acc == {(r["arm"], r["samples"]): r["test_accuracy"]
+                 for r in _rows(tmp_path / "alone")}
+  # The splits differ: another test set, so other accuracies on seed 0's
+  # keys too.
+  other = tiny_config(axis_values=(1,), seeds=1, data_split=1)
+  _run(other, tmp_path / "other")
+  seed0 = {(r["arm"], r["samples"]): r["test_accuracy"]
+           for r in _rows(tmp_path / "split") if r["seed"] == 0}
+  assert seed0 != {(r["arm"], r["samples"]): r["test_accuracy"]
+                   for r in _rows(tmp_path / "other")}
+  # The analysis sees 2 paired seeds per arm, split by split.
+  run = analysis.load_run(str(tmp_path / "split"))
+  assert [r.job.id for r in run.results] == ["depth=1-bp", "depth=1-bp_oja"]
+  assert run.results[0].history["data_split"][-1, 0].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"splits": 3}, "splits=3 must divide seeds=2."),
+    ({"splits": 2, "dataset": "mnist"}, "has a fixed split"),
+    ({"data_split": -1}, "data_split=-1 must be finite and >= 0."),
+])
+def test_bad_splits_are_one_line_errors(overrides, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(tiny_config(**overrides))
+
+
 @pytest.mark.slow
 def test_sweep_grid_runs_every_point_in_one_job(tmp_path):
   config = tiny_config(axis_values=(1,))
