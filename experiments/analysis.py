@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from experiments import stats
-from experiments.config import Job, expand
+from experiments.config import Job, expand, num_splits
 from experiments.runner import JobResult, merge_splits
 
 MIN_SEEDS_VERDICT = 10
@@ -116,7 +116,7 @@ def load_run(run_dir: str) -> Run:
       saved = json.load(f)
     results.append(JobResult(job, saved["grid"], {
         k: np.asarray(v) for k, v in saved["history"].items()}))
-  results = merge_splits(results, config.get("splits", 1))
+  results = merge_splits(results, num_splits(config))
   if not results:
     raise FileNotFoundError(f"no finished jobs in {run_dir}/jobs")
   return from_results(run_dir, config, results)

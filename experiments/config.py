@@ -203,29 +203,33 @@ def expand(config: ml_collections.ConfigDict) -> list[Job]:
 
 
 SPLIT_TAG = "-split="  # Job id suffix of one train/test split's seeds.
+MAX_SPLIT_JOBS = 100  # Seeds per (axis value, arm) with split_per_seed.
+
+
+def num_splits(cfg: ml_collections.ConfigDict) -> int:
+  """Train/test splits a job's seeds are spread over (1: one split)."""
+  return cfg.seeds if cfg.get("split_per_seed") else 1
 
 
 def _split_jobs(job: Job) -> list[Job]:
-  """With ``splits`` = S > 1: S jobs, each ``seeds / S`` seeds on a split.
+  """With ``split_per_seed``: one job per seed, each on its own split.
 
-  Split k trains seeds ``seed + k``'s keys on ``data_split + k``; the
-  results are joined along the seed axis again (``runner.merge_splits``).
+  Seed ``seed + k`` trains on split ``data_split + k``; the results are
+  joined along the seed axis again (``runner.merge_splits``).
   """
   cfg = job.config
-  splits = cfg.get("splits", 1)
-  if splits == 1:
+  if num_splits(cfg) == 1:
     return [job]
-  check_number("splits", splits, integer=True)
-  if cfg.task != "classifier":
-    raise ConfigError(f"splits={splits} is for the classifier task, not "
-                      f"task={cfg.task!r}.")
-  if cfg.seeds % splits:
-    raise ConfigError(f"splits={splits} must divide seeds={cfg.seeds}.")
+  if cfg.seeds > MAX_SPLIT_JOBS:
+    raise ConfigError(
+        f"split_per_seed runs one job per seed: seeds={cfg.seeds} is more "
+        f"than {MAX_SPLIT_JOBS}; set --config.split_per_seed=false to train "
+        "the seeds together on one split.")
   out = []
-  for k in range(splits):
+  for k in range(cfg.seeds):
     c = copy.deepcopy(cfg)
     with c.unlocked():
-      c.splits, c.seeds = 1, cfg.seeds // splits
+      c.split_per_seed, c.seeds = False, 1
       c.seed, c.data_split = cfg.seed + k, cfg.data_split + k
     out.append(Job(f"{job.id}{SPLIT_TAG}{k}", job.axis_value, job.arm, c))
   return out
@@ -380,13 +384,13 @@ def _check_top(cfg: ml_collections.ConfigDict) -> None:
     check_number("validation", cfg.validation, integer=True, zero=True)
     check_number("data_split", cfg.get("data_split", 0), integer=True,
                  zero=True)
-    check_number("splits", cfg.get("splits", 1), integer=True)
-    if (cfg.get("data_split", 0) or cfg.get("splits", 1) > 1) and (
+    if (cfg.get("data_split", 0) or cfg.get("split_per_seed")) and (
         cfg.dataset not in data_lib.EMBEDDED):
       raise ConfigError(
-          f"data_split/splits resample the train/test split of an embedded "
-          f"dataset ({', '.join(data_lib.EMBEDDED)}); dataset="
-          f"{cfg.dataset!r} has a fixed split.")
+          f"data_split/split_per_seed resample the train/test split of an "
+          f"embedded dataset ({', '.join(data_lib.EMBEDDED)}); dataset="
+          f"{cfg.dataset!r} has a fixed split (set --config.split_per_seed="
+          "false and --config.data_split=0).")
   else:
     for f in ("delays", "length", "eval_batch", "eval_length"):
       check_number(f"memory.{f}", cfg.memory[f], integer=True)

@@ -55,7 +55,7 @@ def _finish(fig, axes, title: str, path: str) -> str:
   return path
 
 
-def _title(run: analysis.Run, what: str) -> str:
+def title(run: analysis.Run, what: str) -> str:
   c = run.config
   return (f"{c.experiment}: {what}\n({c.get('dataset', c.task)}, {c.seeds} "
           f"seeds, mean and {int(LEVEL * 100)}% t interval)")
@@ -84,7 +84,7 @@ def curves(run: analysis.Run, path: str, keys=("test_accuracy",
       ax.set_title(f"{axis}={v}" if axis else key, fontsize=9)
       ax.set_xlabel("training samples seen")
       ax.set_ylabel(key.replace("_", " "))
-  return _finish(fig, axes, _title(run, "learning curves"), path)
+  return _finish(fig, axes, title(run, "learning curves"), path)
 
 
 def versus_axis(run: analysis.Run, path: str, log_y_keys=("act_last_hidden",)
@@ -119,29 +119,25 @@ def versus_axis(run: analysis.Run, path: str, log_y_keys=("act_last_hidden",)
     ax.set_ylabel(names[panel], fontsize=8)
     if panel in log_y_keys:
       ax.set_yscale("log")
-  return _finish(fig, axes, _title(run, f"after training, against {axis}"),
+  return _finish(fig, axes, title(run, f"after training, against {axis}"),
                  path)
 
 
-def versus_gain(run: analysis.Run, path: str) -> str:
-  """Final test accuracy against the init gain, a panel per init scheme."""
-  colors = _colors(run)
-  values = list(dict.fromkeys(r.job.axis_value for r in run.results))
-  fig, axes = plt.subplots(1, len(values), squeeze=False,
-                           figsize=(3.4 * len(values), 3.0))
-  for ax, v in zip(axes[0], values):
-    for r in run.results:
-      if r.job.axis_value != v:
-        continue
-      gains = [p.get("model_gain", run.config.model.gain) for p in r.grid]
-      _errorbars(ax, gains, [analysis.value(r, point=g)
-                             for g in range(len(r.grid))],
-                 colors[r.job.arm], r.job.arm)
+def versus_gain(series: dict, path: str, title: str) -> str:
+  """Test accuracy against the init gain, a panel per init scheme.
+
+  ``series``: {scheme: {rule: (gains, [per-seed accuracies per gain])}}.
+  """
+  fig, axes = plt.subplots(1, len(series), squeeze=False,
+                           figsize=(3.4 * len(series), 3.0))
+  for ax, (scheme, rules) in zip(axes[0], series.items()):
+    for i, (rule, (gains, per_seed)) in enumerate(rules.items()):
+      _errorbars(ax, gains, per_seed, f"C{i}", rule)
     ax.set_xscale("log")
-    ax.set_title(f"init = {v}", fontsize=9)
+    ax.set_title(f"init = {scheme}", fontsize=9)
     ax.set_xlabel("init gain (x scheme's scale)")
-    ax.set_ylabel("final test accuracy")
-  return _finish(fig, axes, _title(run, "accuracy against init gain"), path)
+    ax.set_ylabel("test accuracy, 1 pass")
+  return _finish(fig, axes, title, path)
 
 
 def bars(run: analysis.Run, path: str) -> str:
@@ -160,7 +156,7 @@ def bars(run: analysis.Run, path: str) -> str:
   ax.set_xlim(max(0.0, lo - 0.05), min(1.0, max(e.high for e in ests) + 0.02))
   ax.set_xlabel("final test accuracy")
   ax.set_ylabel("arm")
-  return _finish(fig, np.array([ax]), _title(run, "same samples, each arm"),
+  return _finish(fig, np.array([ax]), title(run, "same samples, each arm"),
                  path)
 
 
@@ -181,7 +177,7 @@ def feedback(run: analysis.Run, path: str) -> str:
   for ax, name in zip(axes, labels):
     ax.set_xlabel("training samples seen")
     ax.set_ylabel(name, fontsize=8)
-  return _finish(fig, axes, _title(run, "feedback alignment"), path)
+  return _finish(fig, axes, title(run, "feedback alignment"), path)
 
 
 def per_delay(run: analysis.Run, path: str, key: str = "r2_per_delay") -> str:
@@ -201,7 +197,7 @@ def per_delay(run: analysis.Run, path: str, key: str = "r2_per_delay") -> str:
     ax.set_title(f"{axis}={v}" if axis else key, fontsize=9)
     ax.set_xlabel("delay k")
     ax.set_ylabel("r^2 after training")
-  return _finish(fig, axes, _title(run, "recall per delay"), path)
+  return _finish(fig, axes, title(run, "recall per delay"), path)
 
 
 def sweep(result, path: str) -> str:

@@ -194,11 +194,8 @@ def _preamble(config: ml_collections.ConfigDict, command: str,
             f"{' (validation split)' if config.validation else ''}, "
             f"{num_samples} samples per seed, batch size "
             f"{config.batch_size}")
-  splits = config.get("splits", 1)
-  if splits > 1:
-    data += ("; every seed on its own train/test split" if splits ==
-             config.seeds else f"; the seeds spread over {splits} train/test "
-             "splits")
+  if config.get("split_per_seed"):
+    data += "; every seed on its own train/test split"
   return [f"{data}; {config.seeds} paired seeds. Means over the seeds that "
           f"did not diverge, with {stats.LEVEL:.0%} Student-t CIs (n/a "
           f"below {stats.MIN_SEEDS} seeds).", f"Command: `{command}`" if command else ""]

@@ -415,7 +415,8 @@ def _history_arrays(history, num_points, num_grid, num_seeds):
 
 
 def merge_splits(results: list[JobResult], splits: int) -> list[JobResult]:
-  """Joins each (axis value, arm)'s ``splits`` split jobs along the seeds.
+  """Joins each (axis value, arm)'s ``splits`` split jobs along the seeds
+  (``config.num_splits``).
 
   ``history["data_split"]`` says which split each seed trained on. A group
   with a split missing (an unfinished run) is left out, never half-paired.
@@ -439,7 +440,7 @@ def merge_splits(results: list[JobResult], splits: int) -> list[JobResult]:
          for p in parts], axis=2)
     cfg = copy.deepcopy(first.job.config)
     with cfg.unlocked():
-      cfg.seeds, cfg.splits = cfg.seeds * splits, splits
+      cfg.seeds, cfg.split_per_seed = cfg.seeds * splits, True
       cfg.seed, cfg.data_split = first.job.config.seed, 0
     out.append(JobResult(first.job._replace(id=job_id, config=cfg),
                          first.grid, history))
@@ -641,7 +642,7 @@ def run(config: ml_collections.ConfigDict, prepared: Any, run_dir: str,
   if lead:
     report.write_config(run_dir, config)
   results = merge_splits(run_jobs(prepared.jobs, run_dir, prepared.data,
-                                  workers), config.get("splits", 1))
+                                  workers), config_lib.num_splits(config))
   if lead:
     report.write_run(run_dir, results, config, command)
   return os.path.join(run_dir, "summary.md")

@@ -49,6 +49,11 @@ _SGD_LOW = {"sweep": {"lr": (0.0003, 0.001) + SGD_LRS[:4]}}
 _OJA_WIDE = {"sweep": {"lr": (0.0003, 0.001) + OJA_LRS_LR[:3],
                        "oja_lr": (1e-5, 1e-4) + OJA_LRS[:-1]}}
 _SGD = {"sweep": {"lr": SGD_LRS}}
+# Depth 20 at ~1 pass: the first deep20 sweep chose the lower lr edge (0.0003)
+# for batch16 and LayerNorm and the upper Oja edge (0.01) for hidden-only Oja.
+_SGD_DEEPER = {"sweep": {"lr": (3e-5, 1e-4) + _SGD_LOW["sweep"]["lr"][:5]}}
+_OJA_DEEPER = {"sweep": {"lr": (1e-4, 3e-4, 0.001, 0.003, 0.01),
+                         "oja_lr": (1e-5, 1e-4, 1e-3, 0.003, 0.01, 0.03)}}
 
 # study -> (setting overrides, {group: (sweep, {arm: overrides})}, where the
 # chosen values go: {arm: "config_module.CONSTANT"}).
@@ -70,7 +75,7 @@ STUDIES: dict[str, dict[str, Any]] = {
                            "bp_oja_hidden": {"oja_layers": "hidden"}}),
         },
         "used_by": "online.py (BP_LR, OJA, OJA_HIDDEN; also bad_init.py), "
-                   "tricks.py (TRICK_LRS)",
+                   "tricks.py before it moved to depth 20",
     },
     "deep": {
         "setting": {"model": {"depth": 10, "width": 100}},
@@ -104,14 +109,14 @@ STUDIES: dict[str, dict[str, Any]] = {
                 "that need no other init, and BP + Oja (He and orthogonal "
                 "at depth 20: study deep_init)",
         "groups": {
-            "sgd": (_SGD_LOW, {"bp": {"oja_lr": 0.0},
+            "sgd": (_SGD_DEEPER, {"bp": {"oja_lr": 0.0},
                                "bp_batch16": {"batch_size": 16},
                                "bp_layernorm": {
                                    "model": {"layer_norm": True}}}),
             "adam": ({"sweep": {"lr": ADAM_LRS}},
                      {"bp_adam": {"optimizer": "adam"}}),
-            "oja": (_OJA_WIDE, {"bp_oja": {"oja_layers": "all"},
-                                "bp_oja_hidden": {"oja_layers": "hidden"}}),
+            "oja": (_OJA_DEEPER, {"bp_oja": {"oja_layers": "all"},
+                                  "bp_oja_hidden": {"oja_layers": "hidden"}}),
         },
         "used_by": "tricks.py (DEPTH20_RATES)",
     },
@@ -292,6 +297,8 @@ def main(argv: list[str]) -> None:
       chosen[study] = {k: v for d in dirs for k, v in choose(d).items()}
       if notes:
         chosen[study]["_notes"] = notes
+  with open(path, "w") as f:
+    json.dump(chosen, f, indent=2)
   write_doc(args.doc, chosen, args.seeds, args.num_samples)
   print(json.dumps(chosen, indent=2))
   print(f"command: {' '.join(shlex.quote(a) for a in sys.argv)}")

@@ -38,7 +38,7 @@ META = f"--config={CONFIGS}/meta_plasticity.py"
 # A deep_online run small enough to set up quickly (for workdir cases).
 SMALL = [DEEP, "--config.seeds=2", "--config.num_samples=200",
          "--config.eval_every=100", "--config.axis_values=(2,)",
-         "--config.select_arms=bp"]
+         "--config.select_arms=bp", "--config.split_per_seed=false"]
 
 
 class Case(NamedTuple):
@@ -246,16 +246,28 @@ CASES = [
          "4000 samples)."),
     Case("TFDS data set not on disk",
          [DEEP, "--config.dataset=kmnist", "--config.download=False",
-          "--config.data_dir=/nonexistent/tfds"],
+          "--config.data_dir=/nonexistent/tfds",
+          "--config.split_per_seed=false"],
          "TFDS dataset 'kmnist' is not in data_dir=/nonexistent/tfds and "
          "cannot be downloaded from here."),
     # --- Sizes beyond the machine (runner.check_size).
     Case("1000 layers", [DEEP, "--config.axis_values=(1000,)"],
-         "job depth=1000-bp has 1000 layers (> 200; compiling takes "
+         "job depth=1000-bp-split=0 has 1000 layers (> 200; compiling takes "
          "minutes); pass --allow_large to run it anyway."),
     # (Memory: 10,000 seeds need about 38 GiB, refused on machines with
     # less than 76 GiB; a million seeds are refused anywhere.)
-    Case("a million seeds", [DEEP, "--config.seeds=1000000"],
+    Case("a TFDS set with a split per seed",
+         [DEEP, "--config.dataset=kmnist"],
+         "data_split/split_per_seed resample the train/test split of an "
+         "embedded dataset (embedded_mnist, digits); dataset='kmnist' has a "
+         "fixed split (set --config.split_per_seed=false and "
+         "--config.data_split=0)."),
+    Case("a job per seed for too many seeds", [DEEP, "--config.seeds=1000"],
+         "split_per_seed runs one job per seed: seeds=1000 is more than 100; "
+         "set --config.split_per_seed=false to train the seeds together on "
+         "one split."),
+    Case("a million seeds", [DEEP, "--config.seeds=1000000",
+                             "--config.split_per_seed=false"],
          "job depth=2-bp needs about 3795.3 GiB, more than 50% of this "
          "machine's"),
     Case("days of compute", [DEEP, "--config.num_samples=10000000"],
@@ -357,7 +369,8 @@ SMOKE = [
     (["--config=experiments/configs/nope.py"], "unknown experiment 'nope'"),
     ([DEEP, "--config.arms.bp.lr=nan"], "arms.bp.lr=nan must be "
      "finite."),
-    ([DEEP, "--config.seeds=1000000"], "job depth=2-bp needs about 3795.3 "
+    ([DEEP, "--config.seeds=1000000", "--config.split_per_seed=false"],
+     "job depth=2-bp needs about 3795.3 "
      "GiB"),
 ]
 

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.usefixtures("fast_runs")
 def tiny_config(**overrides):
   c = deep_online.get_config()
   c.seeds, c.num_samples, c.eval_every = 2, 200, 100
+  c.split_per_seed = False  # One job per arm (tests name the jobs).
   c.axis_values = (1, 2)
   c.model.width = 16
   c.arms = {"bp": {"oja_lr": 0.0}, "bp_oja": {"oja_lr": 0.003}}
@@ -89,7 +90,7 @@ def test_arms_share_initialization_and_sample_order_per_seed(tmp_path):
 
 
 def test_splits_give_each_seed_its_own_train_test_split(tmp_path):
-  config = tiny_config(axis_values=(1,), splits=2)
+  config = tiny_config(axis_values=(1,), split_per_seed=True)
   for d in ("split", "alone", "other"):
     (tmp_path / d).mkdir()
   _run(config, tmp_path / "split")
@@ -118,8 +119,7 @@ def test_splits_give_each_seed_its_own_train_test_split(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"splits": 3}, "splits=3 must divide seeds=2."),
-    ({"splits": 2, "dataset": "mnist"}, "has a fixed split"),
+    ({"split_per_seed": True, "dataset": "mnist"}, "has a fixed split"),
     ({"data_split": -1}, "data_split=-1 must be finite and >= 0."),
 ])
 def test_bad_splits_are_one_line_errors(overrides, message):

@@ -41,7 +41,8 @@ JOB = "depth=1-bp"
 TINY = [DEEP, "--config.select_arms=bp", "--config.seeds=2",
         "--config.num_samples=300", "--config.eval_every=100",
         "--config.checkpoint_every=100", "--config.axis_values=(1,)",
-        "--config.model.width=16", "--workers=1"]
+        "--config.model.width=16", "--config.split_per_seed=false",
+        "--workers=1"]
 
 
 def tiny(workdir, *changed: str) -> list[str]:

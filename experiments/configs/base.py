@@ -48,12 +48,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data_dir = ""
   c.download = True
   c.validation = 0  # > 0: hold out this many training samples, evaluate there.
-  # Train/test splits of an embedded dataset: split data_split, or with
-  # splits = S > 1 the seeds spread over S splits (seeds / S per split; with
-  # splits = seeds every seed has its own split, so the paired tests
-  # generalize over splits as well as seeds).
+  # Train/test split of an embedded dataset: split data_split, or, with
+  # split_per_seed, seed i on split data_split + i (each seed runs as a job
+  # of its own), so the paired tests generalize over splits as well.
   c.data_split = 0
-  c.splits = 1
+  c.split_per_seed = False
   c.eval_batch_size = 1000
   # Network (reference: softplus beta=10, no biases, Xavier-uniform).
   c.model = ml_collections.ConfigDict()

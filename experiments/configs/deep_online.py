@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = base.get_base_config()
   c.experiment = "deep_online"
   c.seeds = 10  # The verdict rule needs 10 (experiments.analysis).
+  c.split_per_seed = True  # Every seed on its own train/test split.
   c.num_samples = PASSES * 4000
   c.eval_every = 1000
   c.model.width = 100

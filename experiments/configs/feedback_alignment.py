@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = base.get_base_config()
   c.experiment = "feedback_alignment"
   c.seeds = 10
+  c.split_per_seed = True  # Every seed on its own train/test split.
   c.num_samples = 12000
   c.eval_every = 1000
   c.reference_arm = "fa"
