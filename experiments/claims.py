@@ -106,6 +106,8 @@ def deep_online(run: analysis.Run) -> Section:
   primary, secondary, init_rows, good = [], [], [], []
   for value in deep:
     bp = analysis.find(run, "bp", value)
+    if bp is None:  # --config.select_arms left the baseline out.
+      continue
     for label, at in _at_passes(bp, passes):
       setting = f"depth={value}, {label}"
       for arm, out in (("bp_oja", primary), ("bp_oja_hidden", secondary)):

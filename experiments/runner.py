@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import datetime
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -347,23 +348,46 @@ def load_data(jobs: list[Job]) -> dict[Any, Any]:
   return out
 
 
+# Fields that change a job's numbers but not its compiled program: jobs that
+# differ only in them (e.g. one job per seed and split) share one program.
+NOT_IN_PROGRAM = ("seed", "seeds", "data_split", "split_per_seed")
+_programs: dict[str, Any] = {}
+
+
 def _task(cfg, data, with_oja: bool):
-  """The model, transform, loop task, example input and loop data of a job."""
+  """The model, transform, loop task, example input and loop data of a job.
+
+  The first three are made once per program (see :data:`NOT_IN_PROGRAM`), so
+  that ``ojax.train``'s compiled functions are reused across such jobs.
+  """
+  fields = {k: v for k, v in json.loads(cfg.to_json_best_effort()).items()
+            if k not in NOT_IN_PROGRAM}
+  key = json.dumps([fields, with_oja, getattr(data, "num_classes", None)],
+                   sort_keys=True)
+  if key not in _programs:
+    _programs[key] = _make_task(cfg, data, with_oja)
+  model, tx, task = _programs[key]
+  if cfg.task == "memory":
+    return model, tx, task, memory.example_input(), data
+  return model, tx, task, data.input_dim, train.ClassifierData(
+      data.train_x, data.train_y, data.test_x, data.test_y)
+
+
+def _make_task(cfg, data, with_oja: bool):
   tx = config_lib.make_optimizer(cfg, with_oja=with_oja)
   if cfg.task == "memory":
     model = config_lib.make_model(cfg, cfg.memory.delays)
     task = memory.memory_task(model, tx, batch_size=cfg.batch_size,
                               length=cfg.memory.length,
                               diagnostics=cfg.diagnostics)
-    return model, tx, task, memory.example_input(), data
+    return model, tx, task
   model = config_lib.make_model(cfg, data.num_classes)
   diagnostics = (metrics_lib.layer_diagnostics(model) if cfg.diagnostics
                  else None)
   task = train.classifier_task(model, tx, batch_size=cfg.batch_size,
                                eval_batch_size=cfg.eval_batch_size,
                                diagnostics=diagnostics)
-  return model, tx, task, data.input_dim, train.ClassifierData(
-      data.train_x, data.train_y, data.test_x, data.test_y)
+  return model, tx, task
 
 
 def _with_grid(states: train.TrainState, grid: list[dict[str, float]],

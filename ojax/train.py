@@ -121,8 +121,17 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation,
 def init_states(model: nn.Module, tx: optax.GradientTransformation,
                 keys_S: jax.Array, input_dim: int | jax.Array) -> TrainState:
   """One :class:`TrainState` per key, stacked along a leading seed axis."""
+  if isinstance(input_dim, (int, np.integer)):
+    return _compiled_init(model, tx, int(input_dim))(keys_S)
   return jax.jit(jax.vmap(lambda k: init_state(model, tx, k, input_dim)))(
       keys_S)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_init(model: nn.Module, tx: optax.GradientTransformation,
+                   input_dim: int):
+  """The jitted init of :func:`init_states`, made once per (model, tx)."""
+  return jax.jit(jax.vmap(lambda k: init_state(model, tx, k, input_dim)))
 
 
 # --- The feedforward classifier task -------------------------------------
