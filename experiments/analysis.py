@@ -22,7 +22,9 @@ its baseline. With B settings better and W worse out of N:
 - mixed: B > 0 and W > 0 (both counts are stated);
 - contradicted: W > N/2 and B = 0;
 - not reproduced: otherwise (B = 0);
-- no verdict: fewer than ``MIN_SEEDS_VERDICT`` seeds per arm, or no setting.
+- no verdict: fewer than ``MIN_SEEDS_VERDICT`` seeds per arm, too few pairs
+  for the exact test to reach significance after Holm over the family, or
+  no setting.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ RULE = ("Verdict rule: at each of the claim's N settings the reference-"
         "significantly better and W worse: *reproduced* if B >= N/2 and W = 0; "
         "*partly reproduced* if 0 < B < N/2 and W = 0; *mixed* if B > 0 and "
         "W > 0; *contradicted* if W > N/2 and B = 0; *not reproduced* "
-        f"otherwise. Fewer than {MIN_SEEDS_VERDICT} seeds per arm: no "
-        "verdict. Seeds that diverged in either arm are left out of the pairs "
+        f"otherwise. Fewer than {MIN_SEEDS_VERDICT} seeds per arm, or too "
+        "few for the smallest possible sign-flip p (2 / 2^n) to pass Holm "
+        "over the family: no verdict. Seeds that diverged in either arm are left out of the pairs "
         "and counted apart.")
 
 
@@ -199,6 +202,16 @@ def verdict(primary: Sequence[Comparison],
   if seeds < MIN_SEEDS_VERDICT:
     return "no verdict", (f"only {seeds} seed(s) per arm; the rule needs at "
                           f"least {MIN_SEEDS_VERDICT}.")
+  family = len(primary) + len(secondary)
+  pairs = min(c.diff.n for c in primary)
+  if family * stats.min_sign_flip_p(pairs) >= stats.ALPHA:
+    need = next(k for k in range(pairs, 64)
+                if family * stats.min_sign_flip_p(k) < stats.ALPHA)
+    return "no verdict", (
+        f"with {pairs} pairs the sign-flip test cannot reach p < "
+        f"{stats.ALPHA:g} after Holm over {family} comparisons (smallest "
+        f"possible p: {family * stats.min_sign_flip_p(pairs):.3g}); the "
+        f"family needs at least {need} seeds.")
   better = sum(c.better for c in primary)
   worse = sum(c.worse for c in primary)
   if better and worse:

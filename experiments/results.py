@@ -222,6 +222,19 @@ def render(outcomes: list[Outcome],
   return text
 
 
+def prune_figures(figure_dir: str, sections) -> list[str]:
+  """Removes an experiment's figures that no record shows (stale ones)."""
+  shown = {f for s in sections.values()
+           if isinstance(s, report.Section) for f in s.figures}
+  removed = []
+  for name in sorted(os.listdir(figure_dir)):
+    if (name.endswith(".png") and name.startswith(EXPERIMENTS) and
+        name not in shown):
+      os.remove(os.path.join(figure_dir, name))
+      removed.append(name)
+  return removed
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--only", default="", help="comma-separated names")
@@ -268,7 +281,9 @@ def main(argv: list[str]) -> int:
     print(f"[results] {name}: {word} ({outcome.seconds:.0f} s)", flush=True)
     write_record(args.records, outcome, sections[name])
     render(*read_records(args.records), args.out, args.figures, argv)
-  render(*read_records(args.records), args.out, args.figures, argv)
+  outcomes, sections = read_records(args.records)
+  render(outcomes, sections, args.out, args.figures, argv)
+  prune_figures(args.figures, sections)
   print(f"[results] wrote {args.out}")
   return 0
 

@@ -12,7 +12,8 @@ Every report uses these definitions (``LEVEL``: the one place for it):
   the null the sign of each seed's difference is a coin flip, so
   ``p = #{flips s: |mean(s * d)| >= |mean(d)|} / 2^n`` (exact up to 16 pairs,
   Monte Carlo with 2^16 draws above). With n pairs p >= 2 / 2^n: 5 pairs
-  can never reach p < 0.02, which is why verdicts need 10 seeds.
+  can never reach p < 0.02, which is why verdicts need 10 seeds, and after
+  Holm over m comparisons the floor is m * 2 / 2^n (:func:`min_sign_flip_p`).
 - :func:`holm` adjusts a family of p-values (the settings x arms of a claim)
   for multiple comparisons.
 """
@@ -88,6 +89,12 @@ def sign_flip_p(diffs, seed: int = 0) -> float:
   observed = abs(d.mean())
   flipped = np.abs(signs @ d) / d.size
   return float(np.mean(flipped >= observed - 1e-12 * max(observed, 1e-300)))
+
+
+def min_sign_flip_p(n: int) -> float:
+  """The smallest p :func:`sign_flip_p` can give with ``n`` pairs (all of
+  one sign): 2 / 2^n, exactly (Monte Carlo above ``EXACT_MAX`` pairs)."""
+  return 2.0 / 2.0 ** min(n, EXACT_MAX) if n > 0 else 1.0
 
 
 def paired_difference(a, b, level: float = LEVEL) -> Estimate:

@@ -271,7 +271,7 @@ CASES = [
          "job depth=2-bp needs about 3795.3 GiB, more than 50% of this "
          "machine's"),
     Case("days of compute", [DEEP, "--config.num_samples=10000000"],
-         "the jobs need an estimated 791 h of compute on one core (> 12 h);"
+         "the jobs need an estimated 949 h of compute on one core (> 12 h);"
          " pass --allow_large to run them anyway."),
     # --- Run directories.
     Case("workdir is a file", [*SMALL, "--workdir={tmp}/a_file"],

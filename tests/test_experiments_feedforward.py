@@ -194,6 +194,16 @@ def test_verdict_rule():
   assert word == "no verdict" and "at least 10" in why
 
 
+def test_no_verdict_when_the_exact_test_cannot_pass_holm():
+  # 10 pairs: the smallest sign-flip p is 2/1024; x 12 comparisons > 0.02.
+  up = _comparison(.02, 2 / 1024, n=10)
+  word, why = analysis.verdict([up] * 6, [up] * 6)
+  assert word == "no verdict" and "needs at least 11 seeds" in why
+  family = analysis.adjust([_comparison(.02, 2 / 2048, n=11)] * 12)
+  assert family[0].p_adj == pytest.approx(12 * 2 / 2048)  # < 0.02
+  assert analysis.verdict(family[:6], family[6:])[0] == "reproduced"
+
+
 @pytest.mark.parametrize("primary", [
     "up up flat", "up flat flat", "up up up down down", "down down flat",
     "down flat flat", ""])
@@ -290,3 +300,14 @@ def test_results_only_one_experiment_keeps_the_other_records(tmp_path):
   assert "| [tricks](#tricks) | **reproduced** | new |" in text
   assert text.index("## online") < text.index("## tricks")
   assert sorted(os.listdir(rec)) == ["online.json", "tricks.json"]
+
+
+def test_results_removes_figures_no_section_shows(tmp_path):
+  figs = tmp_path / "figs"
+  figs.mkdir()
+  for name in ("online.png", "online-old.png", "logo.png"):
+    (figs / name).write_bytes(b"png")
+  section = report.Section("c", "", [], ["online.png"], "mixed", "e")
+  assert results.prune_figures(str(figs), {"online": section}) == [
+      "online-old.png"]
+  assert sorted(os.listdir(figs)) == ["logo.png", "online.png"]

@@ -34,7 +34,7 @@ QUICK_ARGS = ["--config.seeds=2",
 def get_config() -> ml_collections.ConfigDict:
   c = base.get_base_config()
   c.experiment = "bad_init"
-  c.seeds = 10
+  c.seeds = base.VERDICT_SEEDS
   c.split_per_seed = True
   c.eval_every = 1000
   c.axis = "model.kernel_init"

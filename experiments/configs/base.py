@@ -8,6 +8,11 @@ the tests and ``make results ARGS=--quick``.
 
 import ml_collections
 
+# Seeds of every verdict-bearing config: at least the rule's 10, and enough
+# that the exact sign-flip test (smallest p = 2 / 2^n) can pass Holm over a
+# family of up to 40 comparisons (40 * 2 / 4096 < 0.02).
+VERDICT_SEEDS = 12
+
 
 def _training(c: ml_collections.ConfigDict) -> None:
   """The fields every task has: seeds, stream, rule, arms, axis, sweep."""

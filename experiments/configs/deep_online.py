@@ -38,7 +38,7 @@ QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=300",
 def get_config() -> ml_collections.ConfigDict:
   c = base.get_base_config()
   c.experiment = "deep_online"
-  c.seeds = 10  # The verdict rule needs 10 (experiments.analysis).
+  c.seeds = base.VERDICT_SEEDS
   c.split_per_seed = True  # Every seed on its own train/test split.
   c.num_samples = PASSES * 4000
   c.eval_every = 1000

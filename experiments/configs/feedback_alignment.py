@@ -29,7 +29,7 @@ QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=200",
 def get_config() -> ml_collections.ConfigDict:
   c = base.get_base_config()
   c.experiment = "feedback_alignment"
-  c.seeds = 10
+  c.seeds = base.VERDICT_SEEDS
   c.split_per_seed = True  # Every seed on its own train/test split.
   c.num_samples = 12000
   c.eval_every = 1000

@@ -32,13 +32,14 @@ QUICK_ARGS = ["--config.seeds=2", "--config.axis_values=(1,)",
 def get_config() -> ml_collections.ConfigDict:
   c = base.get_base_config()
   c.experiment = "landscape"
-  c.seeds = 10
+  c.seeds = base.VERDICT_SEEDS
   c.eval_every = 1000
   c.axis = "model.depth"
   c.axis_values = (0, 10)
   c.sweep.lr = LRS
   c.sweep.oja_lr = OJA_LRS
   c.reference_arm = "test"
+  c.split_per_seed = True  # Every seed on its own train/test split.
   c.arms = ml_collections.ConfigDict({
       "val": {"validation": 1000, "num_samples": PASSES * 3000},
       "test": {"validation": 0, "num_samples": PASSES * 4000},

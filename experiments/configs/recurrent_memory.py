@@ -26,7 +26,7 @@ QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=320",
 def get_config() -> ml_collections.ConfigDict:
   c = base.get_memory_base_config()
   c.experiment = "recurrent_memory"
-  c.seeds = 10
+  c.seeds = base.VERDICT_SEEDS
   c.num_samples = 8000  # 1,000 BPTT steps of 8 sequences
   c.eval_every = 800
   c.axis = "model.radius"
