@@ -9,7 +9,7 @@ export MALLOC_MMAP_THRESHOLD_ ?= 8000000
 export MALLOC_TRIM_THRESHOLD_ ?= 100000000
 export MALLOC_TOP_PAD_ ?= 67108864
 # Lets XLA:CPU update kernels in place inside the scan instead of copying them
-# every step (BENCHMARKS.md: ~1.5x samples/s for batch-1 loops).
+# every step (the generic, unfused step of a batch-1 loop gains the most).
 export XLA_FLAGS ?= --xla_cpu_copy_insertion_use_region_analysis=true
 
 .PHONY: install experiment test test-slow bench results tune sweep clean

@@ -146,7 +146,10 @@ def deep_online(run: analysis.Run) -> Section:
       ("Diagnostics at the end (means over seeds that did not diverge; "
        "act_last_hidden is the mechanism the paper proposes: activity that "
        "neither vanishes nor explodes with depth)",
-       analysis.diagnostics_table(run))]
+       analysis.diagnostics_table(run)),
+      ("The mechanism, layer by layer: activation norm ||y_l|| of hidden "
+       "layers at the end (means over seeds that did not diverge), depths 10 "
+       "and 20", _layer_norm_table(run, ("10", "20")))]
   return _section(
       run, "In deep networks trained online, Oja's rule lets backprop learn "
       "where plain backprop does poorly (accuracy against depth); the "
@@ -154,6 +157,22 @@ def deep_online(run: analysis.Run) -> Section:
       "Xavier initialization.",
       "depth >= 10 hidden layers, after 1 pass and after 3, Xavier init",
       primary, secondary, tables, [figures.versus_axis(run, figure)])
+
+
+def _layer_norm_table(run: analysis.Run, depths) -> str:
+  """Hidden activation norms at the end, at five depths within the net."""
+  rows = []
+  for r in run.results:
+    if str(r.job.axis_value) not in depths or (
+        "activation_norm" not in r.history):
+      continue
+    ok = ~analysis.diverged(r)
+    norms = np.nanmean(r.history["activation_norm"][-1, 0][ok], axis=0)[:-1]
+    n = len(norms)
+    rows.append([str(r.job.axis_value), r.job.arm] + [
+        f"{norms[l]:.3g}" for l in (0, n // 4, n // 2, 3 * n // 4, n - 1)])
+  return report.table(["depth", "arm", "first", "1/4", "1/2", "3/4",
+                       "last hidden"], rows) if rows else ""
 
 
 def _bad_gain(gain: float) -> bool:

@@ -38,7 +38,7 @@ MAX_SEED = 2**31 - 1  # PRNGKey keeps 32 bits: larger seeds would collide.
 # Fields that do not change a job's numbers (the rest make its fingerprint).
 NOT_NUMERIC = ("experiment", "select_arms", "reference_arm", "arms",
                "checkpoint_every", "eval_batch_size", "download", "data_dir",
-               "axis", "axis_values", "sweep")
+               "axis", "axis_values", "sweep", "processes")
 
 
 class ConfigError(ValueError):

@@ -601,15 +601,18 @@ def single_threaded(environ=None) -> None:
                             " --xla_cpu_multi_thread_eigen=false").strip()
 
 
-def _init_worker(counter, cpus: list[int]) -> None:
-  """Pins a fresh worker process to its own core; logs progress."""
+def init_worker(counter, cpus: list[int], label: str = "worker") -> None:
+  """Pins a fresh worker process to its own core; logs progress.
+
+  The initializer of every worker pool (jobs here, meta_plasticity's units).
+  """
   with counter.get_lock():
     index = counter.value
     counter.value += 1
   if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {cpus[index % len(cpus)]})
   logging.basicConfig(level=logging.INFO,
-                      format=f"[worker {index}] %(message)s")
+                      format=f"[{label} {index}] %(message)s")
 
 
 def run_jobs(jobs: list[Job], run_dir: str, data: dict[Any, Any],
@@ -633,7 +636,7 @@ def run_jobs(jobs: list[Job], run_dir: str, data: dict[Any, Any],
   ctx = multiprocessing.get_context("spawn")
   try:
     with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker,
+        workers, mp_context=ctx, initializer=init_worker,
         initargs=(ctx.Value("i", 0), cores())) as pool:
       futures = [pool.submit(run_job, job, run_dir,
                              {_data_key(job.config): data[_data_key(

@@ -1,39 +1,54 @@
 """Runner of ``meta_plasticity``: meta-learned local rules vs tuned backprop.
 
-Parts, each written to the run directory as soon as it is done and reused
-when the same run directory is run again (so a crash loses only the part in
-progress):
+The work is cut into units, one per (feedback, K); each writes its parts to
+the run directory as soon as they are done, and a part that exists is reused
+when the same run directory is run again (``experiments.main`` refuses a
+changed config), so a crash or Ctrl-C loses at most ``checkpoint_every``
+meta-steps:
 
-1. ``tuning.json``: per K, query loss and accuracy of every bp rate and
-   bp_oja (rate, Oja rate) pair on ``tune_episodes`` meta-training episodes;
-   the best of each by ``tune_metric`` is kept (and bp's best by accuracy).
-2. ``meta_K<k>.json``: for each K in ``meta_ks``, the coefficients theta and
-   the meta-loss over meta-training (Adam through the inner ``lax.scan``).
-3. ``test_K<k>.json``: per K, per-episode query accuracy and loss of bp,
-   bp_oja, meta and bp_acc on ``test_episodes`` held-out episodes, identical
-   for all rules (same images, order and initial weights).
+1. ``tuning_<feedback>_K<k>.json``: query loss and accuracy of every rate on
+   ``tune_episodes`` meta-training episodes. Backprop feedback: the error
+   term alone (``bp``; also ``bp_acc``, picked by accuracy) and error + Oja
+   (``bp_oja``, rate x Oja rate grid). Random feedback: the error term alone
+   (``fa``, feedback alignment). Where a rule is meta-learned, also each
+   pool term's size at initialization and its Adam step scale
+   (``meta.term_norms``, ``meta.step_scales``).
+2. ``meta_<feedback>_K<k>_s<seed>.json``: for each meta-training seed, the
+   rule meta-learned at this K alone (no rule is reused at another K), its
+   meta-loss curve and meta-validation curve. While it trains, its state
+   (theta, Adam, curves) is checkpointed to
+   ``meta_ckpt/<feedback>_K<k>_s<seed>.json`` every ``checkpoint_every``
+   meta-steps, and a restarted run resumes from there with the same numbers.
+3. ``test_K<k>.json``: per-episode query accuracy and loss of every rule
+   (tuned baselines and each seed's meta-learned rule) on ``test_episodes``
+   held-out episodes, identical for all rules (same images, order and initial
+   forward weights).
 
-Verdict rule (claim: meta-learned rules with Oja's term match and surpass
-backprop when data are scarce): at each data-scarce K (K <= scarce_max_k)
-the paired difference of held-out accuracy meta - bp (98% t interval over
-episodes) is "better" if its CI lies above 0 and "worse" if below. Reproduced
-if better at a majority of scarce K and worse at no K; partly reproduced if
-better at some scarce K, or worse at none; not reproduced otherwise.
+Units run in ``processes`` worker processes (0: one per core this process may
+use), each pinned to a core with single-threaded XLA, the costliest first.
+
+Verdict (the repo rule, ``experiments.analysis.verdict``): at each
+data-scarce K (K <= ``scarce_max_k``) the main setting's meta-learned rule
+(``feedbacks[0]``, random feedback by default; accuracy averaged over the
+meta-training seeds, episode by episode) is compared with tuned backprop,
+paired over the held-out episodes (98% t interval, exact sign-flip p,
+Holm-adjusted over every comparison in the family table). With B of N scarce
+K better and W worse: reproduced if B >= N/2 and W = 0; partly reproduced if
+0 < B < N/2 and W = 0; mixed if B > 0 and W > 0; contradicted if W > N/2 and
+B = 0; not reproduced otherwise. The other feedback setting is reported.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 import os
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional, Sequence
 
 from absl import logging
 import jax
 import jax.numpy as jnp
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import ml_collections
 import numpy as np
 
@@ -41,15 +56,15 @@ from experiments import checkpoint
 from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import report
-from experiments import stats
 from experiments.tasks import episodes
 from experiments.tasks import meta
-from ojax import models
 
 CLAIM = ("Meta-learned local plasticity rules that incorporate Oja's "
          "principle match and surpass standard backpropagation when data are "
          "scarce.")
-RULES = ("bp", "bp_oja", "meta", "bp_acc")
+FEEDBACKS = ("random", "backprop")
+BASE = {"backprop": "bp", "random": "fa"}  # Tuned error-term rule per feedback.
+SHORT = {"backprop": "BP feedback", "random": "random feedback"}
 
 
 class Prepared(NamedTuple):
@@ -68,11 +83,19 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
   """Validates the config and builds the two class pools."""
   config_lib.check_finite(config)
   for f in ("n_way", "q_query", "tune_episodes", "test_episodes",
-            "meta_episodes", "downsample"):
+            "meta_episodes", "meta_seeds", "downsample", "val_episodes",
+            "val_every", "plateau_window", "checkpoint_every"):
     config_lib.check_number(f, config[f], integer=True)
-  config_lib.check_number("meta_steps", config.meta_steps, integer=True,
-                          zero=True)
-  config_lib.check_number("seed", config.seed, integer=True, zero=True)
+  for f in ("meta_steps", "processes", "seed"):
+    config_lib.check_number(f, config[f], integer=True, zero=True)
+  for f in ("l1", "plateau_tol", "keep_steps"):
+    config_lib.check_number(f, config[f], zero=True)
+  if not isinstance(config.scale_steps, bool):
+    raise config_lib.ConfigError(f"scale_steps={config.scale_steps!r} must "
+                                 "be True or False.")
+  if config.plateau_tol >= 1:
+    raise config_lib.ConfigError(f"plateau_tol={config.plateau_tol!r} must "
+                                 "be below 1 (a relative improvement).")
   _check_list("ks", config.ks, integer=True)
   if not config.meta_ks or not set(config.meta_ks) <= set(config.ks):
     raise ValueError(f"meta_ks={tuple(config.meta_ks)} must be a non-empty "
@@ -84,10 +107,11 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
   _check_list("oja_grid", config.oja_grid)
   _check_list("hidden", config.hidden, integer=True)
   config_lib.check_number("meta_lr", config.meta_lr)
-  meta.check_terms(config.terms)
-  if config.feedback not in models.FEEDBACKS:
-    raise ValueError(f"feedback={config.feedback!r} is not known; choose one "
-                     f"of {', '.join(models.FEEDBACKS)}.")
+  meta.check_terms(tuple(config.terms))
+  fbs = tuple(config.feedbacks)
+  if not fbs or len(set(fbs)) != len(fbs) or not set(fbs) <= set(FEEDBACKS):
+    raise ValueError(f"feedbacks={fbs!r} must list distinct values from "
+                     f"{FEEDBACKS}; the first is the main setting.")
   if config.dataset not in ("embedded_mnist",):
     raise ValueError(f"dataset={config.dataset!r}: meta_plasticity builds "
                      "rotated-digit classes from 28x28 images; use "
@@ -116,9 +140,10 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
   return Prepared(train_pool, test_pool)
 
 
-def _model(config) -> models.MLP:
+def _model(config, feedback: str):
+  from ojax import models  # pylint: disable=g-import-not-at-top
   return models.MLP(features=tuple(config.hidden) + (config.n_way,),
-                    feedback=config.feedback)
+                    feedback=feedback)
 
 
 def _cached(path: str, make) -> Any:
@@ -134,311 +159,251 @@ def _cached(path: str, make) -> Any:
   return checkpoint.read_json(report.write_json(path, make()))
 
 
-def _tune(config, model, pool) -> dict[str, Any]:
-  """Grid search of bp and bp_oja per K on meta-training episodes."""
+def _ep_kw(config, k):
+  return dict(n_way=config.n_way, k_shot=k, q_query=config.q_query)
+
+
+def _all_terms(config) -> tuple[str, ...]:
+  """The coefficients every rule is written with (the pool, plus Oja)."""
+  terms = tuple(config.terms)
+  return terms + tuple(t for t in ("oja",) if t not in terms)
+
+
+def _feedbacks(config) -> list[str]:
+  """Feedbacks with a unit: those meta-trained, and backprop (baselines)."""
+  fbs = list(config.feedbacks)
+  return fbs + (["backprop"] if "backprop" not in fbs else [])
+
+
+# --- Parts ------------------------------------------------------------------
+
+
+def _tune(config, pool, feedback: str, k: int) -> dict[str, Any]:
+  """Grid search on meta-training episodes at one K and feedback."""
   lrs = [float(v) for v in config.lr_grid]
-  grid = [(lr, 0.0) for lr in lrs] + [(lr, float(e)) for lr in lrs
-                                      for e in config.oja_grid]
+  grid = [(lr, 0.0) for lr in lrs]
+  if feedback == "backprop":
+    grid += [(lr, float(e)) for lr in lrs for e in config.oja_grid]
   theta = {"error": jnp.array([g[0] for g in grid], jnp.float32),
            "oja": jnp.array([g[1] for g in grid], jnp.float32)}
-  keys = jax.random.split(jax.random.PRNGKey(config.seed + 1000),
-                          config.tune_episodes)
-  out = {}
-  for k in config.ks:
-    tic = time.perf_counter()
-    res = meta.evaluate(model, theta, keys, jnp.asarray(pool),
-                        n_way=config.n_way, k_shot=k, q_query=config.q_query)
-    acc = np.nan_to_num(np.asarray(res.query_accuracy).mean(1), nan=0.0)
-    loss = np.nan_to_num(np.asarray(res.query_loss).mean(1), nan=np.inf)
-    score = -loss if config.tune_metric == "loss" else acc
-    pick = lambda idx: max(idx, key=lambda i: score[i])  # pylint: disable=cell-var-from-loop
-    bp = pick(range(len(lrs)))
-    bo = pick(range(len(lrs), len(grid)))
-    ba = max(range(len(lrs)), key=lambda i: acc[i])
-    point = lambda i: {"lr": grid[i][0], "oja_lr": grid[i][1],
-                       "accuracy": float(acc[i]), "loss": float(loss[i])}
-    out[str(k)] = {"grid": [point(i) for i in range(len(grid))],
-                   "bp": point(bp), "bp_oja": point(bo), "bp_acc": point(ba)}
-    logging.info("tuned K=%d in %.1fs: bp lr %g (%.3f), bp_oja %g/%g (%.3f)",
-                 k, time.perf_counter() - tic, grid[bp][0], acc[bp],
-                 grid[bo][0], grid[bo][1], acc[bo])
+  keys = jax.random.split(jax.random.fold_in(
+      jax.random.PRNGKey(config.seed + 1000), k), config.tune_episodes)
+  tic = time.perf_counter()
+  res = meta.evaluate(_model(config, feedback), theta, keys, jnp.asarray(pool),
+                      **_ep_kw(config, k))
+  acc = np.nan_to_num(np.asarray(res.query_accuracy).mean(1), nan=0.0)
+  loss = np.nan_to_num(np.asarray(res.query_loss).mean(1), nan=np.inf)
+  score = -loss if config.tune_metric == "loss" else acc
+  pick = lambda idx: max(idx, key=lambda i: score[i])  # pylint: disable=unnecessary-lambda-assignment
+  point = lambda i: {"lr": grid[i][0], "oja_lr": grid[i][1],  # pylint: disable=unnecessary-lambda-assignment
+                     "accuracy": float(acc[i]), "loss": float(loss[i])}
+  out = {"k": k, "feedback": feedback,
+         "grid": [point(i) for i in range(len(grid))]}
+  out[BASE[feedback]] = point(pick(range(len(lrs))))
+  if feedback == "backprop":
+    out["bp_oja"] = point(pick(range(len(lrs), len(grid))))
+    out["bp_acc"] = point(max(range(len(lrs)), key=lambda i: acc[i]))
+  if _meta_trained(config, feedback, k):
+    norms = meta.term_norms(
+        _model(config, feedback), tuple(config.terms), jax.random.fold_in(
+            jax.random.PRNGKey(config.seed + 5000), k), jnp.asarray(pool),
+        episodes=config.meta_episodes, **_ep_kw(config, k))
+    out["term_norms"] = norms
+    out["step_scales"] = meta.step_scales(norms)
+  logging.info("tuned %s K=%d in %.1fs: %s", feedback, k,
+               time.perf_counter() - tic,
+               {r: (v["lr"], v["oja_lr"], round(v["accuracy"], 3))
+                for r, v in out.items() if r in ("bp", "bp_oja", "fa")})
   return out
 
 
-def _meta_k(config, k: int) -> int:
-  """The meta-training K whose rule is tested at K = k (largest <= k)."""
-  below = [m for m in config.meta_ks if m <= k]
-  return max(below) if below else min(config.meta_ks)
-
-
-def _meta_train(config, model, pool, tuning, meta_k) -> dict[str, Any]:
-  """Adam on theta through the inner loop, starting from bp's tuned rate."""
-  start = tuning.get(str(meta_k), {}).get("bp", {}).get("lr", 0.05)
+def _meta_seed(config, pool, run_dir: str, feedback: str, k: int, seed: int,
+               tuned: dict[str, Any]) -> dict[str, Any]:
+  """Meta-trains one seed's rule at one K from the tuned error rate."""
+  start = tuned[BASE[feedback]]["lr"]
   theta0 = {t: (start if t == "error" else 0.0) for t in config.terms}
+  tag = f"{feedback}_K{k}_s{seed}"
+  ckpt_dir = os.path.join(run_dir, "meta_ckpt")
+  os.makedirs(ckpt_dir, exist_ok=True)
   tic = time.perf_counter()
 
   def log(i, theta, loss):
     if i % 25 == 0 or i == config.meta_steps:
-      logging.info("K=%d meta-step %d/%d  query loss %.4f  theta %s  (%.0fs)",
-                   meta_k, i, config.meta_steps, loss,
-                   {k: round(float(v), 5) for k, v in theta.items()},
+      logging.info("%s meta-step %d/%d  query loss %.4f  theta %s  (%.0fs)",
+                   tag, i, config.meta_steps, loss,
+                   {t: round(float(v), 4) for t, v in theta.items()},
                    time.perf_counter() - tic)
 
+  val_keys = jax.random.split(jax.random.fold_in(
+      jax.random.PRNGKey(config.seed + 3000), k), config.val_episodes)
+  key = jax.random.fold_in(jax.random.fold_in(
+      jax.random.PRNGKey(config.seed + 4000), k), seed)
   theta, hist = meta.meta_train(
-      model, theta0, jnp.asarray(pool),
-      jax.random.fold_in(jax.random.PRNGKey(config.seed), 3),
+      _model(config, feedback), theta0, jnp.asarray(pool), key,
       steps=config.meta_steps, episodes_per_step=config.meta_episodes,
-      meta_lr=config.meta_lr, n_way=config.n_way, k_shot=meta_k,
-      q_query=config.q_query, on_step=log)
-  return {"k": meta_k, "theta0": theta0,
-          "theta": {k: float(v) for k, v in theta.items()},
+      meta_lr=config.meta_lr, l1=config.l1,
+      scales=tuned["step_scales"] if config.scale_steps else None,
+      val_keys=val_keys,
+      val_every=config.val_every, plateau_window=config.plateau_window,
+      plateau_tol=config.plateau_tol,
+      checkpoint_path=os.path.join(ckpt_dir, f"{tag}.json"),
+      checkpoint_every=config.checkpoint_every, on_step=log, **_ep_kw(
+          config, k))
+  logging.info("%s done: %s after %d meta-steps (best at %d), %.2fs per "
+               "meta-step", tag, hist.stopped, len(hist.meta_loss),
+               hist.best_step, hist.seconds / max(hist.timed_steps, 1))
+  return {"k": k, "feedback": feedback, "seed": seed, "theta0": theta0,
+          "theta": theta, "step_scales": tuned["step_scales"] if
+          config.scale_steps else {t: 1.0 for t in config.terms},
+          "steps": len(hist.meta_loss),
+          "best_step": hist.best_step, "stopped": hist.stopped,
+          "skipped_steps": hist.skipped,
+          "seconds_per_step": hist.seconds / max(hist.timed_steps, 1),
           "history": {"theta": hist.theta, "meta_loss": hist.meta_loss,
-                      "query_accuracy": hist.query_accuracy},
-          "skipped_steps": hist.skipped}
+                      "query_accuracy": hist.query_accuracy,
+                      "val_step": hist.val_step, "val_loss": hist.val_loss,
+                      "val_accuracy": hist.val_accuracy}}
 
 
-def _test(config, model, pool, tuning, learned, k) -> dict[str, Any]:
-  """The three rules on the same held-out episodes at K = k."""
-  rules = {
-      "bp": {"error": tuning[str(k)]["bp"]["lr"], "oja": 0.0},
-      "bp_oja": {"error": tuning[str(k)]["bp_oja"]["lr"],
-                 "oja": tuning[str(k)]["bp_oja"]["oja_lr"]},
-      "meta": dict(learned["theta"]),
-      "bp_acc": {"error": tuning[str(k)]["bp_acc"]["lr"], "oja": 0.0},
-  }
-  terms = sorted({t for r in rules.values() for t in r})
-  theta = {t: jnp.array([rules[r].get(t, 0.0) for r in RULES], jnp.float32)
-           for t in terms}
-  keys = jax.random.split(jax.random.fold_in(
-      jax.random.PRNGKey(config.seed + 2000), k), config.test_episodes)
-  res = meta.evaluate(model, theta, keys, jnp.asarray(pool),
-                      n_way=config.n_way, k_shot=k, q_query=config.q_query)
-  acc, loss = np.asarray(res.query_accuracy), np.asarray(res.query_loss)
-  return {"k": k, "meta_k": learned["k"], "rules": rules,
-          "accuracy": {r: acc[i] for i, r in enumerate(RULES)},
-          "loss": {r: loss[i] for i, r in enumerate(RULES)}}
+def _paths(run_dir, feedback, k, seed=None):
+  if seed is None:
+    return os.path.join(run_dir, f"tuning_{feedback}_K{k}.json")
+  return os.path.join(run_dir, f"meta_{feedback}_K{k}_s{seed}.json")
 
 
-def _plot_accuracy(config, tests, path: str) -> str:
-  ks = [t["k"] for t in tests]
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-  for i, rule in enumerate(RULES):
-    ests = [stats.interval(t["accuracy"][rule]) for t in tests]
-    axes[0].errorbar(ks, [e.mean for e in ests],
-                     yerr=[[e.mean - e.low for e in ests],
-                           [e.high - e.mean for e in ests]],
-                     marker="o", capsize=3, color=f"C{i}", label=rule)
-    if rule != "bp":
-      diffs = [stats.paired_difference(t["accuracy"][rule], t["accuracy"]["bp"])
-               for t in tests]
-      axes[1].plot(ks, [d.mean for d in diffs], marker="o", color=f"C{i}",
-                   label=f"{rule} - bp")
-      axes[1].fill_between(ks, [d.low for d in diffs],
-                           [d.high for d in diffs], color=f"C{i}", alpha=0.2)
-  axes[0].set_ylabel("held-out query accuracy")
-  axes[0].set_title(f"{config.n_way}-way held-out episodes")
-  axes[1].axhline(0, color="k", lw=0.8)
-  axes[1].set_ylabel("paired accuracy difference")
-  axes[1].set_title("difference to tuned backprop")
-  for ax in axes:
-    ax.set_xscale("log")
-    ax.minorticks_off()
-    ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("K training images per class")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.suptitle(f"meta_plasticity: mean over {config.test_episodes} held-out "
-               "episodes, 98% t interval")
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+def _meta_trained(config, feedback, k) -> bool:
+  return feedback in config.feedbacks and k in config.meta_ks
 
 
-def _plot_coefficients(config, learned: list[dict[str, Any]],
-                       path: str) -> str:
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-  for i, run in enumerate(learned):
-    hist, color = run["history"], f"C{i}"
-    for term, values in hist["theta"].items():
-      ax = axes[0] if term == "error" else axes[1]
-      style = {"error": "-", "oja": "-", "hebb": ":"}[term]
-      ax.plot(np.arange(len(values)), values, style, color=color,
-              label=f"theta_{term}, K={run['k']}")
-    loss = np.asarray(hist["meta_loss"], np.float64)
-    w = max(1, len(loss) // 15)
-    smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
-    axes[2].plot(np.arange(w, len(loss) + 1), smooth, color=color,
-                 label=f"K={run['k']} (running mean of {w})")
-  titles = ("error-term coefficient", "local-term coefficients",
-            "query loss during meta-training")
-  ylabels = ("theta_error", "theta", "query cross-entropy")
-  for ax, title, ylabel in zip(axes, titles, ylabels):
-    ax.set_title(title)
-    ax.set_xlabel("meta-step")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  axes[1].axhline(0, color="k", lw=0.8)
-  fig.suptitle(f"meta_plasticity: Adam (lr {config.meta_lr:g}) through the "
-               f"inner loop, {config.meta_episodes} episodes per meta-batch, "
-               "one rule per K")
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+def run_unit(config: ml_collections.ConfigDict, run_dir: str, feedback: str,
+             k: int, prepared: Optional[Prepared] = None) -> None:
+  """Tuning and meta-training at one (feedback, K); writes their parts."""
+  prepared = prepared or _prepared(config)
+  tuned = _cached(_paths(run_dir, feedback, k),
+                  lambda: _tune(config, prepared.train_pool, feedback, k))
+  if _meta_trained(config, feedback, k):
+    for s in range(config.meta_seeds):
+      _cached(_paths(run_dir, feedback, k, s),
+              lambda s=s: _meta_seed(config, prepared.train_pool, run_dir,
+                                     feedback, k, s, tuned))
 
 
-def _verdict(config, tests) -> tuple[str, str, list[list[Any]]]:
-  rows, better, worse, scarce = [], 0, 0, 0
-  for t in tests:
-    k, acc = t["k"], t["accuracy"]
-    d = stats.paired_difference(acc["meta"], acc["bp"])
-    is_scarce = k <= config.scarce_max_k
-    scarce += is_scarce
-    better += bool(is_scarce and d.low > 0)
-    worse += bool(d.high < 0)
-    rows.append([k, t["meta_k"], "yes" if is_scarce else "no", d,
-                 ("better" if d.low > 0 else "worse" if d.high < 0 else "no significant difference"), stats.paired_difference(acc["bp_oja"], acc["bp"]),
-                 stats.paired_difference(acc["meta"], acc["bp_oja"]),
-                 stats.paired_difference(acc["meta"], acc["bp_acc"])])
-  if scarce and better > scarce / 2 and not worse:
-    verdict = "reproduced"
-  elif better or not worse:
-    verdict = "partly reproduced"
-  else:
-    verdict = "not reproduced"
-  evidence = (f"held-out accuracy, meta-learned rule - bp (both fitted to "
-              f"the query {config.tune_metric} on meta-training tasks): "
-              f"significantly better at {better} of {scarce} data-scarce K "
-              f"(K <= {config.scarce_max_k}), significantly worse at {worse} "
-              f"of {len(tests)} K; " +
-              "; ".join(f"K={r[0]}: {r[3]}" for r in rows) +
-              "; against bp tuned for accuracy: " +
-              "; ".join(f"K={r[0]}: {r[7]}" for r in rows) + ".")
-  return verdict, evidence, rows
+def _rules(config, run_dir, k) -> tuple[dict[str, dict[str, float]],
+                                        dict[str, str]]:
+  """Every rule tested at K: coefficients and feedback, by rule name."""
+  rules, feedback = {}, {}
+  for fb in _feedbacks(config):
+    tuned = checkpoint.read_json(_paths(run_dir, fb, k))
+    names = ("bp", "bp_oja", "bp_acc") if fb == "backprop" else ("fa",)
+    for name in names:
+      rules[name] = {"error": tuned[name]["lr"], "oja": tuned[name]["oja_lr"]}
+      feedback[name] = fb
+    if _meta_trained(config, fb, k):
+      for s in range(config.meta_seeds):
+        learned = checkpoint.read_json(_paths(run_dir, fb, k, s))
+        rules[f"meta_{BASE[fb]}_s{s}"] = dict(learned["theta"])
+        feedback[f"meta_{BASE[fb]}_s{s}"] = fb
+  return rules, feedback
 
 
-def _describe(theta: dict[str, float]) -> str:
-  return ", ".join(f"{n} {v:.4g}" for n, v in theta.items())
+def score_unit(config: ml_collections.ConfigDict, run_dir: str, k: int,
+              prepared: Optional[Prepared] = None) -> None:
+  """Scores every rule at K on the same held-out episodes; writes the part."""
+  prepared = prepared or _prepared(config)
+
+  def make():
+    rules, feedback = _rules(config, run_dir, k)
+    terms = _all_terms(config)
+    keys = jax.random.split(jax.random.fold_in(
+        jax.random.PRNGKey(config.seed + 2000), k), config.test_episodes)
+    acc, loss = {}, {}
+    for fb in _feedbacks(config):
+      names = [r for r in rules if feedback[r] == fb]
+      theta = {t: jnp.array([rules[r].get(t, 0.0) for r in names],
+                            jnp.float32) for t in terms}
+      tic = time.perf_counter()
+      res = meta.evaluate(_model(config, fb), theta, keys,
+                          jnp.asarray(prepared.test_pool), **_ep_kw(config,
+                                                                    k))
+      logging.info("tested K=%d, %s: %d rules in %.1fs", k, fb, len(names),
+                   time.perf_counter() - tic)
+      for i, r in enumerate(names):
+        acc[r] = np.asarray(res.query_accuracy)[i]
+        loss[r] = np.asarray(res.query_loss)[i]
+    return {"k": k, "rules": rules, "feedback": feedback, "accuracy": acc,
+            "loss": loss}
+
+  _cached(os.path.join(run_dir, f"test_K{k}.json"), make)
+
+
+# --- Worker processes -------------------------------------------------------
+
+_PREPARED: dict[str, Prepared] = {}
+
+
+def _prepared(config) -> Prepared:
+  key = config.to_json_best_effort()
+  if key not in _PREPARED:
+    _PREPARED[key] = prepare(config)
+  return _PREPARED[key]
+
+
+def _run_all(tasks: Sequence[tuple[Any, tuple[Any, ...]]], processes: int,
+             prepared: Prepared) -> None:
+  """Runs ``fn(*args)`` for each task, in order, here or in a process pool.
+
+  Here, ``fn`` gets ``prepared=prepared``; a worker prepares its own.
+  """
+  from experiments import runner  # pylint: disable=g-import-not-at-top
+  cpus = runner.cores()
+  processes = min(processes or len(cpus), len(tasks))
+  if processes <= 1:
+    for fn, args in tasks:
+      fn(*args, prepared=prepared)
+    return
+  flags_before = os.environ.get("XLA_FLAGS")
+  runner.single_threaded()  # The spawned workers inherit it.
+  ctx = multiprocessing.get_context("spawn")
+  try:
+    with concurrent.futures.ProcessPoolExecutor(
+        processes, mp_context=ctx, initializer=runner.init_worker,
+        initargs=(ctx.Value("i", 0), cpus, "meta worker")) as pool:
+      for future in [pool.submit(fn, *args) for fn, args in tasks]:
+        future.result()
+  finally:
+    if flags_before is None:
+      os.environ.pop("XLA_FLAGS", None)
+    else:
+      os.environ["XLA_FLAGS"] = flags_before
 
 
 def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
         command: str) -> str:
   """Tunes, meta-trains, tests; writes parts, figures, summary, verdict."""
   report.write_config(run_dir, config)
-  model = _model(config)
-  tuning = _cached(os.path.join(run_dir, "tuning.json"),
-                   lambda: _tune(config, model, prepared.train_pool))
-  learned = {}
-  for mk in sorted(set(config.meta_ks)):
-    learned[mk] = _cached(
-        os.path.join(run_dir, f"meta_K{mk}.json"),
-        lambda mk=mk: _meta_train(config, model, prepared.train_pool, tuning,
-                                  mk))
-  tests = []
-  for k in config.ks:
-    tests.append(_cached(
-        os.path.join(run_dir, f"test_K{k}.json"),
-        lambda k=k: _test(config, model, prepared.test_pool, tuning,
-                          learned[_meta_k(config, k)], k)))
-    logging.info("tested K=%d: %s", k, {r: round(float(np.mean(v)), 4)
-                                         for r, v in
-                                         tests[-1]["accuracy"].items()})
-  rows = [{"experiment": config.experiment, "part": "test", "k": t["k"],
-           "rule": r, "episode": e, "accuracy": a, "loss": l,
-           **{f"theta_{n}": v for n, v in t["rules"][r].items()}}
-          for t in tests for r in RULES
-          for e, (a, l) in enumerate(zip(t["accuracy"][r], t["loss"][r]))]
-  rows += [{"experiment": config.experiment, "part": "meta_train",
-            "k": run["k"], "meta_step": i + 1, "meta_loss": l,
-            **{f"theta_{n}": v[i + 1] for n, v in
-               run["history"]["theta"].items()}}
-           for run in learned.values()
-           for i, l in enumerate(run["history"]["meta_loss"])]
-  report.write_jsonl(os.path.join(run_dir, "metrics.jsonl"), rows)
-  figures = [
-      _plot_accuracy(config, tests,
-                     os.path.join(run_dir, "meta_plasticity_accuracy.png")),
-      _plot_coefficients(config, list(learned.values()), os.path.join(
-          run_dir, "meta_plasticity_coefficients.png"))]
-  verdict, evidence, vrows = _verdict(config, tests)
-  acc_rows = [[t["k"]] + [f"{stats.interval(t['accuracy'][r])}" for r in RULES]
-              for t in tests]
-  loss_rows = [[t["k"]] + [f"{stats.interval(t['loss'][r])}" for r in RULES]
-               for t in tests]
-  rule_rows = [[t["k"]] + [_describe(t["rules"][r]) for r in RULES]
-               for t in tests]
-  tune_rows = [[k, f"{v['bp']['lr']:g}",
-                f"{v['bp']['loss']:.3f} / {v['bp']['accuracy']:.3f}",
-                f"{v['bp_oja']['lr']:g} / {v['bp_oja']['oja_lr']:g}",
-                f"{v['bp_oja']['loss']:.3f} / {v['bp_oja']['accuracy']:.3f}",
-                f"{v['bp_acc']['lr']:g}", f"{v['bp_acc']['accuracy']:.3f}"]
-               for k, v in tuning.items()]
-  meta_rows = [[run["k"], _describe(run["theta0"]), _describe(run["theta"]),
-                f"{np.mean(run['history']['meta_loss'][:10]):.3f} -> "
-                f"{np.mean(run['history']['meta_loss'][-10:]):.3f}",
-                run["skipped_steps"]] for run in learned.values()]
-  preamble = [
-      f"{config.n_way}-way online episodes (batch 1, weights re-initialized "
-      f"per episode), K training and {config.q_query} query images per "
-      "class. Classes: (digit, quarter-turn rotation) pairs of the embedded "
-      f"MNIST digits ({config.downsample}x downsampled); meta-training and "
-      f"tuning on digits {tuple(config.train_digits)} "
-      f"({len(prepared.train_pool)} classes), testing on held-out digits "
-      f"{tuple(config.test_digits)} ({len(prepared.test_pool)} classes). "
-      f"Network {prepared.train_pool.shape[2]}-"
-      f"{'-'.join(map(str, config.hidden))}-{config.n_way}, softplus "
-      f"(beta 10), no biases, Xavier-uniform; feedback: {config.feedback}. "
-      f"{config.test_episodes} held-out episodes per K, identical for every "
-      f"rule; means with {stats.LEVEL:.0%} Student-t intervals over "
-      "episodes.",
-      "Rules: `bp` = error term only, rate tuned per K by query "
-      f"{config.tune_metric}; `bp_oja` = error + Oja, both rates tuned per K "
-      f"by query {config.tune_metric}; `meta` = error + Oja coefficients "
-      "meta-learned per K by Adam on the query cross-entropy through the inner "
-      "lax.scan (jax.grad), starting from bp's tuned rate and theta_oja = 0; "
-      "`bp_acc` = error term only, rate tuned per K by query accuracy "
-      "(a second baseline). All tuning and meta-training use only the "
-      "meta-training digits." + (
-          " With feedback=random the error term of every rule, bp included, "
-          "is sent down through fixed random matrices (feedback alignment)."
-          if config.feedback == "random" else ""),
-      f"Command: `{command}`" if command else "",
-      "Verdict rule: reproduced if meta is significantly better than bp "
-      f"(paired {stats.LEVEL:.0%} CI of the held-out accuracy difference "
-      "above 0) at a majority of data-scarce K and significantly worse at "
-      "none; partly if better at some scarce K or worse at none; not "
-      "reproduced otherwise. CIs cover episode sampling, not the randomness "
-      "of one meta-training run."]
-  tables = [
-      (f"Rate tuning on meta-training tasks (lr in {tuple(config.lr_grid)}; "
-       f"Oja rate in {tuple(config.oja_grid)}; {config.tune_episodes} "
-       "episodes per point)",
-       report.table(["K", "bp lr", "bp loss / acc", "bp_oja lr / Oja",
-                     "bp_oja loss / acc", "bp_acc lr", "bp_acc acc"],
-                    tune_rows)),
-      (f"Meta-learned rules (Adam, lr {config.meta_lr:g}, "
-       f"{config.meta_steps} meta-steps of {config.meta_episodes} episodes; "
-       "a test K uses the rule of the largest meta-training K not above it)",
-       report.table(["K", "initial theta", "learned theta",
-                     "meta-batch loss (first 10 -> last 10)",
-                     "skipped steps"], meta_rows)),
-      ("Held-out query accuracy", report.table(["K"] + list(RULES),
-                                               acc_rows)),
-      ("Held-out query loss (cross-entropy)",
-       report.table(["K"] + list(RULES), loss_rows)),
-      ("Coefficients used", report.table(["K"] + list(RULES), rule_rows)),
-      ("Paired accuracy differences (held-out episodes)",
-       report.table(["K", "meta K", "scarce", "meta - bp", "meta is",
-                     "bp_oja - bp", "meta - bp_oja", "meta - bp_acc"],
-                    vrows))]
-  claim = CLAIM if config.feedback == "backprop" else (
-      CLAIM + " (Variant with random feedback: every rule's error term, bp "
-      "included, uses feedback alignment, so this run compares the "
-      "meta-learned FA + Oja rule with tuned FA, not with backprop.)")
-  section = report.Section(
-      claim, f"data-scarce K <= {config.scarce_max_k}", tables,
-      [os.path.basename(p) for p in figures], verdict, evidence)
-  path = report.write_section(run_dir, section, config.experiment, preamble)
-  return path
+  fbs = _feedbacks(config)
+  units = [(fb, k) for fb in fbs for k in config.ks]
+  # Costliest first (meta-training at large K), so the workers end together.
+  units.sort(key=lambda u: (_meta_trained(config, *u), u[1]), reverse=True)
+  todo = [u for u in units if not (
+      os.path.exists(_paths(run_dir, *u)) and all(
+          os.path.exists(_paths(run_dir, *u, s))
+          for s in range(config.meta_seeds if _meta_trained(config, *u)
+                         else 0)))]
+  _run_all([(run_unit, (config, run_dir, fb, k)) for fb, k in todo],
+           config.processes, prepared)
+  todo = [k for k in sorted(config.ks, reverse=True)
+          if not os.path.exists(os.path.join(run_dir, f"test_K{k}.json"))]
+  _run_all([(score_unit, (config, run_dir, k)) for k in todo],
+           config.processes, prepared)
+
+  tests = [checkpoint.read_json(os.path.join(run_dir, f"test_K{k}.json"))
+           for k in config.ks]
+  tuning = {(fb, k): checkpoint.read_json(_paths(run_dir, fb, k))
+            for fb in fbs for k in config.ks}
+  learned = {(fb, k, s): checkpoint.read_json(_paths(run_dir, fb, k, s))
+             for fb in config.feedbacks for k in config.meta_ks
+             for s in range(config.meta_seeds)}
+  from experiments.tasks import meta_report  # pylint: disable=g-import-not-at-top
+  return meta_report.write_report(config, prepared, run_dir, command, tests,
+                                  tuning, learned)
