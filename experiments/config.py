@@ -467,9 +467,10 @@ def validate(config: ml_collections.ConfigDict,
                                   if config.axis else "")
     try:
       _check_top(job.config)
-      make_model(job.config)
-      make_optimizer(job.config)
-      sweep_grid(job.config)
+      if not re.search(f"{SPLIT_TAG}[1-9]", job.id):  # Same model as split 0.
+        make_model(job.config)
+        make_optimizer(job.config)
+        sweep_grid(job.config)
     except ConfigError as err:
       if job.arm in ("", "default"):
         raise

