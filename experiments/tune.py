@@ -42,6 +42,10 @@ NUM_SAMPLES = 3200  # ~1 pass over the 3,000 remaining; a multiple of 16.
 
 _FA = {"model": {"feedback": "random"}}
 _OJA = {"sweep": {"lr": OJA_LRS_LR, "oja_lr": OJA_LRS}}
+# Oja rates down to 1e-5: the first reference and feedback sweeps chose 3e-4,
+# the lower edge of OJA_LRS.
+_OJA_LOW = {"sweep": {"lr": OJA_LRS_LR[:4],
+                      "oja_lr": (1e-5, 3e-5, 1e-4) + OJA_LRS[:3]}}
 # Deep nets want smaller rates (the first deep_init sweep chose the lower
 # edge of SGD_LRS), and Oja rates down to 1e-5 (the reference net's chosen
 # 3e-4 sat at OJA_LRS's lower edge).
@@ -71,8 +75,8 @@ STUDIES: dict[str, dict[str, Any]] = {
             }),
             "adam": ({"sweep": {"lr": ADAM_LRS}},
                      {"bp_adam": {"optimizer": "adam"}}),
-            "oja": (_OJA, {"bp_oja": {"oja_layers": "all"},
-                           "bp_oja_hidden": {"oja_layers": "hidden"}}),
+            "oja": (_OJA_LOW, {"bp_oja": {"oja_layers": "all"},
+                               "bp_oja_hidden": {"oja_layers": "hidden"}}),
         },
         "used_by": "online.py (BP_LR, OJA, OJA_HIDDEN; also bad_init.py), "
                    "tricks.py before it moved to depth 20",
@@ -125,8 +129,9 @@ STUDIES: dict[str, dict[str, Any]] = {
         "note": "reference network with fixed random feedback (FA)",
         "groups": {
             "sgd": (_SGD, {"fa": {**_FA, "oja_lr": 0.0}}),
-            "oja": (_OJA, {"fa_oja": {**_FA, "oja_layers": "all"},
-                           "fa_oja_hidden": {**_FA, "oja_layers": "hidden"}}),
+            "oja": (_OJA_LOW, {"fa_oja": {**_FA, "oja_layers": "all"},
+                               "fa_oja_hidden": {**_FA,
+                                                 "oja_layers": "hidden"}}),
         },
         "used_by": "feedback_alignment.py (FA_LR, FA_OJA, FA_OJA_HIDDEN)",
     },

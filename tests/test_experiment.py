@@ -269,7 +269,7 @@ def test_one_pinned_worker_per_core_gives_the_numbers_of_one_process(
     assert proc.returncode == 0, proc.stderr[-2000:]
   assert (one / "metrics.jsonl").read_bytes() == (
       two / "metrics.jsonl").read_bytes()
-  assert (two / "jobs" / "depth=1-bp_oja.json").exists()
+  assert (two / "jobs" / "depth=1-bp_oja-split=1.json").exists()
 
 
 def _free_port():

@@ -29,11 +29,13 @@ SIZES = {
                "select_arms": "bp,bp_oja_hidden"},
     "deep_online": {**_TINY, "model.width": 16, "axis_values": (1, 3),
                     "select_arms": "bp,bp_oja"},
-    "bad_init": {**_TINY, "model.hidden": (16,),
+    "bad_init": {"seeds": 2, "eval_every": 100, "model.hidden": (16,),
+                 "arms.val.num_samples": 200, "arms.test.num_samples": 200,
                  "axis_values": ("xavier_uniform",),
-                 "sweep.model_gain": (0.1, 1.0), "select_arms": "bp,bp_oja"},
+                 "sweep.model_gain": (0.1, 1.0), "sweep.lr": (0.01,),
+                 "sweep.oja_lr": (0.0, 0.001)},
     "tricks": {"seeds": 2, "num_samples": 320, "eval_every": 160,
-               "model.hidden": (16,),
+               "model.depth": 2, "model.width": 16,
                "select_arms": "bp,bp_oja,bp_batch16,bp_layernorm,bp_adam"},
     "feedback_alignment": {**_TINY, "model.hidden": (16, 12),
                            "select_arms": "bp,fa,fa_oja"},
@@ -121,13 +123,15 @@ def test_deep_online(run_dirs, tmp_path):
 @pytest.mark.slow
 def test_bad_init_scales_the_initial_weights(run_dirs, tmp_path):
   run = analysis.load_run(run_dirs("bad_init"))
-  bp = analysis.find(run, "bp")
-  assert [p["model_gain"] for p in bp.grid] == [0.1, 1.0]
-  w0 = bp.history["weight_norm"][0]  # (G, S, L) at samples = 0
-  np.testing.assert_allclose(w0[0], 0.1 * w0[1], rtol=1e-4)
-  assert bp.history["test_accuracy"].shape == (3, 2, 2)
+  test = analysis.find(run, "test")
+  grid = [(p["model_gain"], p["oja_lr"]) for p in test.grid]
+  assert sorted(grid) == [(0.1, 0.0), (0.1, 0.001), (1.0, 0.0), (1.0, 0.001)]
+  w0 = test.history["weight_norm"][0]  # (G, S, L) at samples = 0
+  small, one = grid.index((0.1, 0.0)), grid.index((1.0, 0.0))
+  np.testing.assert_allclose(w0[small], 0.1 * w0[one], rtol=1e-4)
+  assert test.history["test_accuracy"].shape == (3, 4, 2)
   section = _check_section("bad_init", run.run_dir, tmp_path)
-  assert any("model_gain=0.1" in t for _, t in section.tables)
+  assert any("gain=0.1" in t for _, t in section.tables)
 
 
 @pytest.mark.slow
