@@ -18,8 +18,10 @@ import ml_collections
 
 from experiments.configs import base
 
-LRS = (0.001, 0.003, 0.01, 0.03, 0.1)
-OJA_LRS = (0.0, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+# Extended after the first runs chose edges: Oja 1e-5 on the reference net
+# (now down to 1e-6), Oja 3e-3 and lr 1e-3 at depth 10 (now 1e-2 and 3e-4).
+LRS = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
+OJA_LRS = (0.0, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 PASSES = 3
 QUICK_ARGS = ["--config.seeds=2", "--config.axis_values=(1,)",
               "--config.model.width=16", "--config.eval_every=100",
