@@ -91,7 +91,8 @@ def run_experiment(name: str, run_dir: str, extra: list[str], fresh: bool,
           f"--workdir={run_dir}", *extra]
   if fresh:
     argv.append("--restart")
-  command = " ".join(shlex.quote(a) for a in argv[1:])
+  command = "python " + " ".join(shlex.quote(a) for a in argv[1:]).replace(
+      os.getcwd() + os.sep, "")
   os.makedirs(run_dir, exist_ok=True)
   tic = time.perf_counter()
   error = ""
