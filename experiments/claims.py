@@ -184,11 +184,11 @@ def _chosen_pairs(val, test, groups, label):
   """Per group of grid points (a setting): BP's and BP + Oja's points
   chosen on ``val`` (best final mean), compared on ``test``.
 
-  ``groups``: {setting: [grid indices]}; Oja rate 0 is BP. Returns the
-  comparisons and the table rows of the chosen points.
+  ``groups``: {setting value: [grid indices]}; Oja rate 0 is BP. Yields
+  (setting value, BP point, BP + Oja point, comparison, table row).
   """
-  grid, comparisons, rows = val.grid, [], []
-  for setting, points in groups.items():
+  grid = val.grid
+  for value, points in groups.items():
     bp = [g for g in points if grid[g]["oja_lr"] == 0]
     oja = [g for g in points if grid[g]["oja_lr"] > 0]
     if not bp or not oja:
@@ -196,12 +196,12 @@ def _chosen_pairs(val, test, groups, label):
     gb, go = _choose(val, bp, -1), _choose(val, oja, -1)
     sub = [grid[g] for g in points]
     tuned = lambda p: {k: v for k, v in p.items() if k != "model_gain"}
-    rows.append([label, setting, _fmt(tuned(grid[gb])),
-                 _edge(sub, points.index(gb)), _fmt(tuned(grid[go])),
-                 _edge(sub, points.index(go))])
-    comparisons.append(_paired_points(test, go, gb, -1,
-                                      f"{label}, {setting}"))
-  return comparisons, rows
+    setting = f"gain={value:g}"
+    row = [label, setting, _fmt(tuned(grid[gb])),
+           _edge(sub, points.index(gb)), _fmt(tuned(grid[go])),
+           _edge(sub, points.index(go))]
+    yield value, gb, go, _paired_points(test, go, gb, -1,
+                                        f"{label}, {setting}"), row
 
 
 def bad_init(run: analysis.Run) -> Section:
@@ -211,17 +211,20 @@ def bad_init(run: analysis.Run) -> Section:
     test = analysis.find(run, "test", val.job.axis_value)
     if test is None:
       continue
-    gains = sorted({p["model_gain"] for p in val.grid})
-    groups = {f"gain={gain:g}": [g for g, p in enumerate(val.grid)
-                                 if p["model_gain"] == gain]
-              for gain in gains}
-    found, chosen = _chosen_pairs(val, test, groups,
-                                  f"init={val.job.axis_value}")
-    rows += chosen
-    for c in found:
-      gain = float(c.setting.split("gain=")[1])
-      (primary if _bad_gain(gain) else other).append(c)
-    series[val.job.axis_value] = _series_at_chosen(val, test, groups)
+    groups = {gain: [g for g, p in enumerate(val.grid)
+                     if p["model_gain"] == gain]
+              for gain in sorted({p["model_gain"] for p in val.grid})}
+    # {rule: (gains, per-seed test accuracies at the chosen points)}.
+    curves = series[val.job.axis_value] = {"bp": ([], []),
+                                           "bp_oja": ([], [])}
+    for gain, gb, go, comparison, row in _chosen_pairs(
+        val, test, groups, f"init={val.job.axis_value}"):
+      rows.append(row)
+      (primary if _bad_gain(gain) else other).append(comparison)
+      for rule, g in (("bp", gb), ("bp_oja", go)):
+        curves[rule][0].append(gain)
+        curves[rule][1].append(
+            analysis.value(test, point=g)[~analysis.diverged(test, g)])
   primary, other = _family(primary, other)
   tables = [
       ("Operating points chosen on the validation split at each setting "
@@ -231,35 +234,15 @@ def bad_init(run: analysis.Run) -> Section:
       ("Test accuracy, BP + Oja - BP, each at its chosen point (gains "
        "<= 0.5 or >= 2 count; gain 1 is reported)",
        analysis.comparison_table(primary + other))]
+  title = figures.title(run, "claim: BP + Oja beats BP from badly scaled "
+                        "inits (each rule tuned at each gain on validation)")
   return _section(
       run, "With badly scaled initial weights, backprop plus Oja's rule "
       "learns better than backprop alone, each tuned at the perturbed "
       "setting.",
       "gains 0.1, 0.25, 0.5, 2, 3 for each of three init schemes, each rule "
       "at its validation-chosen (lr, Oja rate) there", primary, other,
-      tables, [figures.versus_gain(series, _figure(run, "bad_init"),
-                                   _title_of(run))])
-
-
-def _series_at_chosen(val, test, groups):
-  """{rule: (gains, per-seed test accuracies at the chosen points)}."""
-  out = {"bp": ([], []), "bp_oja": ([], [])}
-  for setting, points in groups.items():
-    gain = float(setting.split("=")[1])
-    for rule, keep in (("bp", lambda p: p["oja_lr"] == 0),
-                       ("bp_oja", lambda p: p["oja_lr"] > 0)):
-      pts = [g for g in points if keep(val.grid[g])]
-      if pts:
-        g = _choose(val, pts, -1)
-        ok = ~analysis.diverged(test, g)
-        out[rule][0].append(gain)
-        out[rule][1].append(analysis.value(test, point=g)[ok])
-  return out
-
-
-def _title_of(run: analysis.Run) -> str:
-  return figures.title(run, "claim: BP + Oja beats BP from badly scaled "
-                       "inits (each rule tuned at each gain on validation)")
+      tables, [figures.versus_gain(series, _figure(run, "bad_init"), title)])
 
 
 def tricks(run: analysis.Run) -> Section:
