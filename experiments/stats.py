@@ -10,8 +10,9 @@ Every report uses these definitions (``LEVEL``: the one place for it):
 - a paired difference (arm - reference, seed by seed) gets the same interval
   and the p-value of the exact two-sided sign-flip (permutation) test: under
   the null the sign of each seed's difference is a coin flip, so
-  ``p = #{flips s: |mean(s * d)| >= |mean(d)|} / 2^n`` (exact up to 16 pairs,
-  Monte Carlo with 2^16 draws above). With n pairs p >= 2 / 2^n: 5 pairs
+  ``p = #{flips s: |mean(s * d)| >= |mean(d)|} / 2^n`` (exact up to 16 pairs;
+  above, Monte Carlo over 2^16 random flips, (hits + 1) / (2^16 + 1), so
+  never 0). With n pairs p >= 2 / 2^n: 5 pairs
   can never reach p < 0.02, which is why verdicts need 10 seeds, and after
   Holm over m comparisons the floor is m * 2 / 2^n (:func:`min_sign_flip_p`).
 - :func:`holm` adjusts a family of p-values (the settings x arms of a claim)
@@ -81,20 +82,26 @@ def sign_flip_p(diffs, seed: int = 0) -> float:
   d = _finite(diffs)
   if d.size == 0:
     return float("nan")
-  if d.size <= EXACT_MAX:
-    signs = np.array(list(itertools.product((1.0, -1.0), repeat=d.size)))
-  else:
-    rng = np.random.default_rng(seed)
-    signs = rng.choice((1.0, -1.0), size=(2**EXACT_MAX, d.size))
   observed = abs(d.mean())
-  flipped = np.abs(signs @ d) / d.size
-  return float(np.mean(flipped >= observed - 1e-12 * max(observed, 1e-300)))
+  tol = 1e-12 * max(observed, 1e-300)
+  if d.size <= EXACT_MAX:  # Every flip: exact.
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=d.size)))
+    return float(np.mean(np.abs(signs @ d) / d.size >= observed - tol))
+  # Monte Carlo over 2^EXACT_MAX random flips, counting the observed signs
+  # as one of them, so that p is never 0: (hits + 1) / (draws + 1).
+  signs = np.random.default_rng(seed).choice((1.0, -1.0),
+                                              size=(2**EXACT_MAX, d.size))
+  hits = np.sum(np.abs(signs @ d) / d.size >= observed - tol)
+  return float((hits + 1) / (signs.shape[0] + 1))
 
 
 def min_sign_flip_p(n: int) -> float:
   """The smallest p :func:`sign_flip_p` can give with ``n`` pairs (all of
-  one sign): 2 / 2^n, exactly (Monte Carlo above ``EXACT_MAX`` pairs)."""
-  return 2.0 / 2.0 ** min(n, EXACT_MAX) if n > 0 else 1.0
+  one sign): 2 / 2^n exactly, 1 / (2^EXACT_MAX + 1) by Monte Carlo above
+  ``EXACT_MAX`` pairs."""
+  if n <= 0:
+    return 1.0
+  return 2.0 / 2.0**n if n <= EXACT_MAX else 1.0 / (2.0**EXACT_MAX + 1)
 
 
 def paired_difference(a, b, level: float = LEVEL) -> Estimate:

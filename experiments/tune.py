@@ -78,8 +78,8 @@ STUDIES: dict[str, dict[str, Any]] = {
             "oja": (_OJA_LOW, {"bp_oja": {"oja_layers": "all"},
                                "bp_oja_hidden": {"oja_layers": "hidden"}}),
         },
-        "used_by": "online.py (BP_LR, OJA, OJA_HIDDEN; also bad_init.py), "
-                   "tricks.py before it moved to depth 20",
+        "used_by": "online.py (BP_LR, OJA, OJA_HIDDEN), tricks.py before it "
+                   "moved to depth 20",
     },
     "deep": {
         "setting": {"model": {"depth": 10, "width": 100}},

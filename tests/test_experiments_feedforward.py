@@ -172,6 +172,9 @@ def test_landscape_chooses_on_validation_and_pairs_at_the_same_lr(run_dirs,
   bp = [g for g, p in enumerate(val.grid) if p["oja_lr"] == 0]
   best = max(bp, key=lambda g: val.history["test_accuracy"][-1, g].mean())
   assert f"lr={val.grid[best]['lr']:g}, oja_lr=0 |" in chosen
+  # Its mean validation accuracy is shown beside it.
+  acc = val.history["test_accuracy"][-1, best].mean()
+  assert f"lr={val.grid[best]['lr']:g}, oja_lr=0 | {acc:.3f} |" in chosen
   assert "at Oja's lr" in section.tables[1][1]
 
 

@@ -381,6 +381,21 @@ def test_l1_pulls_every_coefficient_towards_zero():
                                start - 0.01 * np.sign(start), rtol=1e-4)
 
 
+def test_l1_does_not_push_a_coefficient_at_zero():
+  # |v| has gradient 0 at v = 0 (as torch's abs) and sign(v) elsewhere: the
+  # penalty adds l1 * sign(v) to the meta-gradient of every coefficient.
+  pool = _pool(classes=4, per_class=10, dim=5)
+  _, grad, _ = meta._meta_step(models.MLP(features=(4, 2)), 2, 2, 2, 2)
+  theta = {"error": jnp.float32(0.1), "oja": jnp.float32(0.0),
+           "hebb": jnp.float32(-0.02)}
+  key = jax.random.PRNGKey(14)
+  free, penalized = grad(theta, key, pool, 0.0)[0], grad(theta, key, pool,
+                                                         0.5)[0]
+  for t, sign in (("error", 1.0), ("oja", 0.0), ("hebb", -1.0)):
+    np.testing.assert_allclose(penalized[t], free[t] + 0.5 * sign,
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_meta_training_stops_on_a_plateau_and_keeps_the_best_rule():
   val_keys = jax.random.split(jax.random.PRNGKey(15), 3)
   # lr 1e-9: theta cannot change the validation loss by 1%.

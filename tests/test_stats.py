@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from experiments import stats
 
@@ -35,6 +36,21 @@ def test_sign_flip_p_by_enumerating_every_flip_by_hand():
   # All five positive: only the all-plus and all-minus flips are as extreme.
   assert stats.sign_flip_p([1, 2, 3, 4, 5]) == pytest.approx(2 / 32)
   assert stats.sign_flip_p(np.ones(10)) == pytest.approx(2 / 1024)
+
+
+def test_sign_flip_p_by_monte_carlo_above_exact_max_is_never_zero():
+  n = stats.EXACT_MAX + 84
+  # All of one sign: no random flip of 100 pairs is as extreme (2 / 2^100),
+  # so only the observed signs count: 1 / (2^16 + 1).
+  assert stats.sign_flip_p(np.ones(n)) == pytest.approx(1 / (2**16 + 1))
+  assert stats.min_sign_flip_p(n) == pytest.approx(1 / (2**16 + 1))
+  # Symmetric differences: every flip is as extreme as the observed mean 0.
+  assert stats.sign_flip_p(np.r_[np.ones(n // 2), -np.ones(n // 2)]) == 1.0
+  # A real effect: close to the normal approximation of the exact test.
+  d = np.random.default_rng(1).normal(0.25, 1.0, n)
+  z = abs(d.mean()) / np.sqrt(np.mean(d**2) / n)
+  assert stats.sign_flip_p(d) == pytest.approx(
+      2 * scipy_stats.norm.sf(z), rel=0.15, abs=2e-4)
 
 
 def test_holm_adjusts_in_order_and_keeps_monotonicity():

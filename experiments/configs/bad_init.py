@@ -11,6 +11,11 @@ scored on the 1,000 held out, and at every (scheme, gain) BP and BP + Oja
 (all layers) are each taken at their best validation point; arm ``test``
 trains on all 4,000 and reports those points on the test set. Every seed has
 its own train/test split (``split_per_seed``).
+
+Grid: lr 3e-4 .. 0.3, Oja rate 0 and 1e-5 .. 3e-2. The first 12-seed run
+used lr 1e-3 .. 0.1 and Oja up to 1e-2 and chose edges (BP: lr 0.1 at He
+gain 0.25, lr 1e-3 at He gain 3; BP + Oja: Oja 1e-2 at gain 0.1), so both
+were extended by one value at each end that was chosen.
 """
 
 import ml_collections
@@ -18,8 +23,8 @@ import ml_collections
 from experiments.configs import base
 
 GAINS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0)
-LRS = (0.001, 0.003, 0.01, 0.03, 0.1)
-OJA_LRS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
+LRS = (3e-4, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+OJA_LRS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2)
 
 QUICK_ARGS = ["--config.seeds=2",
               "--config.arms.val.num_samples=200",

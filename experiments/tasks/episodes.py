@@ -3,8 +3,9 @@
 A *class pool* is an array ``pool_CxMxD``: C classes with M flattened images
 each. With only 10 digit classes on disk, new classes are made the way
 Omniglot few-shot work does: each (digit, rotation by a multiple of 90 deg)
-pair is one class, so 10 digits x 4 rotations = 40 classes. Splitting by
-*digit* (e.g. digits 0-6 for meta-training, 7-9 held out) keeps every
+pair is one class (10 digits x 2 rotations = 20 classes in the experiment;
+half turns are left out there, since a 6 turned 180 deg is a 9). Splitting
+by *digit* (e.g. digits 0-4 for meta-training, 5-9 held out) keeps every
 held-out class unseen, in every rotation, during meta-training.
 
 An episode is an N-way task: N distinct classes drawn from the pool, given

@@ -31,8 +31,8 @@ Verdict (the repo rule, ``experiments.analysis.verdict``): at each
 data-scarce K (K <= ``scarce_max_k``) the main setting's meta-learned rule
 (``feedbacks[0]``, random feedback by default; accuracy averaged over the
 meta-training seeds, episode by episode) is compared with tuned backprop,
-paired over the held-out episodes (98% t interval, exact sign-flip p,
-Holm-adjusted over every comparison in the family table). With B of N scarce
+paired over the held-out episodes (98% t interval, sign-flip p by Monte
+Carlo over 2^16 flips, Holm-adjusted over every comparison in the family table). With B of N scarce
 K better and W worse: reproduced if B >= N/2 and W = 0; partly reproduced if
 0 < B < N/2 and W = 0; mixed if B > 0 and W > 0; contradicted if W > N/2 and
 B = 0; not reproduced otherwise. The other feedback setting is reported.

