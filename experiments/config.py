@@ -41,6 +41,12 @@ NOT_NUMERIC = ("experiment", "select_arms", "reference_arm", "arms",
                "axis", "axis_values", "sweep", "processes")
 
 
+# Fields a resumed run may raise: meta-training that ran out of steps goes
+# on from its checkpoint with the same numbers as a run given the larger
+# budget from the start (experiments.tasks.meta._continues).
+GROWABLE = ("meta_steps",)
+
+
 class ConfigError(ValueError):
   """A config field has a value that is not allowed."""
 

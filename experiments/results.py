@@ -53,6 +53,9 @@ class Outcome(NamedTuple):
   seconds: float
   error: str  # Empty if the run finished.
   machine: str = ""
+  # Invocations that built the run directory (a resume adds one); seconds
+  # is their total.
+  invocations: int = 1
 
 
 def machine() -> str:
@@ -94,6 +97,10 @@ def run_experiment(name: str, run_dir: str, extra: list[str], fresh: bool,
   command = "python " + " ".join(shlex.quote(a) for a in argv[1:]).replace(
       os.getcwd() + os.sep, "")
   os.makedirs(run_dir, exist_ok=True)
+  before = (recorded_outcome(name, run_dir) if not fresh and os.path.exists(
+      os.path.join(run_dir, RUN_RECORD)) else None)  # An earlier invocation.
+  if before is not None and before.seconds != before.seconds:
+    before = None
   tic = time.perf_counter()
   error = ""
   for attempt in range(tries):
@@ -114,6 +121,9 @@ def run_experiment(name: str, run_dir: str, extra: list[str], fresh: bool,
     argv = [a for a in argv if a != "--restart"]
   outcome = Outcome(name, run_dir, command, time.perf_counter() - tic, error,
                     machine())
+  if before is not None:  # A resume: the run directory's total.
+    outcome = outcome._replace(seconds=outcome.seconds + before.seconds,
+                               invocations=before.invocations + 1)
   report.write_json(os.path.join(run_dir, RUN_RECORD), outcome._asdict())
   return outcome
 
@@ -144,6 +154,8 @@ def _copy_figures(section: report.Section, name: str, run_dir: str,
 
 def _header(o: Outcome) -> list[str]:
   took = f", {o.seconds:.0f} s wall" if o.seconds == o.seconds else ""
+  if took and o.invocations > 1:
+    took += f" (the total of {o.invocations} invocations on its run directory)"
   quick = " at the quick size" if "--config.seeds=2" in o.command else ""
   on = f" on {o.machine}" if o.machine else ""
   return [f"Command: `{o.command}`{quick}{took}{on}. Run directory: "

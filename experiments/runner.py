@@ -168,9 +168,12 @@ def _job_paths(run_dir: str, job: Job) -> tuple[str, str, str]:
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+  """The fields that differ, but for a ``config_lib.GROWABLE`` one raised."""
   keys = sorted(set(old) | set(new))
+  grown = lambda k: (k in config_lib.GROWABLE and k in old and k in new  # pylint: disable=unnecessary-lambda-assignment
+                     and new[k] > old[k])
   return [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
-          for k in keys if old.get(k) != new.get(k)]
+          for k in keys if old.get(k) != new.get(k) and not grown(k)]
 
 
 # Files a --restart keeps: the lock and what a caller (experiments/results.py)

@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import shutil
+import types
 
 import ml_collections
 import numpy as np
@@ -307,6 +308,25 @@ def test_results_only_one_experiment_keeps_the_other_records(tmp_path):
   assert "| [tricks](#tricks) | **reproduced** | new |" in text
   assert text.index("## online") < text.index("## tricks")
   assert sorted(os.listdir(rec)) == ["online.json", "tricks.json"]
+
+
+def test_a_resumed_run_records_the_total_wall_time_of_its_invocations(
+    tmp_path, monkeypatch):
+  ran = []
+  monkeypatch.setattr(results.subprocess, "run", lambda argv, **_: (
+      ran.append(argv), types.SimpleNamespace(returncode=0))[1])
+  run_dir = str(tmp_path / "online")
+  first = results.run_experiment("online", run_dir, [], fresh=True)
+  assert first.invocations == 1 and "--restart" in ran[-1]
+  report.write_json(os.path.join(run_dir, results.RUN_RECORD),
+                    first._replace(seconds=100.0)._asdict())
+  resumed = results.run_experiment("online", run_dir, [], fresh=False)
+  assert resumed.invocations == 2 and "--restart" not in ran[-1]
+  assert 100.0 < resumed.seconds < 100.0 + 10
+  assert "s wall (the total of 2 invocations" in results._header(resumed)[0]  # pylint: disable=protected-access
+  # --fresh starts the count again.
+  again = results.run_experiment("online", run_dir, [], fresh=True)
+  assert again.invocations == 1 and again.seconds < 10
 
 
 def test_results_removes_figures_no_section_shows(tmp_path):

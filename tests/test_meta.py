@@ -9,6 +9,8 @@ import optax
 import pytest
 
 import ojax
+from experiments import config as config_lib
+from experiments import runner as job_runner
 from experiments.configs import meta_plasticity as mp_config
 from experiments.tasks import episodes
 from experiments.tasks import meta
@@ -197,6 +199,39 @@ def test_runner_writes_the_run_directory_contract(tmp_path):
   before = {p: (tmp_path / p).stat().st_mtime_ns for p in parts[4:]}
   runner.run(config, prepared, str(tmp_path), "test")
   assert before == {p: (tmp_path / p).stat().st_mtime_ns for p in parts[4:]}
+  # A larger meta_steps: meta-training goes on from its checkpoints to the
+  # rules a run given that budget from the start learns, and is tested anew.
+  config.meta_steps = 6
+  runner.run(config, prepared, str(tmp_path), "test")
+  fresh = tmp_path / "fresh"
+  fresh.mkdir()
+  runner.run(config, prepared, str(fresh), "test")
+  for part in parts[7:]:
+    went_on = json.loads((tmp_path / part).read_text())
+    assert len(went_on["history"]["meta_loss"]) == 6
+    assert went_on["theta"] == json.loads((fresh / part).read_text())["theta"]
+  assert (json.loads((tmp_path / "test_K2.json").read_text())["accuracy"] ==
+          json.loads((fresh / "test_K2.json").read_text())["accuracy"])
+
+
+def test_a_resume_may_raise_meta_steps_and_nothing_else(tmp_path):
+  config = _tiny_config()
+  job = config_lib.Job("run", None, "", config)
+  fp_path = tmp_path / "checkpoints" / "run" / "fingerprint.json"
+  fp_path.parent.mkdir(parents=True)
+  fp_path.write_text(json.dumps(config_lib.fingerprint(config)))
+  for field, value, allowed in (("meta_steps", 8, True),
+                                ("meta_steps", 2, False),
+                                ("meta_lr", 0.01, False)):
+    changed = _tiny_config()
+    changed[field] = value
+    check = lambda c=changed: job_runner.check_resume(  # pylint: disable=unnecessary-lambda-assignment
+        str(tmp_path), [job._replace(config=c)], restart=False)
+    if allowed:
+      check()
+    else:
+      with pytest.raises(config_lib.ConfigError, match=f"{field}: "):
+        check()
 
 
 @pytest.mark.slow
@@ -444,3 +479,30 @@ def test_killed_meta_training_resumes_to_the_same_rule(tmp_path):
   # One made with other arguments is not.
   other, _ = _tiny_meta(checkpoint_path=path, **dict(kw, l1=0.0))
   assert other != whole
+
+
+def test_a_larger_step_budget_goes_on_from_a_finished_run(tmp_path):
+  val_keys = jax.random.split(jax.random.PRNGKey(17), 2)
+  kw = dict(val_keys=val_keys, val_every=3, plateau_window=10,
+            scales={"error": 1.0, "oja": 0.5, "hebb": 0.1}, l1=0.01)
+  whole, whole_hist = _tiny_meta(steps=9, **kw)
+  path = str(tmp_path / "ckpt.json")
+  _, short = _tiny_meta(steps=6, checkpoint_path=path, **kw)
+  assert short.stopped == "max_steps"
+  steps = []
+  longer, hist = _tiny_meta(steps=9, checkpoint_path=path,
+                            on_step=lambda i, *_: steps.append(i), **kw)
+  assert steps == [7, 8, 9]  # Only the new steps.
+  assert longer == whole and hist.stopped == whole_hist.stopped
+  for t in whole:
+    np.testing.assert_array_equal(hist.theta[t], whole_hist.theta[t])
+  np.testing.assert_array_equal(hist.val_step, whole_hist.val_step)
+  np.testing.assert_array_equal(hist.val_loss, whole_hist.val_loss)
+  # A budget ending off the validation grid validated where the longer run
+  # does not: it starts over (so does anything but a larger budget).
+  path2 = str(tmp_path / "ckpt2.json")
+  _tiny_meta(steps=5, checkpoint_path=path2, **kw)
+  steps.clear()
+  _tiny_meta(steps=9, checkpoint_path=path2,
+             on_step=lambda i, *_: steps.append(i), **kw)
+  assert steps == list(range(1, 10))

@@ -60,14 +60,13 @@ single-threaded): one meta-step (gradient through the inner loops of
 ``meta_episodes`` = 4 episodes, 9 terms, random feedback) takes 0.17-0.19 s
 CPU (0.24-0.36 s wall) at K = 5 and 1.9-2.0 s CPU (3.3-3.5 s wall) at
 K = 50: ~1.9 ms per inner sample; the forward pass alone (tuning, validation,
-testing) ~0.3 ms per sample; compiling a meta-step ~40 s. At most 150
-meta-steps per seed: 3 seeds x 4 K x 2 feedbacks of meta-training, ~4,100
-CPU-s with tuning, validation and compiling, run in 2 worker processes (one
-per core, costliest unit first), plus ~250 CPU-s of testing: ~36 minutes on
-2 free cores if no run stops early. In probes (one seed, random feedback)
-the meta-validation loss flattened after ~80 meta-steps at K = 5 and ~100 at
-K = 10 and was still falling at 60 at K = 20, so the larger K may end at
-150 steps before a plateau; the curves figure shows it.
+testing) ~0.3 ms per sample; compiling a meta-step ~40 s. The first full
+run (at most 150 meta-steps) took ~40 minutes on 2 cores; 13 of its 24
+meta-training runs were still improving at 150 steps (at K = 5 with random
+feedback the meta-validation loss fell ~1% per 10 steps), so ``meta_steps``
+is 400: a run on the same directory goes on from the checkpoints of the
+runs that ran out of steps (``experiments.config.GROWABLE``), and
+RESULTS.md records the total wall time of both invocations.
 """
 
 import ml_collections
@@ -115,7 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
              "error_oja", "error_oja_pre", "post_pre_error_oja")
   c.meta_ks = (5, 10, 20, 50)  # each meta-trained separately
   c.meta_seeds = 3
-  c.meta_steps = 150  # at most; stops earlier on a plateau
+  c.meta_steps = 400  # at most; stops earlier on a plateau
   c.meta_episodes = 4  # episodes per meta-step (vmapped)
   c.meta_lr = 1e-3  # Adam, as the reference
   c.scale_steps = True  # each term's Adam step x |error term| / |term|

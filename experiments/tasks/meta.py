@@ -423,6 +423,26 @@ def _floats(tree: Any) -> list[Any]:
   return [np.asarray(v).tolist() for v in jax.tree.leaves(tree)]
 
 
+def _continues(saved: dict[str, Any], setup: dict[str, Any],
+               val_every: int) -> bool:
+  """Whether a checkpoint's state is a state of the run ``setup`` describes.
+
+  The same arguments, or the same but for a larger ``steps``: up to the
+  smaller budget both runs take the same meta-steps (step ``i`` draws from
+  ``fold_in(key, i)``), and a run the smaller one stopped on a plateau stops
+  there too. It did validate at its last step, which the longer run does
+  only if that step is a multiple of ``val_every``.
+  """
+  old = saved.get("setup")
+  if not isinstance(old, dict) or {**old, "steps": setup["steps"]} != setup:
+    return False
+  state = saved.get("state", {})
+  return old["steps"] == setup["steps"] or (
+      old["steps"] < setup["steps"] and state.get("step", 0) <= old["steps"]
+      and (state.get("stopped") != "max_steps" or setup["val"] is None or
+           old["steps"] % val_every == 0))
+
+
 def meta_train(model: models.MLP, theta0: dict[str, float],
                pool_CxMxD: jax.Array, key: jax.Array, *, steps: int,
                episodes_per_step: int, meta_lr: float, n_way: int,
@@ -452,7 +472,8 @@ def meta_train(model: models.MLP, theta0: dict[str, float],
   is written there as JSON every ``checkpoint_every`` steps and at the end,
   atomically; a later call with the same path and arguments resumes from it
   and gives the numbers an uninterrupted call would (a checkpoint of other
-  arguments is ignored and overwritten).
+  arguments is ignored and overwritten). A call with a larger ``steps``
+  goes on from a run that stopped at its ``steps`` (:func:`_continues`).
 
   Returns:
     ``(theta, history)``; theta maps term -> float.
@@ -481,8 +502,10 @@ def meta_train(model: models.MLP, theta0: dict[str, float],
        "best": None, "stopped": "", "seconds": 0.0, "timed_steps": 0}
   saved = (checkpoint.read_json(checkpoint_path)
            if checkpoint_path and os.path.exists(checkpoint_path) else None)
-  if isinstance(saved, dict) and saved.get("setup") == setup:
+  if isinstance(saved, dict) and _continues(saved, setup, val_every):
     s = saved["state"]
+    if s["stopped"] == "max_steps":  # ``steps`` grew: go on from there.
+      s["stopped"] = ""
     theta = {t: jnp.asarray(v, jnp.float32) for t, v in s["theta"][-1].items()}
     leaves, treedef = jax.tree.flatten(opt_state)
     opt_state = jax.tree.unflatten(treedef, [

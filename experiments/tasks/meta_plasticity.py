@@ -3,8 +3,10 @@
 The work is cut into units, one per (feedback, K); each writes its parts to
 the run directory as soon as they are done, and a part that exists is reused
 when the same run directory is run again (``experiments.main`` refuses a
-changed config), so a crash or Ctrl-C loses at most ``checkpoint_every``
-meta-steps:
+changed config, but for a larger ``meta_steps``: meta-training that ran out
+of steps goes on from its checkpoint, and the tests are made again for the
+rules that changed), so a crash or Ctrl-C loses at most
+``checkpoint_every`` meta-steps:
 
 1. ``tuning_<feedback>_K<k>.json``: query loss and accuracy of every rate on
    ``tune_episodes`` meta-training episodes. Backprop feedback: the error
@@ -146,17 +148,36 @@ def _model(config, feedback: str):
                     feedback=feedback)
 
 
-def _cached(path: str, make) -> Any:
-  """Reads the part at ``path`` if a previous run wrote it, else makes it.
-
-  A damaged part (``read_json`` warns) is made again.
-  """
+def _saved(path: str, current=lambda saved: True) -> Any:
+  """The part at ``path`` if a previous run wrote it and it is ``current``
+  (a damaged part, which ``read_json`` warns about, is not), else None."""
   if os.path.exists(path):
     saved = checkpoint.read_json(path)
-    if saved is not None:
-      logging.info("reusing %s", path)
+    if saved is not None and current(saved):
       return saved
+  return None
+
+
+def _cached(path: str, make, current=lambda saved: True) -> Any:
+  """Reads the part at ``path`` if :func:`_saved` finds it, else makes it."""
+  saved = _saved(path, current)
+  if saved is not None:
+    logging.info("reusing %s", path)
+    return saved
   return checkpoint.read_json(report.write_json(path, make()))
+
+
+def _meta_current(config):
+  """Whether a meta-training part is this config's: it stopped on a plateau
+  within ``meta_steps``, or took exactly ``meta_steps`` (a larger
+  ``meta_steps`` goes on from the checkpoint of one that ran out)."""
+  return lambda saved: saved["steps"] == config.meta_steps or (
+      saved["stopped"] == "plateau" and saved["steps"] <= config.meta_steps)
+
+
+def _test_current(config, run_dir, k):
+  """Whether a test part scored the rules the run directory holds now."""
+  return lambda saved: saved["rules"] == _rules(config, run_dir, k)[0]
 
 
 def _ep_kw(config, k):
@@ -285,7 +306,8 @@ def run_unit(config: ml_collections.ConfigDict, run_dir: str, feedback: str,
     for s in range(config.meta_seeds):
       _cached(_paths(run_dir, feedback, k, s),
               lambda s=s: _meta_seed(config, prepared.train_pool, run_dir,
-                                     feedback, k, s, tuned))
+                                     feedback, k, s, tuned),
+              _meta_current(config))
 
 
 def _rules(config, run_dir, k) -> tuple[dict[str, dict[str, float]],
@@ -333,7 +355,8 @@ def score_unit(config: ml_collections.ConfigDict, run_dir: str, k: int,
     return {"k": k, "rules": rules, "feedback": feedback, "accuracy": acc,
             "loss": loss}
 
-  _cached(os.path.join(run_dir, f"test_K{k}.json"), make)
+  _cached(os.path.join(run_dir, f"test_K{k}.json"), make,
+          _test_current(config, run_dir, k))
 
 
 # --- Worker processes -------------------------------------------------------
@@ -387,13 +410,14 @@ def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
   units.sort(key=lambda u: (_meta_trained(config, *u), u[1]), reverse=True)
   todo = [u for u in units if not (
       os.path.exists(_paths(run_dir, *u)) and all(
-          os.path.exists(_paths(run_dir, *u, s))
+          _saved(_paths(run_dir, *u, s), _meta_current(config))
           for s in range(config.meta_seeds if _meta_trained(config, *u)
                          else 0)))]
   _run_all([(run_unit, (config, run_dir, fb, k)) for fb, k in todo],
            config.processes, prepared)
   todo = [k for k in sorted(config.ks, reverse=True)
-          if not os.path.exists(os.path.join(run_dir, f"test_K{k}.json"))]
+          if not _saved(os.path.join(run_dir, f"test_K{k}.json"),
+                        _test_current(config, run_dir, k))]
   _run_all([(score_unit, (config, run_dir, k)) for k in todo],
            config.processes, prepared)
 
