@@ -18,7 +18,9 @@ replaces that experiment's section and keeps the others, on any machine.
 
 ``--report_only`` runs nothing and refreshes the records from the run
 directories that exist. ``--quick`` runs each config's ``QUICK_ARGS`` (its
-test size). A failing experiment is recorded in its section; the others go on.
+test size). A failing experiment is recorded in its section, unless it has
+a result on record, which is kept (the exit code is then 1); the others go
+on.
 """
 
 from __future__ import annotations
@@ -269,6 +271,7 @@ def main(argv: list[str]) -> int:
     parser.error(f"unknown experiments {unknown}; known: "
                  f"{', '.join(EXPERIMENTS)}")
   os.makedirs(args.figures, exist_ok=True)
+  failed = []
   for name in names:
     run_dir = os.path.join(args.runs, name)
     if args.report_only:
@@ -292,13 +295,20 @@ def main(argv: list[str]) -> int:
         sections[name] = f"no readable section.json: {err}"
     word = getattr(sections[name], "verdict", "FAILED " + str(sections[name]))
     print(f"[results] {name}: {word} ({outcome.seconds:.0f} s)", flush=True)
+    if isinstance(sections[name], str) and isinstance(
+        read_records(args.records)[1].get(name), report.Section):
+      # A failure never replaces a result: the last one stays on record.
+      print(f"[results] {name}: its earlier record in {args.records} is kept",
+            flush=True)
+      failed.append(name)
+      continue
     write_record(args.records, outcome, sections[name])
     render(*read_records(args.records), args.out, args.figures, argv)
   outcomes, sections = read_records(args.records)
   render(outcomes, sections, args.out, args.figures, argv)
   prune_figures(args.figures, sections)
   print(f"[results] wrote {args.out}")
-  return 0
+  return 1 if failed else 0
 
 
 def run() -> None:

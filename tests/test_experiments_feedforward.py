@@ -308,6 +308,11 @@ def test_results_only_one_experiment_keeps_the_other_records(tmp_path):
   assert "| [tricks](#tricks) | **reproduced** | new |" in text
   assert text.index("## online") < text.index("## tricks")
   assert sorted(os.listdir(rec)) == ["online.json", "tricks.json"]
+  # A run that fails never replaces a result on record.
+  (runs / "tricks" / "section.json").write_text("{damaged")
+  assert results.main([*args, "--only=tricks"]) == 1
+  assert "| [tricks](#tricks) | **reproduced** | new |" in (
+      tmp_path / "R.md").read_text()
 
 
 def test_a_resumed_run_records_the_total_wall_time_of_its_invocations(
