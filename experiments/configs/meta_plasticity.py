@@ -61,7 +61,7 @@ single-threaded): one meta-step (gradient through the inner loops of
 CPU (0.24-0.36 s wall) at K = 5 and 1.9-2.0 s CPU (3.3-3.5 s wall) at
 K = 50: ~1.9 ms per inner sample; the forward pass alone (tuning, validation,
 testing) ~0.3 ms per sample; compiling a meta-step ~40 s. The first full
-run (at most 150 meta-steps) took ~40 minutes on 2 cores; 13 of its 24
+run (at most 150 meta-steps) took 1708 s on 2 cores; 17 of its 24
 meta-training runs were still improving at 150 steps (at K = 5 with random
 feedback the meta-validation loss fell ~1% per 10 steps), so ``meta_steps``
 is 400: a run on the same directory goes on from the checkpoints of the
