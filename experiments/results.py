@@ -99,8 +99,11 @@ def run_experiment(name: str, run_dir: str, extra: list[str], fresh: bool,
   command = "python " + " ".join(shlex.quote(a) for a in argv[1:]).replace(
       os.getcwd() + os.sep, "")
   os.makedirs(run_dir, exist_ok=True)
-  before = (recorded_outcome(name, run_dir) if not fresh and os.path.exists(
-      os.path.join(run_dir, RUN_RECORD)) else None)  # An earlier invocation.
+  record = os.path.join(run_dir, RUN_RECORD)
+  if fresh and os.path.exists(record):
+    os.remove(record)  # Its time was spent on results --restart discards.
+  before = (recorded_outcome(name, run_dir) if os.path.exists(record)
+            else None)  # An earlier invocation on this run directory.
   if before is not None and before.seconds != before.seconds:
     before = None
   tic = time.perf_counter()

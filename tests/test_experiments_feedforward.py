@@ -318,8 +318,10 @@ def test_results_only_one_experiment_keeps_the_other_records(tmp_path):
 def test_a_resumed_run_records_the_total_wall_time_of_its_invocations(
     tmp_path, monkeypatch):
   ran = []
+  done = types.SimpleNamespace(returncode=0, stdout=b"", stderr=b"")
+  # (platform.processor() runs `uname -p` through subprocess.run too.)
   monkeypatch.setattr(results.subprocess, "run", lambda argv, **_: (
-      ran.append(argv), types.SimpleNamespace(returncode=0))[1])
+      "experiments.main" in argv and ran.append(argv), done)[1])
   run_dir = str(tmp_path / "online")
   first = results.run_experiment("online", run_dir, [], fresh=True)
   assert first.invocations == 1 and "--restart" in ran[-1]
@@ -329,8 +331,16 @@ def test_a_resumed_run_records_the_total_wall_time_of_its_invocations(
   assert resumed.invocations == 2 and "--restart" not in ran[-1]
   assert 100.0 < resumed.seconds < 100.0 + 10
   assert "s wall (the total of 2 invocations" in results._header(resumed)[0]  # pylint: disable=protected-access
-  # --fresh starts the count again.
-  again = results.run_experiment("online", run_dir, [], fresh=True)
+  # --fresh starts the count again, even if it is killed before its end.
+  def killed(argv, **_):
+    if "experiments.main" in argv:
+      raise KeyboardInterrupt
+    return done
+  monkeypatch.setattr(results.subprocess, "run", killed)
+  with pytest.raises(KeyboardInterrupt):
+    results.run_experiment("online", run_dir, [], fresh=True)
+  monkeypatch.setattr(results.subprocess, "run", lambda argv, **_: done)
+  again = results.run_experiment("online", run_dir, [], fresh=False)
   assert again.invocations == 1 and again.seconds < 10
 
 
