@@ -43,7 +43,7 @@ def _errorbars(ax, xs, per_seed: Sequence[np.ndarray], color, label):
               color=color, marker="o", capsize=3, label=label)
 
 
-def _finish(fig, axes, title: str, path: str) -> str:
+def finish(fig, axes, title: str, path: str) -> str:
   for ax in np.ravel(axes):
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -84,7 +84,7 @@ def curves(run: analysis.Run, path: str, keys=("test_accuracy",
       ax.set_title(f"{axis}={v}" if axis else key, fontsize=9)
       ax.set_xlabel("training samples seen")
       ax.set_ylabel(key.replace("_", " "))
-  return _finish(fig, axes, title(run, "learning curves"), path)
+  return finish(fig, axes, title(run, "learning curves"), path)
 
 
 def versus_axis(run: analysis.Run, path: str, log_y_keys=("act_last_hidden",)
@@ -119,7 +119,7 @@ def versus_axis(run: analysis.Run, path: str, log_y_keys=("act_last_hidden",)
     ax.set_ylabel(names[panel], fontsize=8)
     if panel in log_y_keys:
       ax.set_yscale("log")
-  return _finish(fig, axes, title(run, f"after training, against {axis}"),
+  return finish(fig, axes, title(run, f"after training, against {axis}"),
                  path)
 
 
@@ -137,7 +137,7 @@ def versus_gain(series: dict, path: str, title: str) -> str:
     ax.set_title(f"init = {scheme}", fontsize=9)
     ax.set_xlabel("init gain (x scheme's scale)")
     ax.set_ylabel("test accuracy, 1 pass")
-  return _finish(fig, axes, title, path)
+  return finish(fig, axes, title, path)
 
 
 def bars(run: analysis.Run, path: str) -> str:
@@ -156,7 +156,7 @@ def bars(run: analysis.Run, path: str) -> str:
   ax.set_xlim(max(0.0, lo - 0.05), min(1.0, max(e.high for e in ests) + 0.02))
   ax.set_xlabel("final test accuracy")
   ax.set_ylabel("arm")
-  return _finish(fig, np.array([ax]), title(run, "same samples, each arm"),
+  return finish(fig, np.array([ax]), title(run, "same samples, each arm"),
                  path)
 
 
@@ -177,7 +177,7 @@ def feedback(run: analysis.Run, path: str) -> str:
   for ax, name in zip(axes, labels):
     ax.set_xlabel("training samples seen")
     ax.set_ylabel(name, fontsize=8)
-  return _finish(fig, axes, title(run, "feedback alignment"), path)
+  return finish(fig, axes, title(run, "feedback alignment"), path)
 
 
 def per_delay(run: analysis.Run, path: str, key: str = "r2_per_delay") -> str:
@@ -197,7 +197,7 @@ def per_delay(run: analysis.Run, path: str, key: str = "r2_per_delay") -> str:
     ax.set_title(f"{axis}={v}" if axis else key, fontsize=9)
     ax.set_xlabel("delay k")
     ax.set_ylabel("r^2 after training")
-  return _finish(fig, axes, title(run, "recall per delay"), path)
+  return finish(fig, axes, title(run, "recall per delay"), path)
 
 
 def sweep(result, path: str) -> str:
@@ -228,7 +228,7 @@ def sweep(result, path: str) -> str:
     ax.set_yticks([])
   fig.colorbar(im, ax=ax, label="final test accuracy (mean, not diverged)")
   ax.set_title(f"{result.job.id}: sweep")
-  return _finish(fig, np.array([]), f"{result.job.id}", path)
+  return finish(fig, np.array([]), f"{result.job.id}", path)
 
 
 def _heat(ax, xs, ys, values, title, cmap="viridis", center=False):

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from experiments import analysis
+from experiments import figures
 from experiments import report
 from experiments import stats
 from experiments.tasks import meta_plasticity as mp
@@ -102,17 +103,11 @@ def _plot_curves(config, learned, path: str) -> str:
       ax.set_title(f"{mp.SHORT[fb]}, K={k}", fontsize=9)
       ax.set_xlabel("meta-step")
       ax.set_ylabel("query cross-entropy")
-      ax.grid(alpha=0.3)
-      ax.legend(fontsize=6)
-  fig.suptitle("Claim: meta-learned local rules (with Oja's term) surpass "
-               "backprop when data are scarce.\nMeta-training curves: "
-               f"meta-validation loss ({config.val_episodes} fixed episodes, "
-               "dots) and meta-batch loss (running mean, faint), per seed",
-               fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  return figures.finish(
+      fig, axes, "Claim: meta-learned local rules (with Oja's term) surpass "
+      "backprop when data are scarce.\nMeta-training curves: "
+      f"meta-validation loss ({config.val_episodes} fixed episodes, dots) and "
+      "meta-batch loss (running mean, faint), per seed", path)
 
 
 def _plot_accuracy(config, tests, path: str) -> str:
@@ -153,16 +148,11 @@ def _plot_accuracy(config, tests, path: str) -> str:
     ax.minorticks_off()
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("K training images per class")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.suptitle("Claim: meta-learned local rules (with Oja's term) match and "
-               "surpass backprop when data are scarce.\nHeld-out accuracy "
-               f"per K, mean over {config.test_episodes} identical episodes, "
-               f"{stats.LEVEL:.0%} t intervals", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  return figures.finish(
+      fig, axes, "Claim: meta-learned local rules (with Oja's term) match "
+      "and surpass backprop when data are scarce.\nHeld-out accuracy per K, "
+      f"mean over {config.test_episodes} identical episodes, "
+      f"{stats.LEVEL:.0%} t intervals", path)
 
 
 def _plot_coefficients(config, learned, path: str) -> str:
@@ -193,15 +183,10 @@ def _plot_coefficients(config, learned, path: str) -> str:
     ax.set_title(f"{mp.SHORT[fb]}: coefficient / its term's step scale (bars: "
                  f"mean of {config.meta_seeds} seeds, dots: seeds; dashed: "
                  "keep threshold)", fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7)
-  fig.suptitle("Claim: meta-learned local rules incorporating Oja's "
-               "principle surpass backprop when data are scarce.\nWhich terms "
-               "does the meta-learner keep?", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  return figures.finish(
+      fig, axes, "Claim: meta-learned local rules incorporating Oja's "
+      "principle surpass backprop when data are scarce.\nWhich terms does "
+      "the meta-learner keep?", path)
 
 
 def _describe(theta: dict[str, float]) -> str:
