@@ -43,9 +43,26 @@ from ojax.rules import Trace
 from ojax.rules import with_rule
 
 __all__ = [
-    "bcm", "bcm_term", "BCMState", "hebb", "hebb_term", "oja", "oja_term",
-    "OjaState", "plasticity", "PlasticityRule", "RuleAccumulator",
-    "RuleState", "rules", "sanger", "sanger_term", "sgd_oja", "Term", "TERMS",
-    "Trace", "traces", "with_rule",
+  "bcm",
+  "bcm_term",
+  "BCMState",
+  "hebb",
+  "hebb_term",
+  "oja",
+  "oja_term",
+  "OjaState",
+  "plasticity",
+  "PlasticityRule",
+  "RuleAccumulator",
+  "RuleState",
+  "rules",
+  "sanger",
+  "sanger_term",
+  "sgd_oja",
+  "Term",
+  "TERMS",
+  "Trace",
+  "traces",
+  "with_rule",
 ]
 __version__ = "0.2.0"

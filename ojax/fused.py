@@ -93,8 +93,9 @@ _log = logging.getLogger("ojax")
 _MAX_ELEMENTWISE_BATCH = 4
 
 
-def sgd_oja(learning_rate: float, oja_learning_rate: float, *,
-            oja_layers: str = "all") -> optax.GradientTransformation:
+def sgd_oja(
+  learning_rate: float, oja_learning_rate: float, *, oja_layers: str = "all"
+) -> optax.GradientTransformation:
   """SGD + Oja as the fused step recognizes it (rates in the state).
 
   ``optax.inject_hyperparams`` of ``ojax.with_rule(sgd(learning_rate),
@@ -113,15 +114,18 @@ def sgd_oja(learning_rate: float, oja_learning_rate: float, *,
     return rules.with_rule(optax.sgd(learning_rate), oja)
 
   return optax.inject_hyperparams(make)(
-      learning_rate=learning_rate, oja_learning_rate=oja_learning_rate)
+    learning_rate=learning_rate, oja_learning_rate=oja_learning_rate
+  )
 
 
 def hidden_mask(params: Any) -> Any:
   """True for every parameter except those of the last ``layer_*``."""
   layers = [k for k in params if k.startswith("layer_")]
   last = max(layers, key=lambda k: int(k.split("_")[1]))
-  return {k: jax.tree.map(lambda _, keep=(k != last): keep, v)
-          for k, v in params.items()}
+  return {
+    k: jax.tree.map(lambda _, keep=(k != last): keep, v)
+    for k, v in params.items()
+  }
 
 
 # --- What the fast path accepts ------------------------------------------
@@ -132,12 +136,12 @@ def model_unsupported(model: Any) -> Optional[str]:
   if type(model) is not models.MLP:  # pylint: disable=unidiomatic-typecheck
     return f"model is a {type(model).__name__}, not ojax.models.MLP"
   checks = (
-      (model.activation in models.ACTIVATIONS, "activation"),
-      (not model.use_bias, "use_bias"),
-      (not model.layer_norm, "layer_norm"),
-      (model.feedback == "backprop", "feedback"),
-      (model.output_post in ("softmax", "logits"), "output_post"),
-      (len(model.features) >= 1, "features"),
+    (model.activation in models.ACTIVATIONS, "activation"),
+    (not model.use_bias, "use_bias"),
+    (not model.layer_norm, "layer_norm"),
+    (model.feedback == "backprop", "feedback"),
+    (model.output_post in ("softmax", "logits"), "output_post"),
+    (len(model.features) >= 1, "features"),
   )
   for ok, field in checks:
     if not ok:
@@ -149,14 +153,16 @@ def _layer_names(params: Any) -> list[str]:
   return sorted(params, key=lambda s: int(s.split("_")[1]))
 
 
-def _np_oja_term(kernel_IxO: np.ndarray, pre_BxI: np.ndarray,
-                 post_BxO: np.ndarray) -> np.ndarray:
+def _np_oja_term(
+  kernel_IxO: np.ndarray, pre_BxI: np.ndarray, post_BxO: np.ndarray
+) -> np.ndarray:
   residual = pre_BxI - post_BxO @ kernel_IxO.T
   return residual.T @ post_BxO / pre_BxI.shape[0]
 
 
-def _probe(model: nn.Module, tx: optax.GradientTransformation,
-           input_dim: int) -> Optional[str]:
+def _probe(
+  model: nn.Module, tx: optax.GradientTransformation, input_dim: int
+) -> Optional[str]:
   """Which Oja layers ``tx`` applies ("all", "hidden", "none"), or None.
 
   Runs two updates of ``tx`` from ``tx.init`` on random
@@ -168,8 +174,10 @@ def _probe(model: nn.Module, tx: optax.GradientTransformation,
   ...).
   """
   shapes = jax.eval_shape(
-      lambda: model.init(jax.random.key(0),
-                         jnp.zeros((1, input_dim), jnp.float32)))["params"]
+    lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, input_dim), jnp.float32)
+    )
+  )["params"]
   names = _layer_names(shapes)
   rng = np.random.default_rng(0)
 
@@ -181,36 +189,61 @@ def _probe(model: nn.Module, tx: optax.GradientTransformation,
     hyper = getattr(jax.eval_shape(tx.init, params), "hyperparams", None)
   except Exception:  # pylint: disable=broad-except
     return None
-  if not isinstance(hyper, dict) or "learning_rate" not in hyper or (
-      set(hyper) - {"learning_rate", "oja_learning_rate"}):
+  if (
+    not isinstance(hyper, dict)
+    or "learning_rate" not in hyper
+    or (set(hyper) - {"learning_rate", "oja_learning_rate"})
+  ):
     return None
   # Rates the probe can tell apart from each other and from zero.
   rates = {"learning_rate": 0.375, "oja_learning_rate": 0.625}
   steps = []
   for _ in range(2):
     grads = {n: {"kernel": rand(params[n]["kernel"].shape)} for n in names}
-    traces = {n: {"kernel": rules.Trace(
-        rand((3, params[n]["kernel"].shape[0])),
-        rand((3, params[n]["kernel"].shape[1])))} for n in names}
+    traces = {
+      n: {
+        "kernel": rules.Trace(
+          rand((3, params[n]["kernel"].shape[0])),
+          rand((3, params[n]["kernel"].shape[1])),
+        )
+      }
+      for n in names
+    }
     steps.append((grads, traces))
 
   def two_updates(params, steps):  # Eager: op caches amortize across calls.
     state = tx.init(params)
-    state = state._replace(hyperparams={
-        k: jnp.asarray(rates[k], v.dtype)
-        for k, v in state.hyperparams.items()})
+    state = state._replace(
+      hyperparams={
+        k: jnp.asarray(rates[k], v.dtype) for k, v in state.hyperparams.items()
+      }
+    )
     out = []
     for grads, traces in steps:
       # The fused step advances the state with stand-in gradients, so the
       # new state must not depend on them (e.g. optax.apply_if_finite's
       # counter does): compare with non-finite ones.
-      _, other = tx.update(jax.tree.map(lambda g: g * jnp.nan, grads), state,
-                           params, activations=traces)
+      _, other = tx.update(
+        jax.tree.map(lambda g: g * jnp.nan, grads),
+        state,
+        params,
+        activations=traces,
+      )
       updates, state = tx.update(grads, state, params, activations=traces)
-      out.append((params, updates, state.hyperparams,
-                  all(jax.tree.leaves(jax.tree.map(
-                      lambda a, b: bool(jnp.array_equal(a, b)), state,
-                      other)))))
+      out.append(
+        (
+          params,
+          updates,
+          state.hyperparams,
+          all(
+            jax.tree.leaves(
+              jax.tree.map(
+                lambda a, b: bool(jnp.array_equal(a, b)), state, other
+              )
+            )
+          ),
+        )
+      )
       params = jax.tree.map(lambda p, u: p + 0.1 * u, params, updates)
     return out
 
@@ -226,8 +259,9 @@ def _probe(model: nn.Module, tx: optax.GradientTransformation,
     eta = float(hyper.get("oja_learning_rate", 0.0))
     if lr == 0.0 or ("oja_learning_rate" in hyper and eta == 0.0):
       return None  # Cannot tell the terms apart.
-    candidates = ("all", "hidden") if "oja_learning_rate" in hyper else (
-        "none",)
+    candidates = (
+      ("all", "hidden") if "oja_learning_rate" in hyper else ("none",)
+    )
     matches = []
     for layers in candidates:
       with_oja = {"all": names, "hidden": names[:-1], "none": []}[layers]
@@ -236,11 +270,13 @@ def _probe(model: nn.Module, tx: optax.GradientTransformation,
         want = -lr * grads[n]["kernel"]
         if n in with_oja:
           trace = traces[n]["kernel"]
-          want = want + eta * _np_oja_term(before[n]["kernel"], trace.pre,
-                                           trace.post)
+          want = want + eta * _np_oja_term(
+            before[n]["kernel"], trace.pre, trace.post
+          )
         got = np.asarray(updates[n]["kernel"])
-        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4,
-                                                      atol=1e-5):
+        if got.shape != want.shape or not np.allclose(
+          got, want, rtol=1e-4, atol=1e-5
+        ):
           ok = False
           break
       if ok:
@@ -251,10 +287,15 @@ def _probe(model: nn.Module, tx: optax.GradientTransformation,
   return found
 
 
-def select_step(model: nn.Module, tx: optax.GradientTransformation, *,
-                input_dim: Optional[int] = None, batch_size: int = 1,
-                optimizer: Optional[str] = None,
-                oja_layers: Optional[str] = None) -> Optional["FusedStep"]:
+def select_step(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  *,
+  input_dim: Optional[int] = None,
+  batch_size: int = 1,
+  optimizer: Optional[str] = None,
+  oja_layers: Optional[str] = None,
+) -> Optional["FusedStep"]:
   """The fused step for ``(model, tx)``, or ``None`` if it does not apply.
 
   Args:
@@ -278,16 +319,20 @@ def select_step(model: nn.Module, tx: optax.GradientTransformation, *,
   if optimizer is not None and optimizer != "sgd":
     return None
   if oja_layers is not None and oja_layers not in OJA_LAYERS:
-    raise ValueError(f"oja_layers={oja_layers!r}; choose one of "
-                     f"{', '.join(OJA_LAYERS)}.")
+    raise ValueError(
+      f"oja_layers={oja_layers!r}; choose one of {', '.join(OJA_LAYERS)}."
+    )
   why = model_unsupported(model)
   if why is not None:
     _log.debug("fused step not used: %s", why)
     return None
   found = _probe(model, tx, input_dim or 1)
   if found is None or (oja_layers is not None and found != oja_layers):
-    _log.debug("fused step not used: the optimizer is not SGD + Oja "
-               "(%s) with rates in its state", oja_layers or "any layers")
+    _log.debug(
+      "fused step not used: the optimizer is not SGD + Oja "
+      "(%s) with rates in its state",
+      oja_layers or "any layers",
+    )
     return None
   return FusedStep(model, tx, found, batch_size)
 
@@ -296,8 +341,10 @@ def select_step(model: nn.Module, tx: optax.GradientTransformation, *,
 
 
 def _transpose_kernels(params: Any) -> Any:
-  return {k: {**v, "kernel": jnp.swapaxes(v["kernel"], -1, -2)}
-          for k, v in params.items()}
+  return {
+    k: {**v, "kernel": jnp.swapaxes(v["kernel"], -1, -2)}
+    for k, v in params.items()
+  }
 
 
 _ONES = "fused_ones"  # Key of the step's scratch in model_state (in a chunk).
@@ -328,8 +375,13 @@ class FusedStep:
   the chunk layout. :func:`ojax.train.classifier_task` wires all three.
   """
 
-  def __init__(self, model: models.MLP, tx: optax.GradientTransformation,
-               oja_layers: str, batch_size: int = 1):
+  def __init__(
+    self,
+    model: models.MLP,
+    tx: optax.GradientTransformation,
+    oja_layers: str,
+    batch_size: int = 1,
+  ):
     self.model = model
     self.tx = tx
     self.oja_layers = oja_layers
@@ -337,20 +389,27 @@ class FusedStep:
     self.activation = models.activation_fn(model.activation, model.beta)
 
   def _oja_on(self, num_layers: int) -> range:
-    return {"all": range(num_layers), "hidden": range(num_layers - 1),
-            "none": range(0)}[self.oja_layers]
+    return {
+      "all": range(num_layers),
+      "hidden": range(num_layers - 1),
+      "none": range(0),
+    }[self.oja_layers]
 
   def __repr__(self) -> str:
-    return (f"FusedStep(features={tuple(self.model.features)}, "
-            f"activation={self.model.activation!r}, "
-            f"oja_layers={self.oja_layers!r})")
+    return (
+      f"FusedStep(features={tuple(self.model.features)}, "
+      f"activation={self.model.activation!r}, "
+      f"oja_layers={self.oja_layers!r})"
+    )
 
   def _scratch_shapes(self, widths: list[int]) -> set[tuple[int, int]]:
     """Shapes of the vectors the step materializes (see ``__call__``)."""
     b, last = self.batch_size, len(widths) - 2
     oja = [int(l in self._oja_on(last + 1)) for l in range(last + 1)]
-    shapes = {((1 + oja[0]) * b, widths[0]),
-              ((1 + oja[last]) * b, widths[last + 1])}
+    shapes = {
+      ((1 + oja[0]) * b, widths[0]),
+      ((1 + oja[last]) * b, widths[last + 1]),
+    }
     for l in range(last):
       shapes.add((b, widths[l + 1]))
       shapes.add(((2 + oja[l] + oja[l + 1]) * b, widths[l + 1]))
@@ -364,20 +423,24 @@ class FusedStep:
     # Runtime ones (see _mat): derived from the weights so that XLA cannot
     # fold them; nan_to_num keeps them finite whatever the weights hold.
     one = 1.0 + 0.0 * jnp.nan_to_num(ws[0][0, 0])
-    ones = {f"{k}x{n}": jnp.full((k, n), one, ws[0].dtype)
-            for k, n in self._scratch_shapes(widths)}
-    return state._replace(params=params,
-                          model_state={**state.model_state, _ONES: ones})
+    ones = {
+      f"{k}x{n}": jnp.full((k, n), one, ws[0].dtype)
+      for k, n in self._scratch_shapes(widths)
+    }
+    return state._replace(
+      params=params, model_state={**state.model_state, _ONES: ones}
+    )
 
   def exit(self, state: train.TrainState) -> train.TrainState:
     """Chunk layout -> Flax layout."""
     model_state = {k: v for k, v in state.model_state.items() if k != _ONES}
-    return state._replace(params=_transpose_kernels(state.params),
-                          model_state=model_state)
+    return state._replace(
+      params=_transpose_kernels(state.params), model_state=model_state
+    )
 
-  def __call__(self, state: train.TrainState, idx_B: jax.Array,
-               data: train.ClassifierData
-               ) -> tuple[train.TrainState, train.Metrics]:
+  def __call__(
+    self, state: train.TrainState, idx_B: jax.Array, data: train.ClassifierData
+  ) -> tuple[train.TrainState, train.Metrics]:
     names = _layer_names(state.params)
     ws = [state.params[n]["kernel"] for n in names]  # (O, I) each.
     last = len(ws) - 1
@@ -395,11 +458,18 @@ class FusedStep:
     # this step are those it reports in the new state, which the generic
     # path's update used.
     flax_params = {n: {"kernel": w.T} for n, w in zip(names, ws)}
-    zero_traces = {n: {"kernel": rules.Trace(
-        jnp.zeros((1, w.shape[1]), w.dtype),
-        jnp.zeros((1, w.shape[0]), w.dtype))} for n, w in zip(names, ws)}
-    _, opt_state = self.tx.update(flax_params, state.opt_state, flax_params,
-                                  activations=zero_traces)
+    zero_traces = {
+      n: {
+        "kernel": rules.Trace(
+          jnp.zeros((1, w.shape[1]), w.dtype),
+          jnp.zeros((1, w.shape[0]), w.dtype),
+        )
+      }
+      for n, w in zip(names, ws)
+    }
+    _, opt_state = self.tx.update(
+      flax_params, state.opt_state, flax_params, activations=zero_traces
+    )
     lr = opt_state.hyperparams["learning_rate"]
     eta = opt_state.hyperparams.get("oja_learning_rate", jnp.zeros_like(lr))
     # ojax.oja's run-time guard: a negative or non-finite rate is NaN.
@@ -441,11 +511,12 @@ class FusedStep:
       (d,) = act_vjp(back[:batch])
       y = ys[l]
       below = [d] + ([y] if oja[l - 1] else [])
-      above = [-lr * y] + ([(eta / batch) * (y - back[-batch:])]
-                           if oja[l] else [])
+      above = [-lr * y] + (
+        [(eta / batch) * (y - back[-batch:])] if oja[l] else []
+      )
       pack = mat(below + above)
-      rows[l - 1] = pack[:len(below) * batch]
-      cols[l] = pack[len(below) * batch:]
+      rows[l - 1] = pack[: len(below) * batch]
+      cols[l] = pack[len(below) * batch :]
     x = ys[0]
     if oja[0]:
       back = rows[0][batch:] @ ws[0]  # y_0 W_0, the input layer's residual.
@@ -454,16 +525,19 @@ class FusedStep:
       cols[0] = mat([-lr * x])
     new_ws = [_update(w, r, c) for w, r, c in zip(ws, rows, cols)]
 
-
-    params = {n: {**state.params[n], "kernel": w}
-              for n, w in zip(names, new_ws)}
+    params = {
+      n: {**state.params[n], "kernel": w} for n, w in zip(names, new_ws)
+    }
     correct = jnp.mean(jnp.argmax(logits, -1) == label_B)
     return state._replace(params=params, opt_state=opt_state), {
-        "train_loss": loss, "online_accuracy": correct}
+      "train_loss": loss,
+      "online_accuracy": correct,
+    }
 
 
-def _update(w_OxI: jax.Array, rows_KxO: jax.Array, cols_KxI: jax.Array
-            ) -> jax.Array:
+def _update(
+  w_OxI: jax.Array, rows_KxO: jax.Array, cols_KxI: jax.Array
+) -> jax.Array:
   """``w + rows^T @ cols``: one elementwise pass for a small rank."""
   if rows_KxO.shape[0] > 2 * _MAX_ELEMENTWISE_BATCH:
     return w_OxI + rows_KxO.T @ cols_KxI

@@ -30,8 +30,12 @@ import jax.numpy as jnp
 
 from ojax import train
 
-DIAGNOSTICS = ("orthonormality_error", "participation_ratio",
-               "activation_norm", "weight_norm")
+DIAGNOSTICS = (
+  "orthonormality_error",
+  "participation_ratio",
+  "activation_norm",
+  "weight_norm",
+)
 FEEDBACK_DIAGNOSTICS = ("feedback_cosine",)
 
 
@@ -52,18 +56,23 @@ def participation_ratio(y_NxO: jax.Array) -> jax.Array:
   """``tr(C)^2 / tr(C^2)`` for the covariance ``C`` of the rows of ``y``."""
   centered = y_NxO - y_NxO.mean(axis=0)
   cov_OxO = centered.T @ centered / y_NxO.shape[0]
-  return jnp.trace(cov_OxO) ** 2 / jnp.maximum(jnp.sum(cov_OxO ** 2), 1e-30)
+  return jnp.trace(cov_OxO) ** 2 / jnp.maximum(jnp.sum(cov_OxO**2), 1e-30)
 
 
 def cosine(a: jax.Array, b: jax.Array) -> jax.Array:
   """``<a, b> / (||a|| ||b||)`` over all entries; 0 if either is zero."""
   a, b = jnp.ravel(a), jnp.ravel(b)
   norms = jnp.linalg.norm(a) * jnp.linalg.norm(b)
-  return jnp.where(norms > 0, jnp.dot(a, b) / jnp.maximum(norms, 1e-30), 0.)
+  return jnp.where(norms > 0, jnp.dot(a, b) / jnp.maximum(norms, 1e-30), 0.0)
 
 
-def feedback_cosines(model: nn.Module, params: Any, model_state: Any,
-                     x_MxD: jax.Array, y_M: jax.Array) -> jax.Array:
+def feedback_cosines(
+  model: nn.Module,
+  params: Any,
+  model_state: Any,
+  x_MxD: jax.Array,
+  y_M: jax.Array,
+) -> jax.Array:
   """Per-layer cosine between ``model``'s update and the true gradient.
 
   Both are gradients of the mean cross-entropy ``L`` on ``(x, y)`` with the
@@ -80,15 +89,21 @@ def feedback_cosines(model: nn.Module, params: Any, model_state: Any,
     def loss(p):
       logits, _ = m.apply({"params": p, **model_state}, x_MxD)
       return train.cross_entropy(logits, y_M)
+
     return jax.grad(loss)(params)
 
   g_model, g_true = grads(model), grads(true_model)
-  return jnp.stack([cosine(g_model[n]["kernel"], g_true[n]["kernel"])
-                    for n in layer_names(params)])
+  return jnp.stack(
+    [
+      cosine(g_model[n]["kernel"], g_true[n]["kernel"])
+      for n in layer_names(params)
+    ]
+  )
 
 
-def layer_diagnostics(model: nn.Module, num_inputs: int = 512
-                      ) -> Callable[..., dict[str, Any]]:
+def layer_diagnostics(
+  model: nn.Module, num_inputs: int = 512
+) -> Callable[..., dict[str, Any]]:
   """A ``diagnostics`` function for :func:`ojax.train.run`.
 
   Args:
@@ -102,23 +117,24 @@ def layer_diagnostics(model: nn.Module, num_inputs: int = 512
   """
 
   def diagnostics(params, model_state, x_MxD, y_M):
-    _, acts = model.apply({"params": params, **model_state},
-                          x_MxD[:num_inputs])
+    _, acts = model.apply({"params": params, **model_state}, x_MxD[:num_inputs])
     names = layer_names(params)
     kernels = [params[n]["kernel"] for n in names]
     posts = [acts[n]["kernel"].post for n in names]
     out = {
-        "orthonormality_error": jnp.stack(
-            [orthonormality_error(k) for k in kernels]),
-        "participation_ratio": jnp.stack(
-            [participation_ratio(y) for y in posts]),
-        "activation_norm": jnp.stack(
-            [jnp.linalg.norm(y, axis=-1).mean() for y in posts]),
-        "weight_norm": jnp.stack([jnp.linalg.norm(k) for k in kernels]),
+      "orthonormality_error": jnp.stack(
+        [orthonormality_error(k) for k in kernels]
+      ),
+      "participation_ratio": jnp.stack([participation_ratio(y) for y in posts]),
+      "activation_norm": jnp.stack(
+        [jnp.linalg.norm(y, axis=-1).mean() for y in posts]
+      ),
+      "weight_norm": jnp.stack([jnp.linalg.norm(k) for k in kernels]),
     }
     if getattr(model, "feedback", "backprop") != "backprop":
       out["feedback_cosine"] = feedback_cosines(
-          model, params, model_state, x_MxD[:num_inputs], y_M[:num_inputs])
+        model, params, model_state, x_MxD[:num_inputs], y_M[:num_inputs]
+      )
     return out
 
   return diagnostics

@@ -30,6 +30,7 @@ KERNEL_INITS = ("xavier_uniform", "xavier_normal", "he", "lecun", "orthogonal")
 OUTPUT_POSTS = ("softmax", "logits")
 FEEDBACKS = ("backprop", "random")
 
+
 def orthogonal_init() -> Callable[..., jax.Array]:
   """Haar-random orthonormal columns (or rows, for wide kernels).
 
@@ -56,23 +57,25 @@ def orthogonal_init() -> Callable[..., jax.Array]:
 
 
 _INITS: dict[str, Callable[..., Any]] = {
-    "xavier_uniform": nn.initializers.xavier_uniform,
-    "xavier_normal": nn.initializers.xavier_normal,
-    "he": nn.initializers.he_normal,
-    "lecun": nn.initializers.lecun_normal,
-    "orthogonal": orthogonal_init,
+  "xavier_uniform": nn.initializers.xavier_uniform,
+  "xavier_normal": nn.initializers.xavier_normal,
+  "he": nn.initializers.he_normal,
+  "lecun": nn.initializers.lecun_normal,
+  "orthogonal": orthogonal_init,
 }
 
 
 def _choice(field: str, value: str, allowed: Sequence[str]) -> str:
   if value not in allowed:
-    raise ValueError(f"{field}={value!r} is not known; choose one of "
-                     f"{', '.join(allowed)}.")
+    raise ValueError(
+      f"{field}={value!r} is not known; choose one of {', '.join(allowed)}."
+    )
   return value
 
 
-def activation_fn(name: str, beta: float = 10.0) -> Callable[[jax.Array],
-                                                              jax.Array]:
+def activation_fn(
+  name: str, beta: float = 10.0
+) -> Callable[[jax.Array], jax.Array]:
   """The nonlinearity ``name``; softplus is ``log(1 + exp(beta z)) / beta``."""
   _choice("activation", name, ACTIVATIONS)
   if name == "softplus":
@@ -95,8 +98,9 @@ def kernel_init(name: str, gain: float = 1.0) -> Callable[..., jax.Array]:
 
 
 @jax.custom_vjp
-def feedback_matmul(x_BxI: jax.Array, k_IxO: jax.Array,
-                    b_IxO: jax.Array) -> jax.Array:
+def feedback_matmul(
+  x_BxI: jax.Array, k_IxO: jax.Array, b_IxO: jax.Array
+) -> jax.Array:
   """``x @ K`` whose backward pass sends errors through ``B``, not ``K``.
 
   This is feedback alignment (Lillicrap et al., 2016): the error reaching the
@@ -133,14 +137,16 @@ class Dense(nn.Module):
     init = kernel_init(self.init, self.gain)
     k_IxO = self.param("kernel", init, shape)
     if _choice("feedback", self.feedback, FEEDBACKS) == "random":
-      b_IxO = self.variable("feedback", "kernel",
-                            lambda: init(self.make_rng("params"), shape)).value
+      b_IxO = self.variable(
+        "feedback", "kernel", lambda: init(self.make_rng("params"), shape)
+      ).value
       z_BxO = feedback_matmul(x_BxI, k_IxO, b_IxO)
     else:
       z_BxO = x_BxI @ k_IxO
     if self.use_bias:
-      z_BxO = z_BxO + self.param("bias", nn.initializers.zeros,
-                                 (self.features,))
+      z_BxO = z_BxO + self.param(
+        "bias", nn.initializers.zeros, (self.features,)
+      )
     return z_BxO
 
 
@@ -180,10 +186,17 @@ class MLP(nn.Module):
     last = len(self.features) - 1
     for i, width in enumerate(self.features):
       name = f"layer_{i}"
-      z = Dense(width, self.use_bias, self.kernel_init, self.gain,
-                self.feedback, name=name)(y)
-      trace = {"kernel": None, "bias": None} if self.use_bias else {
-          "kernel": None}
+      z = Dense(
+        width,
+        self.use_bias,
+        self.kernel_init,
+        self.gain,
+        self.feedback,
+        name=name,
+      )(y)
+      trace = (
+        {"kernel": None, "bias": None} if self.use_bias else {"kernel": None}
+      )
       if i == last:
         post = jax.nn.softmax(z) if self.output_post == "softmax" else z
       else:
@@ -224,16 +237,21 @@ class RNN(nn.Module):
   def __call__(self, x_BxTxD: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
     """Returns ``(o_BxTxO, activations)``; see the module docstring."""
     if self.activation not in RNN_ACTIVATIONS:
-      raise ValueError(f"activation={self.activation!r} is not known; choose "
-                       f"one of {', '.join(RNN_ACTIVATIONS)}.")
+      raise ValueError(
+        f"activation={self.activation!r} is not known; choose "
+        f"one of {', '.join(RNN_ACTIVATIONS)}."
+      )
     f = activation_fn(self.activation, self.beta)
     d, h = x_BxTxD.shape[-1], self.hidden
-    w_in_DxH = self.param("W_in", nn.initializers.normal(self.input_scale),
-                          (d, h))
+    w_in_DxH = self.param(
+      "W_in", nn.initializers.normal(self.input_scale), (d, h)
+    )
     w_rec_HxH = self.param(
-        "W_rec", nn.initializers.normal(self.radius / h**0.5), (h, h))
-    w_out_HxO = self.param("W_out", nn.initializers.lecun_normal(),
-                           (h, self.outputs))
+      "W_rec", nn.initializers.normal(self.radius / h**0.5), (h, h)
+    )
+    w_out_HxO = self.param(
+      "W_out", nn.initializers.lecun_normal(), (h, self.outputs)
+    )
     b_out_O = self.param("b_out", nn.initializers.zeros, (self.outputs,))
     drive_BxTxH = x_BxTxD @ w_in_DxH
 
@@ -243,14 +261,15 @@ class RNN(nn.Module):
 
     h0_BxH = jnp.zeros(x_BxTxD.shape[:-2] + (h,), x_BxTxD.dtype)
     _, (prev_TxBxH, h_TxBxH) = jax.lax.scan(
-        step, h0_BxH, jnp.swapaxes(drive_BxTxH, 0, -2))
+      step, h0_BxH, jnp.swapaxes(drive_BxTxH, 0, -2)
+    )
     prev_BxTxH = jnp.swapaxes(prev_TxBxH, 0, -2)
     h_BxTxH = jnp.swapaxes(h_TxBxH, 0, -2)
     o_BxTxO = h_BxTxH @ w_out_HxO + b_out_O
     activations = {
-        "W_in": Trace(pre=x_BxTxD, post=h_BxTxH),
-        "W_rec": Trace(pre=prev_BxTxH, post=h_BxTxH),
-        "W_out": None,
-        "b_out": None,
+      "W_in": Trace(pre=x_BxTxD, post=h_BxTxH),
+      "W_rec": Trace(pre=prev_BxTxH, post=h_BxTxH),
+      "W_out": None,
+      "b_out": None,
     }
     return o_BxTxO, activations

@@ -93,15 +93,16 @@ def _tuple(value: Any, n: int, name: str) -> tuple[int, ...]:
     return (value,) * n
   value = tuple(value)
   if len(value) != n:
-    raise ValueError(f"ojax.traces.conv_patches: {name}={value} has "
-                     f"{len(value)} entries; the kernel has {n} spatial axes.")
+    raise ValueError(
+      f"ojax.traces.conv_patches: {name}={value} has "
+      f"{len(value)} entries; the kernel has {n} spatial axes."
+    )
   return value
 
 
-def _canonical_padding(padding: Any, kernel_size: Sequence[int],
-                       kernel_dilation: Sequence[int]
-                       ) -> tuple[Any, Optional[list[tuple[int, int]]],
-                                  Optional[str]]:
+def _canonical_padding(
+  padding: Any, kernel_size: Sequence[int], kernel_dilation: Sequence[int]
+) -> tuple[Any, Optional[list[tuple[int, int]]], Optional[str]]:
   """Returns (lax padding, explicit input pads, pad mode) as Flax does."""
   n = len(kernel_size)
   if isinstance(padding, str):
@@ -114,13 +115,20 @@ def _canonical_padding(padding: Any, kernel_size: Sequence[int],
       return "VALID", pads, {"CIRCULAR": "wrap", "REFLECT": "reflect"}[upper]
     if upper == "CAUSAL":
       if n != 1:
-        raise ValueError("ojax.traces.conv_patches: padding='CAUSAL' is only "
-                         "defined for 1-D convolutions.")
-      return "VALID", [(kernel_dilation[0] * (kernel_size[0] - 1), 0)], (
-          "constant")
-    raise ValueError(f"ojax.traces.conv_patches: padding={padding!r} is not "
-                     "known; use 'SAME', 'VALID', 'CIRCULAR', 'REFLECT', "
-                     "'CAUSAL', an int or a sequence of ints or pairs.")
+        raise ValueError(
+          "ojax.traces.conv_patches: padding='CAUSAL' is only "
+          "defined for 1-D convolutions."
+        )
+      return (
+        "VALID",
+        [(kernel_dilation[0] * (kernel_size[0] - 1), 0)],
+        ("constant"),
+      )
+    raise ValueError(
+      f"ojax.traces.conv_patches: padding={padding!r} is not "
+      "known; use 'SAME', 'VALID', 'CIRCULAR', 'REFLECT', "
+      "'CAUSAL', an int or a sequence of ints or pairs."
+    )
   if isinstance(padding, int):
     return [(padding, padding)] * n, None, None
   pads = []
@@ -132,19 +140,21 @@ def _canonical_padding(padding: Any, kernel_size: Sequence[int],
     else:
       break
   if len(pads) != n:
-    raise ValueError(f"ojax.traces.conv_patches: padding={padding!r} must be "
-                     f"a string, an int or {n} ints or (low, high) pairs.")
+    raise ValueError(
+      f"ojax.traces.conv_patches: padding={padding!r} must be "
+      f"a string, an int or {n} ints or (low, high) pairs."
+    )
   return pads, None, None
 
 
 def conv_patches(
-    inputs: jax.Array,
-    kernel_size: Union[int, Sequence[int]],
-    *,
-    strides: Union[int, Sequence[int], None] = 1,
-    padding: Any = "SAME",
-    input_dilation: Union[int, Sequence[int], None] = 1,
-    kernel_dilation: Union[int, Sequence[int], None] = 1,
+  inputs: jax.Array,
+  kernel_size: Union[int, Sequence[int]],
+  *,
+  strides: Union[int, Sequence[int], None] = 1,
+  padding: Any = "SAME",
+  input_dilation: Union[int, Sequence[int], None] = 1,
+  kernel_dilation: Union[int, Sequence[int], None] = 1,
 ) -> jax.Array:
   """The input patches of a channels-last convolution, in the kernel's order.
 
@@ -169,39 +179,50 @@ def conv_patches(
   >>> ojax.traces.conv_patches(x, (2, 2), strides=2, padding="VALID")[0, 0, 0]
   Array([0., 1., 4., 5.], dtype=float32)
   """
-  kernel_size = ((kernel_size,) if isinstance(kernel_size, int)
-                 else tuple(kernel_size))
+  kernel_size = (
+    (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
+  )
   n = len(kernel_size)
   strides = _tuple(strides, n, "strides")
   input_dilation = _tuple(input_dilation, n, "input_dilation")
   kernel_dilation = _tuple(kernel_dilation, n, "kernel_dilation")
   num_batch = inputs.ndim - (n + 1)
   if num_batch < 0:
-    raise ValueError(f"ojax.traces.conv_patches: inputs of shape "
-                     f"{inputs.shape} have fewer than {n + 1} axes (spatial "
-                     "and channels) for a kernel of size {kernel_size}.")
+    raise ValueError(
+      f"ojax.traces.conv_patches: inputs of shape "
+      f"{inputs.shape} have fewer than {n + 1} axes (spatial "
+      "and channels) for a kernel of size {kernel_size}."
+    )
   batch_shape = inputs.shape[:num_batch]
   x = jnp.reshape(inputs, (-1,) + inputs.shape[num_batch:])
-  lax_padding, pads, mode = _canonical_padding(padding, kernel_size,
-                                               kernel_dilation)
+  lax_padding, pads, mode = _canonical_padding(
+    padding, kernel_size, kernel_dilation
+  )
   if pads is not None:
     x = jnp.pad(x, [(0, 0)] + pads + [(0, 0)], mode=mode)
-  spatial = "DHW"[-n:] if n <= 3 else "".join(chr(ord("a") + i)
-                                                for i in range(n))
+  spatial = (
+    "DHW"[-n:] if n <= 3 else "".join(chr(ord("a") + i) for i in range(n))
+  )
   lhs = "N" + spatial + "C"
   dimension_numbers = (lhs, spatial + "IO", lhs)
   cin = x.shape[-1]
   patches = lax.conv_general_dilated_patches(
-      x, filter_shape=kernel_size, window_strides=strides,
-      padding=lax_padding, lhs_dilation=input_dilation,
-      rhs_dilation=kernel_dilation, dimension_numbers=dimension_numbers,
-      precision=lax.Precision.HIGHEST)
+    x,
+    filter_shape=kernel_size,
+    window_strides=strides,
+    padding=lax_padding,
+    lhs_dilation=input_dilation,
+    rhs_dilation=kernel_dilation,
+    dimension_numbers=dimension_numbers,
+    precision=lax.Precision.HIGHEST,
+  )
   out_spatial = patches.shape[1:-1]
   # Features come as (cin, *kernel_size); the kernel wants (*kernel_size, cin).
   patches = jnp.reshape(patches, patches.shape[:-1] + (cin,) + kernel_size)
   patches = jnp.moveaxis(patches, n + 1, -1)
-  return jnp.reshape(patches, batch_shape + out_spatial
-                     + (math.prod(kernel_size) * cin,))
+  return jnp.reshape(
+    patches, batch_shape + out_spatial + (math.prod(kernel_size) * cin,)
+  )
 
 
 # --------------------------------------------------------------------------
@@ -215,25 +236,32 @@ class _Recorder:
     self.fn = fn
     self.calls: dict[tuple[Any, ...], tuple[jax.Array, jax.Array]] = {}
 
-  def record(self, path: tuple[Any, ...], layer: Any, x: jax.Array,
-             z: jax.Array) -> None:
+  def record(
+    self, path: tuple[Any, ...], layer: Any, x: jax.Array, z: jax.Array
+  ) -> None:
     name = _name(path)
     if path in self.calls:
       raise ValueError(
-          f"{self.fn}: layer {name!r} ({type(layer).__name__}) was called "
-          "more than once; a Trace holds one call. Build its Trace by hand "
-          "(concatenate the calls along a leading axis), or call it once.")
+        f"{self.fn}: layer {name!r} ({type(layer).__name__}) was called "
+        "more than once; a Trace holds one call. Build its Trace by hand "
+        "(concatenate the calls along a leading axis), or call it once."
+      )
     if _is_conv(layer):
       groups = getattr(layer, "feature_group_count", 1)
       if groups != 1:
         raise ValueError(
-            f"{self.fn}: layer {name!r} is a grouped convolution "
-            f"(feature_group_count={groups}); its kernel is not one matrix "
-            "over the patches. Build its Trace by hand.")
-      pre = conv_patches(x, layer.kernel_size, strides=layer.strides,
-                         padding=layer.padding,
-                         input_dilation=layer.input_dilation,
-                         kernel_dilation=layer.kernel_dilation)
+          f"{self.fn}: layer {name!r} is a grouped convolution "
+          f"(feature_group_count={groups}); its kernel is not one matrix "
+          "over the patches. Build its Trace by hand."
+        )
+      pre = conv_patches(
+        x,
+        layer.kernel_size,
+        strides=layer.strides,
+        padding=layer.padding,
+        input_dilation=layer.input_dilation,
+        kernel_dilation=layer.kernel_dilation,
+      )
     else:
       pre = x
     self.calls[path] = (pre, z)
@@ -247,52 +275,70 @@ def _name(path: Sequence[Any]) -> str:
   return "/".join(str(p) for p in path)
 
 
-def _post_fns(fn: str, post: Post, output_post: PostFn,
-              names: list[str]) -> dict[str, PostFn]:
+def _post_fns(
+  fn: str, post: Post, output_post: PostFn, names: list[str]
+) -> dict[str, PostFn]:
   """The post-synaptic function of every traced layer, by name."""
   last = names[-1]
   if isinstance(post, Mapping):
     if output_post is not None:
       raise ValueError(
-          f"{fn}: post is a mapping and output_post is given; with a mapping "
-          f"name every layer in it (the last one is {last!r}) and leave "
-          "output_post=None.")
+        f"{fn}: post is a mapping and output_post is given; with a mapping "
+        f"name every layer in it (the last one is {last!r}) and leave "
+        "output_post=None."
+      )
     unknown = sorted(set(post) - set(names))
     if unknown:
-      raise ValueError(f"{fn}: post names layer {unknown[0]!r}, which was not "
-                       f"traced; traced layers: {', '.join(names)}.")
+      raise ValueError(
+        f"{fn}: post names layer {unknown[0]!r}, which was not "
+        f"traced; traced layers: {', '.join(names)}."
+      )
     missing = [n for n in names if n not in post]
     if missing:
-      raise ValueError(f"{fn}: post has no entry for layer {missing[0]!r}; "
-                       f"give one for each of: {', '.join(names)} (None for "
-                       "the raw output).")
+      raise ValueError(
+        f"{fn}: post has no entry for layer {missing[0]!r}; "
+        f"give one for each of: {', '.join(names)} (None for "
+        "the raw output)."
+      )
     return dict(post)
   if post is not None and not callable(post):
-    raise ValueError(f"{fn}: post has type {type(post).__name__}; it must be "
-                     "a callable (e.g. nn.relu), None (raw outputs) or a "
-                     "mapping {layer name: callable}.")
+    raise ValueError(
+      f"{fn}: post has type {type(post).__name__}; it must be "
+      "a callable (e.g. nn.relu), None (raw outputs) or a "
+      "mapping {layer name: callable}."
+    )
   if output_post is not None and not callable(output_post):
-    raise ValueError(f"{fn}: output_post has type "
-                     f"{type(output_post).__name__}; it must be a callable "
-                     "(e.g. nn.softmax) or None for the raw output.")
+    raise ValueError(
+      f"{fn}: output_post has type "
+      f"{type(output_post).__name__}; it must be a callable "
+      "(e.g. nn.softmax) or None for the raw output."
+    )
   fns = {n: post for n in names}
   fns[last] = output_post
   return fns
 
 
-def _build_tree(fn: str, params: Any, recorder: _Recorder, post: Post,
-                output_post: PostFn, kernel_name: str = "kernel") -> Any:
+def _build_tree(
+  fn: str,
+  params: Any,
+  recorder: _Recorder,
+  post: Post,
+  output_post: PostFn,
+  kernel_name: str = "kernel",
+) -> Any:
   if not recorder.calls:
     raise ValueError(
-        f"{fn}: the model called no traceable layer (nn.Dense, nn.Conv, "
-        "nnx.Linear, nnx.Conv); nothing to trace.")
+      f"{fn}: the model called no traceable layer (nn.Dense, nn.Conv, "
+      "nnx.Linear, nnx.Conv); nothing to trace."
+    )
   names = [_name(p) for p in recorder.calls]
   fns = _post_fns(fn, post, output_post, names)
   traces = {}
   for path, (pre, z) in recorder.calls.items():
     post_fn = fns[_name(path)]
     traces[tuple(path) + (kernel_name,)] = Trace(
-        pre=pre, post=z if post_fn is None else post_fn(z))
+      pre=pre, post=z if post_fn is None else post_fn(z)
+    )
   found = set()
 
   def leaf(path, _):
@@ -307,9 +353,11 @@ def _build_tree(fn: str, params: Any, recorder: _Recorder, post: Post,
   tree = jax.tree_util.tree_map_with_path(leaf, params)
   missing = sorted(set(traces) - found, key=str)
   if missing:
-    raise ValueError(f"{fn}: layer {_name(missing[0][:-1])!r} was called but "
-                     f"its kernel is not in the parameters at "
-                     f"{_name(missing[0])!r}.")
+    raise ValueError(
+      f"{fn}: layer {_name(missing[0][:-1])!r} was called but "
+      f"its kernel is not in the parameters at "
+      f"{_name(missing[0])!r}."
+    )
   return tree
 
 
@@ -325,12 +373,12 @@ def _key(k: Any) -> Any:
 
 
 def apply(
-    module: nn.Module,
-    variables: Any,
-    *args: Any,
-    post: Post,
-    output_post: PostFn = None,
-    **apply_kwargs: Any,
+  module: nn.Module,
+  variables: Any,
+  *args: Any,
+  post: Post,
+  output_post: PostFn = None,
+  **apply_kwargs: Any,
 ) -> tuple[Any, Any]:
   """``module.apply(variables, *args)`` and the Trace tree of its layers.
 
@@ -370,17 +418,22 @@ def apply(
   """
   fn = "ojax.traces.apply"
   if not isinstance(module, nn.Module):
-    raise ValueError(f"{fn}: module has type {type(module).__name__}; it must "
-                     "be a flax.linen Module (for NNX use ojax.traces.call).")
+    raise ValueError(
+      f"{fn}: module has type {type(module).__name__}; it must "
+      "be a flax.linen Module (for NNX use ojax.traces.call)."
+    )
   if "params" not in variables:
-    raise ValueError(f"{fn}: variables has no 'params' collection (keys: "
-                     f"{sorted(variables)}); give {{'params': params, ...}}.")
+    raise ValueError(
+      f"{fn}: variables has no 'params' collection (keys: "
+      f"{sorted(variables)}); give {{'params': params, ...}}."
+    )
   recorder = _Recorder(fn)
 
   def interceptor(next_fun, call_args, call_kwargs, context):
     layer = context.module
-    if (context.method_name != "__call__"
-        or not isinstance(layer, (nn.Dense, nn.Conv))):
+    if context.method_name != "__call__" or not isinstance(
+      layer, (nn.Dense, nn.Conv)
+    ):
       return next_fun(*call_args, **call_kwargs)
     x = call_args[0] if call_args else call_kwargs["inputs"]
     z = next_fun(*call_args, **call_kwargs)
@@ -405,12 +458,12 @@ def _iter_modules(model: nnx.Module):
 
 
 def call(
-    model: nnx.Module,
-    *args: Any,
-    post: Post,
-    output_post: PostFn = None,
-    method: Optional[str] = None,
-    **kwargs: Any,
+  model: nnx.Module,
+  *args: Any,
+  post: Post,
+  output_post: PostFn = None,
+  method: Optional[str] = None,
+  **kwargs: Any,
 ) -> tuple[Any, Any]:
   """``model(*args)`` and the Trace tree of its ``nnx.Linear`` / ``nnx.Conv``.
 
@@ -454,8 +507,10 @@ def call(
   """
   fn = "ojax.traces.call"
   if not isinstance(model, nnx.Module):
-    raise ValueError(f"{fn}: model has type {type(model).__name__}; it must "
-                     "be an nnx.Module (for Linen use ojax.traces.apply).")
+    raise ValueError(
+      f"{fn}: model has type {type(model).__name__}; it must "
+      "be an nnx.Module (for Linen use ojax.traces.apply)."
+    )
   layers = {}
   for path, module in _iter_modules(model):
     if isinstance(module, (nnx.Linear, nnx.Conv)):
@@ -476,6 +531,7 @@ def call(
       x = call_args[0] if call_args else call_kwargs["inputs"]
       recorder.record(layers[key], self, x, z)
       return z
+
     return traced_call
 
   target = model if method is None else getattr(model, method)

@@ -97,39 +97,56 @@ def is_diverged(loss: jax.Array) -> jax.Array:
 
 def all_finite(tree: Any) -> jax.Array:
   """True iff every floating-point leaf of ``tree`` is finite."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  leaves = [
+    jnp.all(jnp.isfinite(x))
+    for x in jax.tree.leaves(tree)
+    if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+  ]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation,
-               key: jax.Array, input_dim: int | jax.Array) -> TrainState:
+def init_state(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  key: jax.Array,
+  input_dim: int | jax.Array,
+) -> TrainState:
   """Initializes one seed: ``key`` splits into an init key and a data key.
 
   ``input_dim`` is the input width (the model is initialized on a zero
   ``(1, input_dim)`` batch) or an example input array.
   """
   init_key, data_key = jax.random.split(key)
-  example = (jnp.zeros((1, input_dim), jnp.float32)
-             if isinstance(input_dim, (int, np.integer)) else input_dim)
+  example = (
+    jnp.zeros((1, input_dim), jnp.float32)
+    if isinstance(input_dim, (int, np.integer))
+    else input_dim
+  )
   variables = dict(model.init(init_key, example))
   params = variables.pop("params")
-  return TrainState(params, tx.init(params), variables, data_key,
-                    jnp.array(-1, jnp.int32))
+  return TrainState(
+    params, tx.init(params), variables, data_key, jnp.array(-1, jnp.int32)
+  )
 
 
-def init_states(model: nn.Module, tx: optax.GradientTransformation,
-                keys_S: jax.Array, input_dim: int | jax.Array) -> TrainState:
+def init_states(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  keys_S: jax.Array,
+  input_dim: int | jax.Array,
+) -> TrainState:
   """One :class:`TrainState` per key, stacked along a leading seed axis."""
   if isinstance(input_dim, (int, np.integer)):
     return _compiled_init(model, tx, int(input_dim))(keys_S)
   return jax.jit(jax.vmap(lambda k: init_state(model, tx, k, input_dim)))(
-      keys_S)
+    keys_S
+  )
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_init(model: nn.Module, tx: optax.GradientTransformation,
-                   input_dim: int):
+def _compiled_init(
+  model: nn.Module, tx: optax.GradientTransformation, input_dim: int
+):
   """The jitted init of :func:`init_states`, made once per (model, tx)."""
   return jax.jit(jax.vmap(lambda k: init_state(model, tx, k, input_dim)))
 
@@ -146,8 +163,9 @@ class ClassifierData(NamedTuple):
   test_y: Any  # (M,)
 
 
-def sample_indices(data_key: jax.Array, start: jax.Array, length: int,
-                   num_examples: int) -> jax.Array:
+def sample_indices(
+  data_key: jax.Array, start: jax.Array, length: int, num_examples: int
+) -> jax.Array:
   """Indices of samples ``start .. start + length`` of the training stream.
 
   The stream is the concatenation of per-epoch permutations of
@@ -155,15 +173,24 @@ def sample_indices(data_key: jax.Array, start: jax.Array, length: int,
   """
   num_epochs = length // num_examples + 2
   epochs = start // num_examples + jnp.arange(num_epochs)
-  perms = jax.vmap(lambda e: jax.random.permutation(
-      jax.random.fold_in(data_key, e), num_examples))(epochs)
-  return jax.lax.dynamic_slice(perms.reshape(-1), (start % num_examples,),
-                               (length,))
+  perms = jax.vmap(
+    lambda e: jax.random.permutation(
+      jax.random.fold_in(data_key, e), num_examples
+    )
+  )(epochs)
+  return jax.lax.dynamic_slice(
+    perms.reshape(-1), (start % num_examples,), (length,)
+  )
 
 
-def evaluate(model: nn.Module, params: Any, model_state: Any,
-             x_MxD: jax.Array, y_M: jax.Array,
-             eval_batch_size: int = 1000) -> Metrics:
+def evaluate(
+  model: nn.Module,
+  params: Any,
+  model_state: Any,
+  x_MxD: jax.Array,
+  y_M: jax.Array,
+  eval_batch_size: int = 1000,
+) -> Metrics:
   """Mean cross-entropy and accuracy on ``(x, y)``, in batches."""
   m = x_MxD.shape[0]
   b = min(eval_batch_size, m)
@@ -186,17 +213,18 @@ def evaluate(model: nn.Module, params: Any, model_state: Any,
 Diagnostics = Callable[[Any, Any, jax.Array, jax.Array], Metrics]
 
 
-def generic_classifier_step(model: nn.Module, tx: optax.GradientTransformation
-                            ) -> Callable[..., tuple[TrainState, Metrics]]:
+def generic_classifier_step(
+  model: nn.Module, tx: optax.GradientTransformation
+) -> Callable[..., tuple[TrainState, Metrics]]:
   """``step(state, idx_B, data)``: one SGD-style update on samples ``idx_B``.
 
   Any model returning ``(logits, activations)`` and any optax transform; the
   transform receives ``activations=``. Online accuracy scores each sample by
   the forward pass that then learns from it (before the update).
   """
+
   def loss_fn(params, model_state, x_BxD, y_B):
-    logits, activations = model.apply({"params": params, **model_state},
-                                      x_BxD)
+    logits, activations = model.apply({"params": params, **model_state}, x_BxD)
     return cross_entropy(logits, y_B), (logits, activations)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -204,22 +232,31 @@ def generic_classifier_step(model: nn.Module, tx: optax.GradientTransformation
   def step(state: TrainState, idx_B: jax.Array, data: ClassifierData):
     x_BxD, y_B = data.train_x[idx_B], data.train_y[idx_B]
     (loss, (logits, activations)), grads = grad_fn(
-        state.params, state.model_state, x_BxD, y_B)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params,
-                                   activations=activations)
+      state.params, state.model_state, x_BxD, y_B
+    )
+    updates, opt_state = tx.update(
+      grads, state.opt_state, state.params, activations=activations
+    )
     params = optax.apply_updates(state.params, updates)
     correct = jnp.mean(jnp.argmax(logits, -1) == y_B)
     return state._replace(params=params, opt_state=opt_state), {
-        "train_loss": loss, "online_accuracy": correct}
+      "train_loss": loss,
+      "online_accuracy": correct,
+    }
 
   return step
 
 
-def classifier_task(model: nn.Module, tx: optax.GradientTransformation, *,
-                    batch_size: int = 1, eval_batch_size: int = 1000,
-                    diagnostics: Optional[Diagnostics] = None,
-                    step: Optional[Callable[..., Any]] = None,
-                    fast: bool = True) -> Task:
+def classifier_task(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  *,
+  batch_size: int = 1,
+  eval_batch_size: int = 1000,
+  diagnostics: Optional[Diagnostics] = None,
+  step: Optional[Callable[..., Any]] = None,
+  fast: bool = True,
+) -> Task:
   """Online (or mini-batch) training of a classifier on ``ClassifierData``.
 
   Args:
@@ -240,26 +277,39 @@ def classifier_task(model: nn.Module, tx: optax.GradientTransformation, *,
   """
   if step is None and fast:
     from ojax import fused  # pylint: disable=g-import-not-at-top
+
     step = fused.select_step(model, tx, batch_size=batch_size)
   step = step or generic_classifier_step(model, tx)
 
   def sample(state, start, num_steps, data):
     n = data.train_y.shape[0]
-    return sample_indices(state.data_key, start * batch_size,
-                          num_steps * batch_size, n).reshape(num_steps,
-                                                             batch_size)
+    return sample_indices(
+      state.data_key, start * batch_size, num_steps * batch_size, n
+    ).reshape(num_steps, batch_size)
 
   def evaluate_fn(state, data):
-    metrics = evaluate(model, state.params, state.model_state, data.test_x,
-                       data.test_y, eval_batch_size)
+    metrics = evaluate(
+      model,
+      state.params,
+      state.model_state,
+      data.test_x,
+      data.test_y,
+      eval_batch_size,
+    )
     if diagnostics is not None:
-      metrics.update(diagnostics(state.params, state.model_state,
-                                 data.test_x, data.test_y))
+      metrics.update(
+        diagnostics(state.params, state.model_state, data.test_x, data.test_y)
+      )
     return metrics
 
-  return Task(step, evaluate_fn, sample, batch_size,
-              enter=getattr(step, "enter", None),
-              exit=getattr(step, "exit", None))
+  return Task(
+    step,
+    evaluate_fn,
+    sample,
+    batch_size,
+    enter=getattr(step, "enter", None),
+    exit=getattr(step, "exit", None),
+  )
 
 
 # --- The loop ------------------------------------------------------------
@@ -267,16 +317,25 @@ def classifier_task(model: nn.Module, tx: optax.GradientTransformation, *,
 
 def check_chunks(num_samples: int, eval_every: int, batch_size: int) -> None:
   """Raises ValueError unless the sample counts fit together."""
-  for field, value in (("num_samples", num_samples),
-                       ("eval_every", eval_every), ("batch_size", batch_size)):
-    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-        or value < 1):
+  for field, value in (
+    ("num_samples", num_samples),
+    ("eval_every", eval_every),
+    ("batch_size", batch_size),
+  ):
+    if (
+      isinstance(value, bool)
+      or not isinstance(value, (int, np.integer))
+      or value < 1
+    ):
       raise ValueError(f"{field}={value!r} must be a positive integer.")
-  for field, value in (("eval_every", eval_every),
-                       ("num_samples", num_samples)):
+  for field, value in (
+    ("eval_every", eval_every),
+    ("num_samples", num_samples),
+  ):
     if value % batch_size:
-      raise ValueError(f"{field}={value} must be a multiple of "
-                       f"batch_size={batch_size}.")
+      raise ValueError(
+        f"{field}={value} must be a multiple of batch_size={batch_size}."
+      )
 
 
 def chunk_ends(num_samples: int, eval_every: int) -> list[int]:
@@ -300,12 +359,14 @@ def shard(tree: Any, num_points: int) -> Any:
   pad = -num_points % len(devices)
   if pad:
     tree = jax.tree.map(
-        lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, 0)]), tree)
+      lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, 0)]), tree
+    )
   if len(devices) == 1:
     return tree
   mesh = jax.sharding.Mesh(np.array(devices), ("points",))
-  sharding = jax.sharding.NamedSharding(mesh,
-                                        jax.sharding.PartitionSpec("points"))
+  sharding = jax.sharding.NamedSharding(
+    mesh, jax.sharding.PartitionSpec("points")
+  )
 
   def put(x):  # Each host supplies the shards its own devices hold.
     if jax.process_count() > 1:
@@ -320,12 +381,14 @@ def to_host(tree: Any) -> Any:
   """Numpy copies of (possibly multi-host sharded) arrays, on every host."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     return multihost_utils.process_allgather(tree, tiled=True)
   return jax.device_get(tree)
 
 
-def _steps(task: Task, state: TrainState, start: jax.Array, num_steps: int,
-           data: Any) -> tuple[TrainState, Metrics]:
+def _steps(
+  task: Task, state: TrainState, start: jax.Array, num_steps: int, data: Any
+) -> tuple[TrainState, Metrics]:
   """``num_steps`` steps of one seed by ``lax.scan``; chunk-mean metrics."""
   if task.sample is None:
     inputs = start + jnp.arange(num_steps)
@@ -336,29 +399,35 @@ def _steps(task: Task, state: TrainState, start: jax.Array, num_steps: int,
     state, t = carry, xs[0]
     state, metrics = task.step(state, xs[1], data)
     first = (state.diverged_at < 0) & is_diverged(metrics["train_loss"])
-    state = state._replace(diverged_at=jnp.where(
-        first, ((start + t) * task.samples_per_step).astype(jnp.int32),
-        state.diverged_at))
+    state = state._replace(
+      diverged_at=jnp.where(
+        first,
+        ((start + t) * task.samples_per_step).astype(jnp.int32),
+        state.diverged_at,
+      )
+    )
     return state, metrics
 
   if task.enter is not None:
     state = task.enter(state)
-  state, metrics = jax.lax.scan(body, state,
-                                (jnp.arange(num_steps), inputs))
+  state, metrics = jax.lax.scan(body, state, (jnp.arange(num_steps), inputs))
   if task.exit is not None:
     state = task.exit(state)
   return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
 
-def _evaluate(task: Task, state: TrainState, data: Any,
-              samples_done: jax.Array) -> Metrics:
+def _evaluate(
+  task: Task, state: TrainState, data: Any, samples_done: jax.Array
+) -> Metrics:
   metrics = dict(task.evaluate(state, data))
   bad = ~all_finite(state.params)
   if "test_loss" in metrics:
     bad = bad | is_diverged(metrics["test_loss"])
   metrics["diverged_at"] = jnp.where(
-      (state.diverged_at < 0) & bad, samples_done.astype(jnp.int32),
-      state.diverged_at)
+    (state.diverged_at < 0) & bad,
+    samples_done.astype(jnp.int32),
+    state.diverged_at,
+  )
   return metrics
 
 
@@ -389,18 +458,26 @@ def _compiled(task: Task):
   def chunk(states, start_step, data, *, num_steps):
     def one(state):
       state, metrics = _steps(task, state, start_step, num_steps, data)
-      metrics.update(_evaluate(task, state, data,
-                               (start_step + num_steps) * per_step))
+      metrics.update(
+        _evaluate(task, state, data, (start_step + num_steps) * per_step)
+      )
       return state._replace(diverged_at=metrics["diverged_at"]), metrics
+
     return over_seeds(one)(states)
 
   return eval_all, chunk
 
 
-def run(task: Task, start: TrainState | Progress, data: Any, *,
-        num_samples: int, eval_every: int,
-        on_chunk: Optional[Callable[[Progress], None]] = None,
-        log_prefix: str = "") -> Progress:
+def run(
+  task: Task,
+  start: TrainState | Progress,
+  data: Any,
+  *,
+  num_samples: int,
+  eval_every: int,
+  on_chunk: Optional[Callable[[Progress], None]] = None,
+  log_prefix: str = "",
+) -> Progress:
   """Trains S seeds (or grid points) in lock-step, evaluating every chunk.
 
   Args:
@@ -426,34 +503,56 @@ def run(task: Task, start: TrainState | Progress, data: Any, *,
 
   eval_all, chunk = _compiled(task)
   if isinstance(start, Progress):
-    states, history, done = start.states, list(start.history), (
-        start.samples_done)
+    states, history, done = (
+      start.states,
+      list(start.history),
+      (start.samples_done),
+    )
     if done not in [0] + ends:
       raise ValueError(
-          f"cannot resume at {done} samples: evaluations of this run are at "
-          f"{ends[:3]}...{ends[-1:]} (eval_every={eval_every}, num_samples="
-          f"{num_samples}).")
+        f"cannot resume at {done} samples: evaluations of this run are at "
+        f"{ends[:3]}...{ends[-1:]} (eval_every={eval_every}, num_samples="
+        f"{num_samples})."
+      )
   else:
     states, done = start, 0
     first = to_host(eval_all(states, data, jnp.asarray(0)))
     # Step metrics (online accuracy, ...) do not exist before any step.
     seed0 = jax.tree.map(lambda x: x[0], states)
     step_metrics = jax.eval_shape(
-        lambda s: _steps(task, s, jnp.asarray(0), 1, data)[1], seed0)
+      lambda s: _steps(task, s, jnp.asarray(0), 1, data)[1], seed0
+    )
     num_seeds = len(first["diverged_at"])
-    history = [{"samples": 0, **{k: np.full(num_seeds, np.nan, np.float32)
-                                 for k in step_metrics}, **first}]
+    history = [
+      {
+        "samples": 0,
+        **{k: np.full(num_seeds, np.nan, np.float32) for k in step_metrics},
+        **first,
+      }
+    ]
   for end in [e for e in ends if e > done]:
     tic = time.perf_counter()
-    states, metrics = chunk(states, jnp.asarray(done // per_step, jnp.int32),
-                            data, num_steps=(end - done) // per_step)
+    states, metrics = chunk(
+      states,
+      jnp.asarray(done // per_step, jnp.int32),
+      data,
+      num_steps=(end - done) // per_step,
+    )
     metrics = to_host(metrics)
     history.append({"samples": end, **metrics})
     # The first chunk's rate includes compilation.
-    _log.info("%s%d/%d samples  %.0f samples/s/seed%s", log_prefix, end,
-              num_samples, (end - done) / max(time.perf_counter() - tic, 1e-9),
-              (f"  test acc {float(np.nanmean(metrics['test_accuracy'])):.4f}"
-               if "test_accuracy" in metrics else ""))
+    _log.info(
+      "%s%d/%d samples  %.0f samples/s/seed%s",
+      log_prefix,
+      end,
+      num_samples,
+      (end - done) / max(time.perf_counter() - tic, 1e-9),
+      (
+        f"  test acc {float(np.nanmean(metrics['test_accuracy'])):.4f}"
+        if "test_accuracy" in metrics
+        else ""
+      ),
+    )
     done = end
     if on_chunk is not None:
       on_chunk(Progress(done, states, history))

@@ -31,8 +31,9 @@ class BCMState(NamedTuple):
   theta: Any
 
 
-def bcm_term(kernel_IxO: jax.Array, trace: Trace,
-             theta_O: jax.Array) -> jax.Array:
+def bcm_term(
+  kernel_IxO: jax.Array, trace: Trace, theta_O: jax.Array
+) -> jax.Array:
   """BCM's term ``mean_b outer(x, y * (y - theta))`` for one kernel.
 
   Args:
@@ -56,12 +57,12 @@ def bcm_term(kernel_IxO: jax.Array, trace: Trace,
 
 
 def bcm(
-    learning_rate: _common.ScalarOrSchedule,
-    *,
-    theta_decay: float = 0.9,
-    theta_init: float = 0.0,
-    mask: Optional[Any] = None,
-    layout: str = "in_out",
+  learning_rate: _common.ScalarOrSchedule,
+  *,
+  theta_decay: float = 0.9,
+  theta_init: float = 0.0,
+  mask: Optional[Any] = None,
+  layout: str = "in_out",
 ) -> _common.PlasticityRule:
   """BCM rule with a sliding threshold per post-synaptic unit.
 
@@ -118,14 +119,16 @@ def bcm(
   """
   fn = "ojax.bcm"
   _common.check_rate(learning_rate, fn=fn, arg="learning_rate")
-  _common.check_rate(theta_init, fn=fn, arg="theta_init",
-                     allow_schedule=False)
-  _common.check_rate(theta_decay, fn=fn, arg="theta_decay",
-                     allow_schedule=False)
+  _common.check_rate(theta_init, fn=fn, arg="theta_init", allow_schedule=False)
+  _common.check_rate(
+    theta_decay, fn=fn, arg="theta_decay", allow_schedule=False
+  )
   if _common.is_static_number(theta_decay) and not float(theta_decay) < 1.0:
-    raise ValueError(f"{fn}: theta_decay={theta_decay!r}; it must be in "
-                     "[0, 1) (the threshold averages over 1 / (1 - "
-                     "theta_decay) steps).")
+    raise ValueError(
+      f"{fn}: theta_decay={theta_decay!r}; it must be in "
+      "[0, 1) (the threshold averages over 1 / (1 - "
+      "theta_decay) steps)."
+    )
   _common.check_layout(layout, fn=fn)
 
   def init_fn(params: Any) -> BCMState:
@@ -138,34 +141,47 @@ def bcm(
       dtype = jnp.promote_types(p.dtype, jnp.float32)
       _, fan_out = _common.fans(tuple(shape), layout)
       return jnp.full((fan_out,), theta_init, dtype)
+
     theta = jax.tree.map(one, params, is_leaf=_common.is_masked)
     return BCMState(count=jnp.zeros([], jnp.int32), theta=theta)
 
-  def update_fn(updates, state, params=None, *, activations=None,
-                **extra_args):
+  def update_fn(updates, state, params=None, *, activations=None, **extra_args):
     del extra_args
     _common.refuse_multisteps(fn)
     if params is None:
       raise ValueError(_common.NO_PARAMS_MSG)
     eta = _common.rate_at(learning_rate, state.count)
-    decay = (theta_decay if _common.is_static_number(theta_decay) else
-             _common.guard_rate(theta_decay, below=1.0))
+    decay = (
+      theta_decay
+      if _common.is_static_number(theta_decay)
+      else _common.guard_rate(theta_decay, below=1.0)
+    )
 
     def kernel_fn(where, kernel_IxO, trace, theta_O):
       if theta_O is None:
-        raise ValueError(f"{fn}: no threshold for the kernel at {where}; "
-                         "the state was made by init() for other params.")
+        raise ValueError(
+          f"{fn}: no threshold for the kernel at {where}; "
+          "the state was made by init() for other params."
+        )
       term = eta * bcm_term(kernel_IxO, trace, theta_O)
       power_O = jnp.mean(jnp.square(trace.post.astype(theta_O.dtype)), axis=0)
       new_theta = decay * theta_O + (1 - decay) * power_O
       return term, new_theta.astype(theta_O.dtype)
 
     new_updates, theta = _common.add_terms(
-        fn, updates, params, activations, layout=layout,
-        needs=("pre", "post"), kernel_fn=kernel_fn,
-        leaf_states=state.theta)
-    return new_updates, BCMState(count=optax.safe_increment(state.count),
-                                 theta=theta)
+      fn,
+      updates,
+      params,
+      activations,
+      layout=layout,
+      needs=("pre", "post"),
+      kernel_fn=kernel_fn,
+      leaf_states=state.theta,
+    )
+    return new_updates, BCMState(
+      count=optax.safe_increment(state.count), theta=theta
+    )
 
   return _common.finish(
-      optax.GradientTransformationExtraArgs(init_fn, update_fn), mask)
+    optax.GradientTransformationExtraArgs(init_fn, update_fn), mask
+  )

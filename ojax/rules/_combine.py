@@ -32,14 +32,19 @@ def _multisteps(optimizer: Any):
 
 
 def _check_transform(value: Any, *, fn: str, arg: str) -> None:
-  if not (callable(getattr(value, "init", None))
-          and callable(getattr(value, "update", None))):
-    raise ValueError(f"{fn}: {arg} has type {_common.type_name(value)}; it "
-                     "must be an optax GradientTransformation.")
+  if not (
+    callable(getattr(value, "init", None))
+    and callable(getattr(value, "update", None))
+  ):
+    raise ValueError(
+      f"{fn}: {arg} has type {_common.type_name(value)}; it "
+      "must be an optax GradientTransformation."
+    )
 
 
-def with_rule(optimizer: Any, *rules: Any
-              ) -> optax.GradientTransformationExtraArgs:
+def with_rule(
+  optimizer: Any, *rules: Any
+) -> optax.GradientTransformationExtraArgs:
   """Adds plasticity rules after an optimizer: ``opt(g) + sum of rule terms``.
 
   ``with_rule(optimizer, rule)`` computes the optimizer's update from the
@@ -89,11 +94,14 @@ def with_rule(optimizer: Any, *rules: Any
   _check_transform(optimizer, fn=fn, arg="optimizer")
   if isinstance(optimizer, _common.PlasticityRule):
     raise ValueError(
-        f"{fn}: the first argument is a plasticity rule; it must be the "
-        "optimizer, e.g. ojax.with_rule(optax.sgd(lr), ojax.oja(eta)).")
+      f"{fn}: the first argument is a plasticity rule; it must be the "
+      "optimizer, e.g. ojax.with_rule(optax.sgd(lr), ojax.oja(eta))."
+    )
   if not rules:
-    raise ValueError(f"{fn}: no rule given; call with_rule(optimizer, rule, "
-                     "...), e.g. with_rule(optax.sgd(lr), ojax.oja(eta)).")
+    raise ValueError(
+      f"{fn}: no rule given; call with_rule(optimizer, rule, "
+      "...), e.g. with_rule(optax.sgd(lr), ojax.oja(eta))."
+    )
   for i, rule in enumerate(rules):
     _check_transform(rule, fn=fn, arg=f"rule {i}")
   multi = _multisteps(optimizer)
@@ -108,14 +116,16 @@ def with_rule(optimizer: Any, *rules: Any
     return states + (RuleAccumulator(optax.tree.zeros_like(params)),)
 
   def update_fn(updates, state, params=None, **extra_args):
-    opt_state, rule_states = state[0], state[1:1 + len(rules)]
-    new_updates, new_opt_state = optimizer.update(updates, opt_state, params,
-                                                  **extra_args)
+    opt_state, rule_states = state[0], state[1 : 1 + len(rules)]
+    new_updates, new_opt_state = optimizer.update(
+      updates, opt_state, params, **extra_args
+    )
     if multi is None:
       new_rule_states = []
       for rule, rule_state in zip(rules, rule_states):
-        new_updates, rule_state = rule.update(new_updates, rule_state, params,
-                                              **extra_args)
+        new_updates, rule_state = rule.update(
+          new_updates, rule_state, params, **extra_args
+        )
         new_rule_states.append(rule_state)
       return new_updates, (new_opt_state, *new_rule_states)
 
@@ -126,30 +136,37 @@ def with_rule(optimizer: Any, *rules: Any
     for rule, rule_state in zip(rules, rule_states):
       term, rule_state = rule.update(term, rule_state, params, **extra_args)
       new_rule_states.append(rule_state)
-    accepted = ((new_opt_state.mini_step != opt_state.mini_step)
-                | (new_opt_state.gradient_step != opt_state.gradient_step))
+    accepted = (new_opt_state.mini_step != opt_state.mini_step) | (
+      new_opt_state.gradient_step != opt_state.gradient_step
+    )
     emit = new_opt_state.gradient_step != opt_state.gradient_step
     seen = opt_state.mini_step.astype(jnp.float32)
-    mean = jax.tree.map(lambda a, t: a + (t.astype(a.dtype) - a) / (seen + 1),
-                        acc, term)
+    mean = jax.tree.map(
+      lambda a, t: a + (t.astype(a.dtype) - a) / (seen + 1), acc, term
+    )
     mean = jax.tree.map(lambda m, a: jnp.where(accepted, m, a), mean, acc)
     new_updates = jax.tree.map(
-        lambda u, m: u + jnp.where(emit, m, 0).astype(u.dtype),
-        new_updates, mean)
-    new_acc = jax.tree.map(lambda m: jnp.where(emit, 0, m).astype(m.dtype),
-                           mean)
+      lambda u, m: u + jnp.where(emit, m, 0).astype(u.dtype), new_updates, mean
+    )
+    new_acc = jax.tree.map(
+      lambda m: jnp.where(emit, 0, m).astype(m.dtype), mean
+    )
     new_rule_states = [
-        jax.tree.map(lambda n, o: jnp.where(accepted, n, o), new, old)
-        for new, old in zip(new_rule_states, rule_states)]
-    return new_updates, (new_opt_state, *new_rule_states,
-                         RuleAccumulator(new_acc))
+      jax.tree.map(lambda n, o: jnp.where(accepted, n, o), new, old)
+      for new, old in zip(new_rule_states, rule_states)
+    ]
+    return new_updates, (
+      new_opt_state,
+      *new_rule_states,
+      RuleAccumulator(new_acc),
+    )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def sgd_oja(
-    learning_rate: _common.ScalarOrSchedule,
-    oja_learning_rate: _common.ScalarOrSchedule,
+  learning_rate: _common.ScalarOrSchedule,
+  oja_learning_rate: _common.ScalarOrSchedule,
 ) -> optax.GradientTransformationExtraArgs:
   """The paper's "BP + Oja": an SGD step plus an Oja step, one forward pass.
 

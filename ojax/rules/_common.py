@@ -33,8 +33,9 @@ import optax
 # optax's own text (optax does not export its constant), so that a missing
 # ``params`` reads the same as in every optax transform that needs them.
 NO_PARAMS_MSG = (
-    "You are using a transformation that requires the current value of "
-    "parameters, but you are not passing `params` when calling `update`.")
+  "You are using a transformation that requires the current value of "
+  "parameters, but you are not passing `params` when calling `update`."
+)
 
 LAYOUTS = ("in_out", "out_in")
 
@@ -109,8 +110,7 @@ class PlasticityRule(optax.GradientTransformationExtraArgs):
 def describe(value: Any) -> str:
   """A short one-line description of a value for error messages."""
   if isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) > 0:
-    return (f"an array of shape {tuple(np.shape(value))} and dtype "
-            f"{value.dtype}")
+    return f"an array of shape {tuple(np.shape(value))} and dtype {value.dtype}"
   if isinstance(value, jax.core.Tracer):
     return f"a traced {value.dtype} scalar"
   text = repr(value)
@@ -121,40 +121,55 @@ def type_name(value: Any) -> str:
   return type(value).__name__
 
 
-def check_rate(value: Any, *, fn: str, arg: str, nonnegative: bool = True,
-               allow_schedule: bool = True) -> None:
+def check_rate(
+  value: Any,
+  *,
+  fn: str,
+  arg: str,
+  nonnegative: bool = True,
+  allow_schedule: bool = True,
+) -> None:
   """Raises a one-line ValueError unless ``value`` is a valid rate.
 
   Allowed: a real number (finite; >= 0 when ``nonnegative``), a scalar
   array (checked at run time, see :func:`guard_rate`), or, when
   ``allow_schedule``, a callable of the step count.
   """
-  allowed = ("a finite float >= 0" if nonnegative else "a finite float")
+  allowed = "a finite float >= 0" if nonnegative else "a finite float"
   if allow_schedule:
     allowed += " or an optax schedule (a callable of the step count)"
   if callable(value) and not isinstance(value, (jax.Array, np.ndarray)):
     if allow_schedule:
       return
-    raise ValueError(f"{fn}: {arg}={describe(value)} is a callable; it must "
-                     f"be {allowed}.")
+    raise ValueError(
+      f"{fn}: {arg}={describe(value)} is a callable; it must be {allowed}."
+    )
   if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
-    raise ValueError(f"{fn}: {arg}={describe(value)} has type "
-                     f"{type_name(value)}; it must be {allowed}.")
+    raise ValueError(
+      f"{fn}: {arg}={describe(value)} has type "
+      f"{type_name(value)}; it must be {allowed}."
+    )
   if isinstance(value, (jax.Array, np.ndarray)):
     if np.ndim(value) != 0:
-      raise ValueError(f"{fn}: {arg} is {describe(value)}; it must be a "
-                       f"scalar, {allowed}.")
-    if not (jnp.issubdtype(value.dtype, jnp.floating)
-            or jnp.issubdtype(value.dtype, jnp.integer)):
-      raise ValueError(f"{fn}: {arg} has dtype {value.dtype}; it must be "
-                       f"{allowed}.")
+      raise ValueError(
+        f"{fn}: {arg} is {describe(value)}; it must be a scalar, {allowed}."
+      )
+    if not (
+      jnp.issubdtype(value.dtype, jnp.floating)
+      or jnp.issubdtype(value.dtype, jnp.integer)
+    ):
+      raise ValueError(
+        f"{fn}: {arg} has dtype {value.dtype}; it must be {allowed}."
+      )
     if isinstance(value, np.ndarray):
       value = value.item()
     else:
       return  # A jax array (maybe traced): checked at run time.
   if not isinstance(value, numbers.Real):
-    raise ValueError(f"{fn}: {arg}={describe(value)} has type "
-                     f"{type_name(value)}; it must be {allowed}.")
+    raise ValueError(
+      f"{fn}: {arg}={describe(value)} has type "
+      f"{type_name(value)}; it must be {allowed}."
+    )
   number = float(value)
   if not math.isfinite(number) or (nonnegative and number < 0):
     raise ValueError(f"{fn}: {arg}={value!r}; it must be {allowed}.")
@@ -163,18 +178,22 @@ def check_rate(value: Any, *, fn: str, arg: str, nonnegative: bool = True,
 def is_static_number(value: Any) -> bool:
   """True for rates fully checked at construction (Python/NumPy numbers)."""
   return isinstance(value, (numbers.Real, np.ndarray)) and not isinstance(
-      value, jax.Array)
+    value, jax.Array
+  )
 
 
 def check_layout(layout: Any, *, fn: str) -> None:
   if layout not in LAYOUTS:
-    raise ValueError(f"{fn}: layout={layout!r} is not known; choose "
-                     f"'in_out' (Flax, Haiku: kernel (fan_in, fan_out)) or "
-                     f"'out_in' (Equinox, PyTorch: weight (fan_out, fan_in)).")
+    raise ValueError(
+      f"{fn}: layout={layout!r} is not known; choose "
+      f"'in_out' (Flax, Haiku: kernel (fan_in, fan_out)) or "
+      f"'out_in' (Equinox, PyTorch: weight (fan_out, fan_in))."
+    )
 
 
-def rate_at(learning_rate: Any, count: jax.Array, *,
-            nonnegative: bool = True) -> Any:
+def rate_at(
+  learning_rate: Any, count: jax.Array, *, nonnegative: bool = True
+) -> Any:
   """The rate at step ``count``, with a run-time guard when it is dynamic.
 
   A Python/NumPy number was checked at construction and is returned as is
@@ -195,8 +214,9 @@ def rate_at(learning_rate: Any, count: jax.Array, *,
   return guard_rate(eta, nonnegative=nonnegative)
 
 
-def guard_rate(eta: Any, *, nonnegative: bool = True,
-               below: Optional[float] = None) -> jax.Array:
+def guard_rate(
+  eta: Any, *, nonnegative: bool = True, below: Optional[float] = None
+) -> jax.Array:
   """``eta`` where it is finite (>= 0, < ``below``), NaN elsewhere."""
   eta = jnp.asarray(eta)
   if not jnp.issubdtype(eta.dtype, jnp.floating):
@@ -224,43 +244,55 @@ def is_masked(x: Any) -> bool:
 def path_str(path: Sequence[Any]) -> str:
   """``keystr`` of a path, without a trailing ``.value`` (NNX Variables)."""
   path = tuple(path)
-  if (path and isinstance(path[-1], jax.tree_util.GetAttrKey)
-      and path[-1].name == "value"):
+  if (
+    path
+    and isinstance(path[-1], jax.tree_util.GetAttrKey)
+    and path[-1].name == "value"
+  ):
     path = path[:-1]
   return jax.tree_util.keystr(path) or "<root>"
 
 
-def traces_by_path(activations: Any, params: Any, *, fn: str
-                   ) -> dict[str, Trace]:
+def traces_by_path(
+  activations: Any, params: Any, *, fn: str
+) -> dict[str, Trace]:
   """Maps parameter paths to traces, checking that every trace has a home."""
   if activations is None:
     raise ValueError(
-        f"{fn}: update() needs activations=<tree of ojax.Trace shaped like "
-        "params>, e.g. from ojax.traces.apply (Linen), ojax.traces.call (NNX) "
-        "or a model that returns its traces.")
+      f"{fn}: update() needs activations=<tree of ojax.Trace shaped like "
+      "params>, e.g. from ojax.traces.apply (Linen), ojax.traces.call (NNX) "
+      "or a model that returns its traces."
+    )
   flat = jax.tree_util.tree_flatten_with_path(
-      activations, is_leaf=is_trace_or_none)[0]
+    activations, is_leaf=is_trace_or_none
+  )[0]
   traces = {}
   for path, leaf in flat:
     if leaf is None:
       continue
     if not isinstance(leaf, Trace):
       raise ValueError(
-          f"{fn}: activations{path_str(path)} has type {type_name(leaf)}; "
-          "each leaf must be an ojax.Trace(pre, post) or None.")
+        f"{fn}: activations{path_str(path)} has type {type_name(leaf)}; "
+        "each leaf must be an ojax.Trace(pre, post) or None."
+      )
     traces[path_str(path)] = leaf
   if not traces:
     raise ValueError(
-        f"{fn}: activations holds no ojax.Trace; give a tree shaped like "
-        "params with Trace(pre, post) at each kernel the rule updates.")
+      f"{fn}: activations holds no ojax.Trace; give a tree shaped like "
+      "params with Trace(pre, post) at each kernel the rule updates."
+    )
   param_paths = {
-      path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(
-          params, is_leaf=is_masked)[0]}
+    path_str(p)
+    for p, _ in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_masked)[
+      0
+    ]
+  }
   unknown = sorted(set(traces) - param_paths)
   if unknown:
     raise ValueError(
-        f"{fn}: no parameter matches the Trace at {unknown[0]} (a missing or "
-        f"misnamed layer?); parameters are at {sorted(param_paths)}.")
+      f"{fn}: no parameter matches the Trace at {unknown[0]} (a missing or "
+      f"misnamed layer?); parameters are at {sorted(param_paths)}."
+    )
   return traces
 
 
@@ -277,13 +309,17 @@ def fans(shape: Sequence[int], layout: str) -> tuple[int, int]:
 def as_matrix(kernel: jax.Array, layout: str) -> jax.Array:
   """The ``(fan_in, fan_out)`` view of a kernel."""
   if layout == "in_out":
-    return kernel if kernel.ndim == 2 else jnp.reshape(
-        kernel, (-1, kernel.shape[-1]))
+    return (
+      kernel
+      if kernel.ndim == 2
+      else jnp.reshape(kernel, (-1, kernel.shape[-1]))
+    )
   return jnp.reshape(kernel, (kernel.shape[0], -1)).T
 
 
-def from_matrix(term_IxO: jax.Array, shape: Sequence[int],
-                layout: str) -> jax.Array:
+def from_matrix(
+  term_IxO: jax.Array, shape: Sequence[int], layout: str
+) -> jax.Array:
   """Inverse of :func:`as_matrix` for a term."""
   if layout == "in_out":
     return term_IxO if len(shape) == 2 else jnp.reshape(term_IxO, shape)
@@ -292,25 +328,42 @@ def from_matrix(term_IxO: jax.Array, shape: Sequence[int],
 
 def flat_trace(trace: Trace, fan_in: int, fan_out: int) -> Trace:
   """The trace with every field reshaped to ``(samples, fan)``."""
+
   def flat(a, n):
     return None if a is None else jnp.reshape(a, (-1, n))
-  return Trace(flat(trace.pre, fan_in), flat(trace.post, fan_out),
-               flat(trace.pre_error, fan_in), flat(trace.post_error, fan_out))
+
+  return Trace(
+    flat(trace.pre, fan_in),
+    flat(trace.post, fan_out),
+    flat(trace.pre_error, fan_in),
+    flat(trace.post_error, fan_out),
+  )
 
 
-_FIELD_FAN = {"pre": "fan_in", "post": "fan_out", "pre_error": "fan_in",
-              "post_error": "fan_out"}
+_FIELD_FAN = {
+  "pre": "fan_in",
+  "post": "fan_out",
+  "pre_error": "fan_in",
+  "post_error": "fan_out",
+}
 
 
-def check_trace(fn: str, where: str, kernel: Any, trace: Trace, layout: str,
-                needs: Sequence[str]) -> tuple[int, int]:
+def check_trace(
+  fn: str,
+  where: str,
+  kernel: Any,
+  trace: Trace,
+  layout: str,
+  needs: Sequence[str],
+) -> tuple[int, int]:
   """Raises a ValueError naming the bad trace; returns (fan_in, fan_out)."""
   shape = getattr(kernel, "shape", None)
   if shape is None or len(shape) < 2:
     raise ValueError(
-        f"{fn}: Trace at {where} matches a parameter of shape {shape}; the "
-        "rule applies to 2-D kernels (fan_in, fan_out) and conv kernels "
-        "(..., fan_out) only. Put None there instead of a Trace.")
+      f"{fn}: Trace at {where} matches a parameter of shape {shape}; the "
+      "rule applies to 2-D kernels (fan_in, fan_out) and conv kernels "
+      "(..., fan_out) only. Put None there instead of a Trace."
+    )
   fan_in, fan_out = fans(tuple(shape), layout)
   sizes = {"fan_in": fan_in, "fan_out": fan_out}
   batch = None
@@ -318,24 +371,30 @@ def check_trace(fn: str, where: str, kernel: Any, trace: Trace, layout: str,
     value = getattr(trace, field)
     if value is None:
       raise ValueError(
-          f"{fn}: Trace at {where} has {field}=None; this rule needs "
-          f"{', '.join(needs)}.")
+        f"{fn}: Trace at {where} has {field}=None; this rule needs "
+        f"{', '.join(needs)}."
+      )
     value_shape = tuple(jnp.shape(value))
     size = sizes[_FIELD_FAN[field]]
     if not value_shape or value_shape[-1] != size:
-      layout_note = "" if len(shape) == 2 and layout == "in_out" else (
-          f" (layout={layout!r}, {_FIELD_FAN[field]} {size})")
+      layout_note = (
+        ""
+        if len(shape) == 2 and layout == "in_out"
+        else (f" (layout={layout!r}, {_FIELD_FAN[field]} {size})")
+      )
       dotted = "Trace." + field
       raise ValueError(
-          f"{fn}: {dotted} at {where} has shape {value_shape}; the kernel "
-          f"there is {tuple(shape)}{layout_note}, so {field} must be "
-          f"(..., {size}).")
+        f"{fn}: {dotted} at {where} has shape {value_shape}; the kernel "
+        f"there is {tuple(shape)}{layout_note}, so {field} must be "
+        f"(..., {size})."
+      )
     if batch is None:
       batch = (field, value_shape[:-1])
     elif value_shape[:-1] != batch[1]:
       raise ValueError(
-          f"{fn}: Trace at {where} has batch shape {batch[1]} for "
-          f"{batch[0]} but {value_shape[:-1]} for {field}; they must agree.")
+        f"{fn}: Trace at {where} has batch shape {batch[1]} for "
+        f"{batch[0]} but {value_shape[:-1]} for {field}; they must agree."
+      )
   return fan_in, fan_out
 
 
@@ -358,10 +417,11 @@ def refuse_multisteps(fn: str) -> None:
     while frame is not None:
       if frame.f_code is _MULTISTEPS_CODE:
         raise ValueError(
-            f"{fn} inside optax.MultiSteps would see only the last "
-            "mini-batch's activations; use ojax.with_rule(optax.MultiSteps("
-            "optimizer, k), rule), which averages the rule's term over the k "
-            "mini-batches.")
+          f"{fn} inside optax.MultiSteps would see only the last "
+          "mini-batch's activations; use ojax.with_rule(optax.MultiSteps("
+          "optimizer, k), rule), which averages the rule's term over the k "
+          "mini-batches."
+        )
       frame = frame.f_back
   finally:
     del frame
@@ -373,9 +433,17 @@ def refuse_multisteps(fn: str) -> None:
 KernelFn = Callable[[str, jax.Array, Trace, Any], tuple[jax.Array, Any]]
 
 
-def add_terms(fn: str, updates: Any, params: Any, activations: Any, *,
-              layout: str, needs: Sequence[str], kernel_fn: KernelFn,
-              leaf_states: Optional[Any] = None) -> tuple[Any, Any]:
+def add_terms(
+  fn: str,
+  updates: Any,
+  params: Any,
+  activations: Any,
+  *,
+  layout: str,
+  needs: Sequence[str],
+  kernel_fn: KernelFn,
+  leaf_states: Optional[Any] = None,
+) -> tuple[Any, Any]:
   """Adds ``kernel_fn``'s term to the update of every traced kernel.
 
   Args:
@@ -397,24 +465,33 @@ def add_terms(fn: str, updates: Any, params: Any, activations: Any, *,
     raise ValueError(NO_PARAMS_MSG)
   traces = traces_by_path(activations, params, fn=fn)
   flat_params, treedef = jax.tree_util.tree_flatten_with_path(
-      params, is_leaf=is_masked)
+    params, is_leaf=is_masked
+  )
   flat_updates = treedef.flatten_up_to(updates)
-  flat_states = (treedef.flatten_up_to(leaf_states) if leaf_states is not None
-                 else [None] * len(flat_params))
+  flat_states = (
+    treedef.flatten_up_to(leaf_states)
+    if leaf_states is not None
+    else [None] * len(flat_params)
+  )
   new_updates, new_states = [], []
-  for (path, kernel), update, leaf_state in zip(flat_params, flat_updates,
-                                                flat_states):
+  for (path, kernel), update, leaf_state in zip(
+    flat_params, flat_updates, flat_states
+  ):
     where = path_str(path)
     trace = traces.get(where)
-    if trace is None or is_masked(kernel) or update is None or is_masked(
-        update):
+    if (
+      trace is None or is_masked(kernel) or update is None or is_masked(update)
+    ):
       new_updates.append(update)
       new_states.append(leaf_state)
       continue
     fan_in, fan_out = check_trace(fn, where, kernel, trace, layout, needs)
-    term, leaf_state = kernel_fn(where, as_matrix(kernel, layout),
-                                 flat_trace(trace, fan_in, fan_out),
-                                 leaf_state)
+    term, leaf_state = kernel_fn(
+      where,
+      as_matrix(kernel, layout),
+      flat_trace(trace, fan_in, fan_out),
+      leaf_state,
+    )
     term = from_matrix(term, kernel.shape, layout)
     new_updates.append(update + term.astype(update.dtype))
     new_states.append(leaf_state)
@@ -424,8 +501,9 @@ def add_terms(fn: str, updates: Any, params: Any, activations: Any, *,
   return new_updates, leaf_states
 
 
-def finish(tx: optax.GradientTransformationExtraArgs, mask: Any
-           ) -> PlasticityRule:
+def finish(
+  tx: optax.GradientTransformationExtraArgs, mask: Any
+) -> PlasticityRule:
   """Applies ``mask`` (like ``optax.add_decayed_weights``) and tags the rule."""
   if mask is not None:
     tx = optax.masked(tx, mask)
@@ -440,10 +518,15 @@ def mean_outer(a_BxI: jax.Array, b_BxO: jax.Array) -> jax.Array:
 ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], Any]]
 
 
-def term_rule(fn: str, term: Callable[[jax.Array, Trace], jax.Array],
-              learning_rate: Any, *, mask: Any, layout: str,
-              state_cls: type = RuleState
-              ) -> optax.GradientTransformationExtraArgs:
+def term_rule(
+  fn: str,
+  term: Callable[[jax.Array, Trace], jax.Array],
+  learning_rate: Any,
+  *,
+  mask: Any,
+  layout: str,
+  state_cls: type = RuleState,
+) -> optax.GradientTransformationExtraArgs:
   """A stateless rule: adds ``learning_rate * term(K, trace)`` to each
   traced kernel (Hebb, Oja, Sanger); ``fn`` names it in errors."""
   check_rate(learning_rate, fn=fn, arg="learning_rate")
@@ -453,8 +536,7 @@ def term_rule(fn: str, term: Callable[[jax.Array, Trace], jax.Array],
     del params
     return state_cls(count=jnp.zeros([], jnp.int32))
 
-  def update_fn(updates, state, params=None, *, activations=None,
-                **extra_args):
+  def update_fn(updates, state, params=None, *, activations=None, **extra_args):
     del extra_args
     refuse_multisteps(fn)
     if params is None:
@@ -466,9 +548,14 @@ def term_rule(fn: str, term: Callable[[jax.Array, Trace], jax.Array],
       return eta * term(kernel_IxO, trace), leaf_state
 
     new_updates, _ = add_terms(
-        fn, updates, params, activations, layout=layout,
-        needs=("pre", "post"), kernel_fn=kernel_fn)
+      fn,
+      updates,
+      params,
+      activations,
+      layout=layout,
+      needs=("pre", "post"),
+      kernel_fn=kernel_fn,
+    )
     return new_updates, state_cls(count=optax.safe_increment(state.count))
 
-  return finish(optax.GradientTransformationExtraArgs(init_fn, update_fn),
-                mask)
+  return finish(optax.GradientTransformationExtraArgs(init_fn, update_fn), mask)

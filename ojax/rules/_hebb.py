@@ -34,10 +34,10 @@ def hebb_term(kernel_IxO: jax.Array, trace: Trace) -> jax.Array:
 
 
 def hebb(
-    learning_rate: _common.ScalarOrSchedule,
-    *,
-    mask: Optional[Any] = None,
-    layout: str = "in_out",
+  learning_rate: _common.ScalarOrSchedule,
+  *,
+  mask: Optional[Any] = None,
+  layout: str = "in_out",
 ) -> _common.PlasticityRule:
   """Plain Hebbian rule: adds ``eta * mean_b outer(x, y)`` to updates.
 
@@ -80,5 +80,11 @@ def hebb(
   Array([[1.5],
          [3. ]], dtype=float32)
   """
-  return _common.term_rule("ojax.hebb", hebb_term, learning_rate, mask=mask,
-                           layout=layout, state_cls=_common.RuleState)
+  return _common.term_rule(
+    "ojax.hebb",
+    hebb_term,
+    learning_rate,
+    mask=mask,
+    layout=layout,
+    state_cls=_common.RuleState,
+  )

@@ -54,10 +54,10 @@ def oja_term(kernel_IxO: jax.Array, trace: Trace) -> jax.Array:
 
 
 def oja(
-    learning_rate: _common.ScalarOrSchedule,
-    *,
-    mask: Optional[Any] = None,
-    layout: str = "in_out",
+  learning_rate: _common.ScalarOrSchedule,
+  *,
+  mask: Optional[Any] = None,
+  layout: str = "in_out",
 ) -> _common.PlasticityRule:
   r"""Oja's subspace rule: adds ``eta * mean_b outer(x - K y, y)`` to updates.
 
@@ -120,5 +120,11 @@ def oja(
   Array([[-0.5],
          [ 0.5]], dtype=float32)
   """
-  return _common.term_rule("ojax.oja", oja_term, learning_rate, mask=mask,
-                           layout=layout, state_cls=OjaState)
+  return _common.term_rule(
+    "ojax.oja",
+    oja_term,
+    learning_rate,
+    mask=mask,
+    layout=layout,
+    state_cls=OjaState,
+  )

@@ -78,33 +78,55 @@ def _post_pre_error_oja(k, t):
 # layout. Each is O(samples * fan_in * fan_out): products with K are taken
 # with a vector first, never with an outer product.
 TERMS: dict[str, Term] = {
-    "error": Term(_error, ("pre", "post_error"), "-mean x e^T",
-                  "-e_l y_{l-1}^T  (pseudo-gradient)"),
-    "decay": Term(_decay, (), "-K", "-W_l  (weight decay)"),
-    "hebb": Term(_hebb, ("pre", "post"), "mean x y^T", "y_l y_{l-1}^T"),
-    "oja": Term(_oja.oja_term, ("pre", "post"), "mean (x - K y) y^T",
-                "y_l y_{l-1}^T - y_l y_l^T W_l"),
-    "sanger": Term(_sanger.sanger_term, ("pre", "post"),
-                   "mean (x y^T - K UT(y y^T))", ""),
-    "post_pre_error": Term(_post_pre_error, ("pre_error", "post"),
-                           "mean a y^T", "y_l e_{l-1}^T"),
-    "error_hebb": Term(_error_hebb, ("pre_error", "post_error"),
-                       "mean a e^T", "e_l e_{l-1}^T"),
-    "error_oja": Term(_error_oja, ("pre_error", "post_error"),
-                      "mean (a - K e) e^T", "e_l e_{l-1}^T - e_l e_l^T W_l"),
-    "error_oja_pre": Term(_error_oja_pre, ("pre_error", "post_error"),
-                          "mean a (e - K^T a)^T",
-                          "e_l e_{l-1}^T - W_l e_{l-1} e_{l-1}^T"),
-    "post_pre_error_oja": Term(_post_pre_error_oja, ("pre_error", "post"),
-                               "mean a (y - K^T a)^T",
-                               "y_l e_{l-1}^T - W_l e_{l-1} e_{l-1}^T"),
+  "error": Term(
+    _error,
+    ("pre", "post_error"),
+    "-mean x e^T",
+    "-e_l y_{l-1}^T  (pseudo-gradient)",
+  ),
+  "decay": Term(_decay, (), "-K", "-W_l  (weight decay)"),
+  "hebb": Term(_hebb, ("pre", "post"), "mean x y^T", "y_l y_{l-1}^T"),
+  "oja": Term(
+    _oja.oja_term,
+    ("pre", "post"),
+    "mean (x - K y) y^T",
+    "y_l y_{l-1}^T - y_l y_l^T W_l",
+  ),
+  "sanger": Term(
+    _sanger.sanger_term, ("pre", "post"), "mean (x y^T - K UT(y y^T))", ""
+  ),
+  "post_pre_error": Term(
+    _post_pre_error, ("pre_error", "post"), "mean a y^T", "y_l e_{l-1}^T"
+  ),
+  "error_hebb": Term(
+    _error_hebb, ("pre_error", "post_error"), "mean a e^T", "e_l e_{l-1}^T"
+  ),
+  "error_oja": Term(
+    _error_oja,
+    ("pre_error", "post_error"),
+    "mean (a - K e) e^T",
+    "e_l e_{l-1}^T - e_l e_l^T W_l",
+  ),
+  "error_oja_pre": Term(
+    _error_oja_pre,
+    ("pre_error", "post_error"),
+    "mean a (e - K^T a)^T",
+    "e_l e_{l-1}^T - W_l e_{l-1} e_{l-1}^T",
+  ),
+  "post_pre_error_oja": Term(
+    _post_pre_error_oja,
+    ("pre_error", "post"),
+    "mean a (y - K^T a)^T",
+    "y_l e_{l-1}^T - W_l e_{l-1} e_{l-1}^T",
+  ),
 }
 TermLike = Union[str, Callable[[jax.Array, Trace], jax.Array]]
 
 
 def _term_name(term: TermLike) -> str:
-  return term if isinstance(term, str) else getattr(term, "__name__",
-                                                    repr(term))
+  return (
+    term if isinstance(term, str) else getattr(term, "__name__", repr(term))
+  )
 
 
 def _resolve_terms(terms: Sequence[TermLike], fn: str) -> list[Term]:
@@ -112,25 +134,29 @@ def _resolve_terms(terms: Sequence[TermLike], fn: str) -> list[Term]:
   for term in terms:
     if isinstance(term, str):
       if term not in TERMS:
-        raise ValueError(f"{fn}: term {term!r} is not known; choose from "
-                         f"{', '.join(TERMS)}, or pass a callable "
-                         "fn(kernel_IxO, trace) -> dK_IxO.")
+        raise ValueError(
+          f"{fn}: term {term!r} is not known; choose from "
+          f"{', '.join(TERMS)}, or pass a callable "
+          "fn(kernel_IxO, trace) -> dK_IxO."
+        )
       resolved.append(TERMS[term])
     elif callable(term):
       resolved.append(Term(term, (), "custom", ""))
     else:
-      raise ValueError(f"{fn}: terms holds {_common.describe(term)} of type "
-                       f"{_common.type_name(term)}; each term must be a name "
-                       f"from ojax.TERMS or a callable.")
+      raise ValueError(
+        f"{fn}: terms holds {_common.describe(term)} of type "
+        f"{_common.type_name(term)}; each term must be a name "
+        f"from ojax.TERMS or a callable."
+      )
   return resolved
 
 
 def plasticity(
-    coefficients: Union[Mapping[str, Any], Sequence[Any], jax.Array],
-    terms: Optional[Sequence[TermLike]] = None,
-    *,
-    mask: Optional[Any] = None,
-    layout: str = "in_out",
+  coefficients: Union[Mapping[str, Any], Sequence[Any], jax.Array],
+  terms: Optional[Sequence[TermLike]] = None,
+  *,
+  mask: Optional[Any] = None,
+  layout: str = "in_out",
 ) -> _common.PlasticityRule:
   r"""A local rule assembled from named terms: ``dK = sum_i c_i * term_i``.
 
@@ -204,51 +230,75 @@ def plasticity(
   _common.check_layout(layout, fn=fn)
   if isinstance(coefficients, Mapping):
     if terms is not None:
-      raise ValueError(f"{fn}: terms={terms!r} given with a mapping of "
-                       "coefficients; give either {name: coefficient} or a "
-                       "sequence of coefficients and terms=(names...).")
+      raise ValueError(
+        f"{fn}: terms={terms!r} given with a mapping of "
+        "coefficients; give either {name: coefficient} or a "
+        "sequence of coefficients and terms=(names...)."
+      )
     terms = tuple(coefficients)
     values = tuple(coefficients.values())
     for name, value in coefficients.items():
-      _common.check_rate(value, fn=fn, arg=f"coefficients[{name!r}]",
-                         nonnegative=False, allow_schedule=False)
+      _common.check_rate(
+        value,
+        fn=fn,
+        arg=f"coefficients[{name!r}]",
+        nonnegative=False,
+        allow_schedule=False,
+      )
   else:
     if terms is None:
-      raise ValueError(f"{fn}: coefficients={_common.describe(coefficients)} "
-                       "needs terms=(names...), one per coefficient, or give "
-                       "a mapping {name: coefficient}.")
+      raise ValueError(
+        f"{fn}: coefficients={_common.describe(coefficients)} "
+        "needs terms=(names...), one per coefficient, or give "
+        "a mapping {name: coefficient}."
+      )
     if isinstance(terms, str):
-      raise ValueError(f"{fn}: terms={terms!r} is a string; give a sequence "
-                       f"of names, e.g. ({terms!r},).")
+      raise ValueError(
+        f"{fn}: terms={terms!r} is a string; give a sequence "
+        f"of names, e.g. ({terms!r},)."
+      )
     terms = tuple(terms)
     if isinstance(coefficients, (str, bytes)) or np.ndim(coefficients) != 1:
-      raise ValueError(f"{fn}: coefficients={_common.describe(coefficients)}"
-                       f"; it must be a 1-D sequence or array of "
-                       f"{len(terms)} coefficients (one per term).")
+      raise ValueError(
+        f"{fn}: coefficients={_common.describe(coefficients)}"
+        f"; it must be a 1-D sequence or array of "
+        f"{len(terms)} coefficients (one per term)."
+      )
     if len(coefficients) != len(terms):
-      raise ValueError(f"{fn}: {len(coefficients)} coefficients for "
-                       f"{len(terms)} terms {terms}; give one per term.")
+      raise ValueError(
+        f"{fn}: {len(coefficients)} coefficients for "
+        f"{len(terms)} terms {terms}; give one per term."
+      )
     if not isinstance(coefficients, (jax.Array, np.ndarray)):
       for i, value in enumerate(coefficients):
-        _common.check_rate(value, fn=fn, arg=f"coefficients[{i}]",
-                           nonnegative=False, allow_schedule=False)
+        _common.check_rate(
+          value,
+          fn=fn,
+          arg=f"coefficients[{i}]",
+          nonnegative=False,
+          allow_schedule=False,
+        )
     values = coefficients
   if not terms:
     raise ValueError(f"{fn}: no terms; choose from {', '.join(TERMS)}.")
   resolved = _resolve_terms(terms, fn)
   names = [_term_name(t) for t in terms]
   if len(set(names)) != len(names):
-    raise ValueError(f"{fn}: terms {tuple(names)} repeat a name; give each "
-                     "term once.")
-  needs = tuple(sorted({f for t in resolved for f in t.needs},
-                       key=("pre", "post", "pre_error", "post_error").index))
+    raise ValueError(
+      f"{fn}: terms {tuple(names)} repeat a name; give each term once."
+    )
+  needs = tuple(
+    sorted(
+      {f for t in resolved for f in t.needs},
+      key=("pre", "post", "pre_error", "post_error").index,
+    )
+  )
 
   def init_fn(params: Any) -> _common.RuleState:
     del params
     return _common.RuleState(count=jnp.zeros([], jnp.int32))
 
-  def update_fn(updates, state, params=None, *, activations=None,
-                **extra_args):
+  def update_fn(updates, state, params=None, *, activations=None, **extra_args):
     del extra_args
     _common.refuse_multisteps(fn)
     if params is None:
@@ -263,10 +313,18 @@ def plasticity(
       return total, leaf_state
 
     new_updates, _ = _common.add_terms(
-        fn, updates, params, activations, layout=layout, needs=needs,
-        kernel_fn=kernel_fn)
+      fn,
+      updates,
+      params,
+      activations,
+      layout=layout,
+      needs=needs,
+      kernel_fn=kernel_fn,
+    )
     return new_updates, _common.RuleState(
-        count=optax.safe_increment(state.count))
+      count=optax.safe_increment(state.count)
+    )
 
   return _common.finish(
-      optax.GradientTransformationExtraArgs(init_fn, update_fn), mask)
+    optax.GradientTransformationExtraArgs(init_fn, update_fn), mask
+  )

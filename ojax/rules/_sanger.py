@@ -44,10 +44,10 @@ def sanger_term(kernel_IxO: jax.Array, trace: Trace) -> jax.Array:
 
 
 def sanger(
-    learning_rate: _common.ScalarOrSchedule,
-    *,
-    mask: Optional[Any] = None,
-    layout: str = "in_out",
+  learning_rate: _common.ScalarOrSchedule,
+  *,
+  mask: Optional[Any] = None,
+  layout: str = "in_out",
 ) -> _common.PlasticityRule:
   """Sanger's rule (generalized Hebbian algorithm, GHA).
 
@@ -92,5 +92,11 @@ def sanger(
   Array([[0. , 0. ],
          [0.5, 0. ]], dtype=float32)
   """
-  return _common.term_rule("ojax.sanger", sanger_term, learning_rate, mask=mask,
-                           layout=layout, state_cls=_common.RuleState)
+  return _common.term_rule(
+    "ojax.sanger",
+    sanger_term,
+    learning_rate,
+    mask=mask,
+    layout=layout,
+    state_cls=_common.RuleState,
+  )
