@@ -12,16 +12,16 @@ export MALLOC_TOP_PAD_ ?= 67108864
 # every step (the generic, unfused step of a batch-1 loop gains the most).
 export XLA_FLAGS ?= --xla_cpu_copy_insertion_use_region_analysis=true
 
-.PHONY: install experiment test test-slow bench results tune sweep clean
+.PHONY: install experiment test test-slow lint bench results tune sweep clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[experiments,test]"
+	$(PY) -m pip install -q -e ".[experiments,test,lint]"
 	touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[experiments,test,bench]"
+	$(PY) -m pip install -q -e ".[experiments,test,lint,bench]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -40,6 +40,12 @@ test: $(VENV)/.installed
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 -m slow tests $(ARGS)
+
+# ruff (lint and format) and mypy over the library; configured in pyproject.toml.
+lint: $(VENV)/.installed
+	$(PY) -m ruff check ojax
+	$(PY) -m ruff format --check ojax
+	$(PY) -m mypy
 
 bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench.py $(ARGS)

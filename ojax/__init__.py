@@ -7,7 +7,7 @@ the params:
   ojax.hebb(lr)              Hebb: eta * x y^T
   ojax.oja(lr)               Oja's subspace rule: eta * (x - K y) y^T
   ojax.sanger(lr)            Sanger's GHA: eta * (x y^T - K UT(y y^T))
-  ojax.bcm(lr)               BCM with a sliding threshold: eta * x (y (y - theta))^T
+  ojax.bcm(lr)               BCM, sliding threshold: eta * x (y (y - theta))^T
   ojax.plasticity(c, terms)  sum_i c_i * term_i over ojax.TERMS (meta-learning)
   ojax.with_rule(opt, rule)  opt(grads) + rule terms (rules after the optimizer)
   ojax.sgd_oja(lr, eta)      with_rule(optax.sgd(lr), oja(eta)): "BP + Oja"

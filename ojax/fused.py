@@ -74,7 +74,7 @@ hyperparameters after a fused step are exactly the generic path's.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, cast, Optional
 
 import flax.linen as nn
 import jax
@@ -108,7 +108,7 @@ def sgd_oja(
     raise ValueError(f"oja_layers={oja_layers!r}; choose all or hidden.")
 
   def make(learning_rate, oja_learning_rate):
-    oja = rules.oja(oja_learning_rate)
+    oja: optax.GradientTransformationExtraArgs = rules.oja(oja_learning_rate)
     if oja_layers == "hidden":
       oja = optax.masked(oja, hidden_mask)
     return rules.with_rule(optax.sgd(learning_rate), oja)
@@ -161,7 +161,7 @@ def _np_oja_term(
 
 
 def _probe(
-  model: nn.Module, tx: optax.GradientTransformation, input_dim: int
+  model: nn.Module, tx: optax.GradientTransformationExtraArgs, input_dim: int
 ) -> Optional[str]:
   """Which Oja layers ``tx`` applies ("all", "hidden", "none"), or None.
 
@@ -212,7 +212,7 @@ def _probe(
     steps.append((grads, traces))
 
   def two_updates(params, steps):  # Eager: op caches amortize across calls.
-    state = tx.init(params)
+    state: Any = tx.init(params)  # Whatever tx's state is.
     state = state._replace(
       hyperparams={
         k: jnp.asarray(rates[k], v.dtype) for k, v in state.hyperparams.items()
@@ -254,7 +254,9 @@ def _probe(
   if not all(r[-1] for r in results):
     return None
   found = None
-  for (grads, traces), (before, updates, hyper, _) in zip(steps, results):
+  for (grads, traces), (before, updates, hyper, _) in zip(
+    steps, results, strict=True
+  ):
     lr = float(hyper["learning_rate"])
     eta = float(hyper.get("oja_learning_rate", 0.0))
     if lr == 0.0 or ("oja_learning_rate" in hyper and eta == 0.0):
@@ -289,13 +291,13 @@ def _probe(
 
 def select_step(
   model: nn.Module,
-  tx: optax.GradientTransformation,
+  tx: optax.GradientTransformationExtraArgs,
   *,
   input_dim: Optional[int] = None,
   batch_size: int = 1,
   optimizer: Optional[str] = None,
   oja_layers: Optional[str] = None,
-) -> Optional["FusedStep"]:
+) -> Optional[FusedStep]:
   """The fused step for ``(model, tx)``, or ``None`` if it does not apply.
 
   Args:
@@ -334,7 +336,8 @@ def select_step(
       oja_layers or "any layers",
     )
     return None
-  return FusedStep(model, tx, found, batch_size)
+  # model_unsupported checked that model is an MLP.
+  return FusedStep(cast(models.MLP, model), tx, found, batch_size)
 
 
 # --- The step ------------------------------------------------------------
@@ -378,7 +381,7 @@ class FusedStep:
   def __init__(
     self,
     model: models.MLP,
-    tx: optax.GradientTransformation,
+    tx: optax.GradientTransformationExtraArgs,
     oja_layers: str,
     batch_size: int = 1,
   ):
@@ -457,7 +460,7 @@ class FusedStep:
     # is used (the update values are dead code XLA removes). The rates of
     # this step are those it reports in the new state, which the generic
     # path's update used.
-    flax_params = {n: {"kernel": w.T} for n, w in zip(names, ws)}
+    flax_params = {n: {"kernel": w.T} for n, w in zip(names, ws, strict=True)}
     zero_traces = {
       n: {
         "kernel": rules.Trace(
@@ -465,8 +468,9 @@ class FusedStep:
           jnp.zeros((1, w.shape[0]), w.dtype),
         )
       }
-      for n, w in zip(names, ws)
+      for n, w in zip(names, ws, strict=True)
     }
+    opt_state: Any  # Has .hyperparams: the probe checked it.
     _, opt_state = self.tx.update(
       flax_params, state.opt_state, flax_params, activations=zero_traces
     )
@@ -503,7 +507,8 @@ class FusedStep:
     # [d_l; y_l] @ W_l gives the error for the layer below and y_l W_l for
     # the residual; each layer boundary's vectors are one fusion (one
     # buffer) sliced into rows of the layer below and cols of the one above.
-    rows, cols = [None] * len(ws), [None] * len(ws)
+    rows: list[Any] = [None] * len(ws)  # Filled in below.
+    cols: list[Any] = [None] * len(ws)
     rows[last] = mat([d] + ([post] if oja[last] else []))
     for l in range(last, 0, -1):
       back = rows[l] @ ws[l]  # (k B, fan_in): [d_l W_l; y_l W_l].
@@ -523,10 +528,11 @@ class FusedStep:
       cols[0] = mat([-lr * x, (eta / batch) * (x - back)])
     else:
       cols[0] = mat([-lr * x])
-    new_ws = [_update(w, r, c) for w, r, c in zip(ws, rows, cols)]
+    new_ws = [_update(w, r, c) for w, r, c in zip(ws, rows, cols, strict=True)]
 
     params = {
-      n: {**state.params[n], "kernel": w} for n, w in zip(names, new_ws)
+      n: {**state.params[n], "kernel": w}
+      for n, w in zip(names, new_ws, strict=True)
     }
     correct = jnp.mean(jnp.argmax(logits, -1) == label_B)
     return state._replace(params=params, opt_state=opt_state), {

@@ -17,7 +17,7 @@ variables, which is what ``jit(vmap(scan(...)))`` over seeds wants.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -127,7 +127,8 @@ class Dense(nn.Module):
 
   features: int
   use_bias: bool = False
-  init: str = "xavier_uniform"
+  # A field named like Module.init, which it shadows on instances (public).
+  init: str = "xavier_uniform"  # type: ignore[assignment]
   gain: float = 1.0
   feedback: str = "backprop"
 
@@ -194,7 +195,7 @@ class MLP(nn.Module):
         self.feedback,
         name=name,
       )(y)
-      trace = (
+      trace: dict[str, Optional[Trace]] = (
         {"kernel": None, "bias": None} if self.use_bias else {"kernel": None}
       )
       if i == last:

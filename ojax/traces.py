@@ -68,8 +68,8 @@ import math
 import threading
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-import flax.linen as nn
 from flax import nnx
+import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -110,7 +110,10 @@ def _canonical_padding(
     if upper in ("SAME", "VALID", "SAME_LOWER"):
       return upper, None, None
     if upper in ("CIRCULAR", "REFLECT"):
-      dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, kernel_dilation)]
+      dilated = [
+        (k - 1) * d + 1
+        for k, d in zip(kernel_size, kernel_dilation, strict=True)
+      ]
       pads = [((k - 1) // 2, k // 2) for k in dilated]
       return "VALID", pads, {"CIRCULAR": "wrap", "REFLECT": "reflect"}[upper]
     if upper == "CAUSAL":
@@ -135,8 +138,8 @@ def _canonical_padding(
   for p in padding:
     if isinstance(p, int):
       pads.append((p, p))
-    elif len(tuple(p)) == 2:
-      pads.append(tuple(int(v) for v in p))
+    elif len(pair := tuple(p)) == 2:
+      pads.append((int(pair[0]), int(pair[1])))
     else:
       break
   if len(pads) != n:
@@ -199,6 +202,7 @@ def conv_patches(
     padding, kernel_size, kernel_dilation
   )
   if pads is not None:
+    assert mode is not None  # _canonical_padding gives both or neither.
     x = jnp.pad(x, [(0, 0)] + pads + [(0, 0)], mode=mode)
   spatial = (
     "DHW"[-n:] if n <= 3 else "".join(chr(ord("a") + i) for i in range(n))
@@ -313,7 +317,7 @@ def _post_fns(
       f"{type(output_post).__name__}; it must be a callable "
       "(e.g. nn.softmax) or None for the raw output."
     )
-  fns = {n: post for n in names}
+  fns: dict[str, PostFn] = {n: post for n in names}
   fns[last] = output_post
   return fns
 
@@ -437,7 +441,7 @@ def apply(
       return next_fun(*call_args, **call_kwargs)
     x = call_args[0] if call_args else call_kwargs["inputs"]
     z = next_fun(*call_args, **call_kwargs)
-    recorder.record(tuple(layer.scope.path), layer, x, z)
+    recorder.record(tuple(layer.path), layer, x, z)
     return z
 
   with nn.intercept_methods(interceptor):
@@ -511,7 +515,7 @@ def call(
       f"{fn}: model has type {type(model).__name__}; it must "
       "be an nnx.Module (for Linen use ojax.traces.apply)."
     )
-  layers = {}
+  layers: dict[int, tuple[Any, ...]] = {}
   for path, module in _iter_modules(model):
     if isinstance(module, (nnx.Linear, nnx.Conv)):
       layers.setdefault(id(module), tuple(path))
@@ -543,7 +547,7 @@ def call(
         classes[cls] = cls.__dict__.get("__call__")
     try:
       for cls in classes:
-        cls.__call__ = wrap(getattr(cls, "__call__"))
+        cls.__call__ = wrap(cls.__call__)
       out = target(*args, **kwargs)
     finally:
       for cls, own in classes.items():

@@ -214,7 +214,7 @@ Diagnostics = Callable[[Any, Any, jax.Array, jax.Array], Metrics]
 
 
 def generic_classifier_step(
-  model: nn.Module, tx: optax.GradientTransformation
+  model: nn.Module, tx: optax.GradientTransformationExtraArgs
 ) -> Callable[..., tuple[TrainState, Metrics]]:
   """``step(state, idx_B, data)``: one SGD-style update on samples ``idx_B``.
 
@@ -249,7 +249,7 @@ def generic_classifier_step(
 
 def classifier_task(
   model: nn.Module,
-  tx: optax.GradientTransformation,
+  tx: optax.GradientTransformationExtraArgs,
   *,
   batch_size: int = 1,
   eval_batch_size: int = 1000,

@@ -22,7 +22,7 @@ Put rules after the optimizer with :func:`with_rule` (``sgd_oja`` is
 >>> from ojax import rules
 >>> sorted(n for n in rules.__all__ if n.islower())[:5]
 ['bcm', 'bcm_term', 'hebb', 'hebb_term', 'oja']
-"""
+"""  # noqa: E501 (the table's rows do not wrap)
 
 from ojax.rules._bcm import bcm
 from ojax.rules._bcm import bcm_term

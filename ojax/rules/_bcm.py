@@ -27,7 +27,8 @@ class BCMState(NamedTuple):
   {'b': None, 'w': Array([0., 0.], dtype=float32)}
   """
 
-  count: jax.Array
+  # The field shadows tuple.count, as the count of optax's states does.
+  count: jax.Array  # type: ignore[assignment]
   theta: Any
 
 
@@ -179,7 +180,9 @@ def bcm(
       leaf_states=state.theta,
     )
     return new_updates, BCMState(
-      count=optax.safe_increment(state.count), theta=theta
+      # optax.safe_increment is annotated ArrayLike; it returns a jax.Array.
+      count=optax.safe_increment(state.count),  # type: ignore[arg-type]
+      theta=theta,
     )
 
   return _common.finish(

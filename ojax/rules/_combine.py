@@ -122,7 +122,7 @@ def with_rule(
     )
     if multi is None:
       new_rule_states = []
-      for rule, rule_state in zip(rules, rule_states):
+      for rule, rule_state in zip(rules, rule_states, strict=True):
         new_updates, rule_state = rule.update(
           new_updates, rule_state, params, **extra_args
         )
@@ -133,7 +133,7 @@ def with_rule(
     acc = state[-1].term
     term = optax.tree.zeros_like(acc)
     new_rule_states = []
-    for rule, rule_state in zip(rules, rule_states):
+    for rule, rule_state in zip(rules, rule_states, strict=True):
       term, rule_state = rule.update(term, rule_state, params, **extra_args)
       new_rule_states.append(rule_state)
     accepted = (new_opt_state.mini_step != opt_state.mini_step) | (
@@ -153,7 +153,7 @@ def with_rule(
     )
     new_rule_states = [
       jax.tree.map(lambda n, o: jnp.where(accepted, n, o), new, old)
-      for new, old in zip(new_rule_states, rule_states)
+      for new, old in zip(new_rule_states, rule_states, strict=True)
     ]
     return new_updates, (
       new_opt_state,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +83,8 @@ class RuleState(NamedTuple):
   RuleState(count=Array(0, dtype=int32))
   """
 
-  count: jax.Array
+  # The field shadows tuple.count, as the count of optax's states does.
+  count: jax.Array  # type: ignore[assignment]
 
 
 class PlasticityRule(optax.GradientTransformationExtraArgs):
@@ -464,6 +465,7 @@ def add_terms(
   if params is None:
     raise ValueError(NO_PARAMS_MSG)
   traces = traces_by_path(activations, params, fn=fn)
+  treedef: Any  # A PyTreeDef; jaxlib ships no type stubs for it.
   flat_params, treedef = jax.tree_util.tree_flatten_with_path(
     params, is_leaf=is_masked
   )
@@ -475,7 +477,7 @@ def add_terms(
   )
   new_updates, new_states = [], []
   for (path, kernel), update, leaf_state in zip(
-    flat_params, flat_updates, flat_states
+    flat_params, flat_updates, flat_states, strict=True
   ):
     where = path_str(path)
     trace = traces.get(where)
@@ -515,7 +517,7 @@ def mean_outer(a_BxI: jax.Array, b_BxO: jax.Array) -> jax.Array:
   return (a_BxI.T @ b_BxO) / a_BxI.shape[0]
 
 
-ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], Any]]
+ScalarOrSchedule = optax.ScalarOrSchedule  # A float, array or schedule.
 
 
 def term_rule(
@@ -526,7 +528,7 @@ def term_rule(
   mask: Any,
   layout: str,
   state_cls: type = RuleState,
-) -> optax.GradientTransformationExtraArgs:
+) -> PlasticityRule:
   """A stateless rule: adds ``learning_rate * term(K, trace)`` to each
   traced kernel (Hebb, Oja, Sanger); ``fn`` names it in errors."""
   check_rate(learning_rate, fn=fn, arg="learning_rate")

@@ -19,7 +19,8 @@ class OjaState(NamedTuple):
   OjaState(count=Array(0, dtype=int32))
   """
 
-  count: jax.Array
+  # The field shadows tuple.count, as the count of optax's states does.
+  count: jax.Array  # type: ignore[assignment]
 
 
 def oja_term(kernel_IxO: jax.Array, trace: Trace) -> jax.Array:

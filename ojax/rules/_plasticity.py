@@ -225,7 +225,7 @@ def plasticity(
   >>> updates["w"]            # -x e^T + 0.5 (x - K y) y^T
   Array([[-0.5],
          [ 0. ]], dtype=float32)
-  """
+  """  # noqa: E501 (the table's rows do not wrap)
   fn = "ojax.plasticity"
   _common.check_layout(layout, fn=fn)
   if isinstance(coefficients, Mapping):
@@ -236,7 +236,7 @@ def plasticity(
         "sequence of coefficients and terms=(names...)."
       )
     terms = tuple(coefficients)
-    values = tuple(coefficients.values())
+    values: Union[Sequence[Any], jax.Array] = tuple(coefficients.values())
     for name, value in coefficients.items():
       _common.check_rate(
         value,
@@ -322,7 +322,8 @@ def plasticity(
       kernel_fn=kernel_fn,
     )
     return new_updates, _common.RuleState(
-      count=optax.safe_increment(state.count)
+      # optax.safe_increment is annotated ArrayLike; it returns a jax.Array.
+      count=optax.safe_increment(state.count)  # type: ignore[arg-type]
     )
 
   return _common.finish(

@@ -30,7 +30,7 @@ def sanger_term(kernel_IxO: jax.Array, trace: Trace) -> jax.Array:
   >>> import jax.numpy as jnp, ojax
   >>> k = jnp.eye(2)
   >>> t = ojax.Trace(jnp.array([[1.0, 1.0]]), jnp.array([[1.0, 1.0]]))
-  >>> ojax.sanger_term(k, t)     # column 0: x - K0 y0; column 1: x - K0 y0 - K1 y1
+  >>> ojax.sanger_term(k, t)  # column 0: x - K0 y0; column 1: x - K0 y0 - K1 y1
   Array([[0., 0.],
          [1., 0.]], dtype=float32)
   """
