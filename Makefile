@@ -12,7 +12,7 @@ export MALLOC_TOP_PAD_ ?= 67108864
 # every step (the generic, unfused step of a batch-1 loop gains the most).
 export XLA_FLAGS ?= --xla_cpu_copy_insertion_use_region_analysis=true
 
-.PHONY: install experiment test test-slow lint bench results tune sweep clean
+.PHONY: install experiment test test-slow test-min lint bench results tune sweep clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,30 @@ test: $(VENV)/.installed
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 -m slow tests $(ARGS)
+
+# What users get: builds the sdist and wheel (no deprecation warnings, twine
+# check), installs the wheel into a fresh venv with the lowest versions
+# pyproject allows (tests/min_requirements.py) and runs the library's tests
+# there: every test module that does not import the harness. pytest's own
+# script (not `python -m`) keeps the checkout off sys.path, so `import ojax`
+# is the installed wheel.
+MIN_VENV ?= .venv-min
+LIB_TESTS = $(shell grep -LE "(from|import) (experiments|nbclient)" tests/test_*.py)
+test-min:
+	rm -rf $(MIN_VENV) build/dist && mkdir -p build
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip build twine
+	$(MIN_VENV)/bin/python -m build -o build/dist . > build/build.log 2>&1 \
+	  || { cat build/build.log; exit 1; }
+	! grep -iE "deprecat|BuildBackendWarning" build/build.log
+	$(MIN_VENV)/bin/python -m twine check --strict build/dist/*
+	$(MIN_VENV)/bin/python -m pip install -q build/dist/*.whl \
+	  $$($(PYTHON) tests/min_requirements.py) "pytest>=8" "pytest-xdist>=3.5"
+	cd /tmp && $(CURDIR)/$(MIN_VENV)/bin/python -P -c "import ojax, jax, \
+	  flax, optax; print('test-min: ojax', ojax.__version__, 'from', \
+	  ojax.__file__, '| jax', jax.__version__, 'flax', flax.__version__, \
+	  'optax', optax.__version__)"
+	$(MIN_VENV)/bin/pytest -q -n 2 -p no:cacheprovider -m "not slow" $(LIB_TESTS)
 
 # ruff (lint and format) and mypy over the library; configured in pyproject.toml.
 lint: $(VENV)/.installed

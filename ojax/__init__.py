@@ -65,4 +65,4 @@ __all__ = [
   "traces",
   "with_rule",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"  # Also the version of the distribution ojax-plasticity.

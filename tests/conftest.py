@@ -6,12 +6,13 @@ import jax
 from jax.experimental.compilation_cache import compilation_cache
 import pytest
 
-from experiments import data as data_lib
 
 
 @pytest.fixture(scope="module")
 def fast_runs(tmp_path_factory):
   """Loads each data set once; caches compiled programs on disk."""
+  # Imported here: the library's tests run without the harness installed.
+  from experiments import data as data_lib  # pylint: disable=g-import-not-at-top
   saved = data_lib.load
   data_lib.load = functools.lru_cache(maxsize=None)(saved)
   old = jax.config.jax_compilation_cache_dir

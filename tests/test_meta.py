@@ -17,6 +17,12 @@ from experiments.tasks import meta
 from experiments.tasks import meta_plasticity as runner
 from ojax import models
 
+# jax.enable_x64 is public from jax 0.8; make test-min runs the oldest jax.
+try:
+  from jax import enable_x64 as _enable_x64
+except ImportError:
+  from jax.experimental import enable_x64 as _enable_x64
+
 
 def _pool(classes=6, per_class=12, dim=8, seed=0, dtype=np.float32):
   rng = np.random.default_rng(seed)
@@ -116,7 +122,7 @@ def test_explicit_errors_equal_autodiff_through_the_model(feedback):
 
 @pytest.mark.parametrize("feedback", ["backprop", "random"])
 def test_meta_gradient_matches_finite_differences(feedback):
-  with jax.enable_x64(True):
+  with _enable_x64(True):
     pool = _pool(dtype=np.float64)
     # Three layers: the input layer skips the terms of a zero pre-error.
     model = models.MLP(features=(6, 5, 3), feedback=feedback)

@@ -12,6 +12,12 @@ import pytest
 
 import ojax
 
+# jax.enable_x64 is public from jax 0.8; make test-min runs the oldest jax.
+try:
+  from jax import enable_x64 as _enable_x64
+except ImportError:
+  from jax.experimental import enable_x64 as _enable_x64
+
 
 def _problem(seed=0, batch=5, fan_in=6, fan_out=4):
   rng = np.random.default_rng(seed)
@@ -250,7 +256,7 @@ def test_coefficients_gradient_through_scan_matches_finite_differences():
   # The coefficients go in as a mapping {term: value}, as a meta-learner
   # holds them (array coefficients take the same path inside the rule).
   loss = lambda c: _meta_loss(dict(zip(terms, c)), None, prob)  # pylint: disable=unnecessary-lambda-assignment
-  with jax.enable_x64(True):
+  with _enable_x64(True):
     c = np.linspace(0.05, 0.3, len(terms))
     grad = np.asarray(jax.jit(jax.grad(loss))(c))
     forward = jax.jit(loss)
