@@ -12,16 +12,23 @@ Every report uses these definitions (``LEVEL``: the one place for it):
   the null the sign of each seed's difference is a coin flip, so
   ``p = #{flips s: |mean(s * d)| >= |mean(d)|} / 2^n`` (exact up to 16 pairs;
   above, Monte Carlo over 2^16 random flips, (hits + 1) / (2^16 + 1), so
-  never 0). With n pairs p >= 2 / 2^n: 5 pairs
-  can never reach p < 0.02, which is why verdicts need 10 seeds, and after
-  Holm over m comparisons the floor is m * 2 / 2^n (:func:`min_sign_flip_p`).
+  never 0). A flip within 1e-12 of the observed ``|mean(d)|``, relative to
+  the larger of it and ``max |d|``, counts as a tie, so that rounding does not
+  break exact ties (equal or zero differences, a mean that is exactly 0).
+  With n pairs p >= 2 / 2^n: 5 pairs can never reach p < 0.02, which is why
+  verdicts need 10 seeds, and after Holm over m comparisons the floor is
+  m * 2 / 2^n (:func:`min_sign_flip_p`).
 - :func:`holm` adjusts a family of p-values (the settings x arms of a claim)
   for multiple comparisons.
+
+SciPy computes the interval (``scipy.stats.ttest_1samp``) and the sign-flip
+test (``scipy.stats.permutation_test``); tests/test_stats.py checks both
+against independent computations. Holm is here because SciPy has none.
 """
 
 from __future__ import annotations
 
-import itertools
+import warnings
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -61,8 +68,8 @@ def _finite(values) -> np.ndarray:
 def interval(values, level: float = LEVEL) -> Estimate:
   """Mean of ``values`` (NaNs dropped) with a Student-t interval.
 
-  ``mean +- t_{(1+level)/2, n-1} * sd / sqrt(n)``; NaN bounds below
-  ``MIN_SEEDS`` values.
+  ``mean +- t_{(1+level)/2, n-1} * sd / sqrt(n)`` (``scipy.stats.
+  ttest_1samp``); NaN bounds below ``MIN_SEEDS`` values.
   """
   if not 0 < level < 1:
     raise ValueError(f"level={level} must be between 0 and 1.")
@@ -71,28 +78,44 @@ def interval(values, level: float = LEVEL) -> Estimate:
     return Estimate(float("nan"), float("nan"), float("nan"), 0)
   if x.size < MIN_SEEDS:
     return Estimate(float(x.mean()), float("nan"), float("nan"), int(x.size))
-  half = (scipy_stats.t.ppf((1 + level) / 2, x.size - 1) *
-          x.std(ddof=1) / np.sqrt(x.size))
-  return Estimate(float(x.mean()), float(x.mean() - half),
-                  float(x.mean() + half), int(x.size))
+  with warnings.catch_warnings():  # "Precision loss" on (near) equal values.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    ci = scipy_stats.ttest_1samp(x, 0.0).confidence_interval(level)
+  return Estimate(float(x.mean()), float(ci.low), float(ci.high),
+                  int(x.size))
 
 
 def sign_flip_p(diffs, seed: int = 0) -> float:
-  """Two-sided p-value of the paired sign-flip test of ``mean(diffs) = 0``."""
+  """Two-sided p-value of the paired sign-flip test of ``mean(diffs) = 0``.
+
+  ``scipy.stats.permutation_test`` with ``permutation_type="samples"`` (a
+  single sample: its signs are flipped) enumerates every flip up to
+  ``EXACT_MAX`` pairs and draws 2^EXACT_MAX random flips (seeded by
+  ``seed``) above, counting the observed signs as one of them. The test is
+  one-sided on ``|mean|``, which is the two-sided test on the mean (the flips
+  come in pairs ``s, -s``) and keeps Monte Carlo's p at ``(hits + 1) /
+  (draws + 1)``.
+  """
   d = _finite(diffs)
   if d.size == 0:
     return float("nan")
+  if d.size == 1:  # Both flips are as extreme (SciPy wants 2 values).
+    return 1.0
   observed = abs(d.mean())
-  tol = 1e-12 * max(observed, 1e-300)
-  if d.size <= EXACT_MAX:  # Every flip: exact.
-    signs = np.array(list(itertools.product((1.0, -1.0), repeat=d.size)))
-    return float(np.mean(np.abs(signs @ d) / d.size >= observed - tol))
-  # Monte Carlo over 2^EXACT_MAX random flips, counting the observed signs
-  # as one of them, so that p is never 0: (hits + 1) / (draws + 1).
-  signs = np.random.default_rng(seed).choice((1.0, -1.0),
-                                              size=(2**EXACT_MAX, d.size))
-  hits = np.sum(np.abs(signs @ d) / d.size >= observed - tol)
-  return float((hits + 1) / (signs.shape[0] + 1))
+  tol = 1e-12 * max(observed, np.abs(d).max(), 1e-300)
+
+  def statistic(x, axis):
+    # |mean| of each flip; one within tol of the observed value is a tie.
+    # (SciPy's own tolerance, 100 float64 eps, misses ties that rounding
+    # broke, e.g. among differences of accuracies k / N.)
+    m = np.abs(np.mean(x, axis=axis))
+    return np.where(m >= observed - tol, np.maximum(m, observed), m)
+
+  result = scipy_stats.permutation_test(
+      (d,), statistic, permutation_type="samples", vectorized=True,
+      n_resamples=2**EXACT_MAX, batch=2**12, alternative="greater",
+      rng=np.random.default_rng(seed))
+  return float(result.pvalue)
 
 
 def min_sign_flip_p(n: int) -> float:

@@ -1,11 +1,13 @@
 """Tests of experiments.stats against values computed independently."""
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from experiments import analysis
 from experiments import stats
 
 
@@ -78,3 +80,142 @@ def test_one_value_gives_no_interval():
   assert np.isnan(est.low) and np.isnan(est.high)
   assert "n/a" in str(est) and not est.excludes_zero()
   assert str(stats.interval([])) == "n/a"
+
+
+# Independent computations: the sign-flip p by enumerating every flip in
+# integers (exact: no rounding, so ties are ties), the t interval by its
+# formula, Holm by hand.
+
+
+def _brute_force_p(k):
+  """Exact sign-flip p of integer differences ``k``, by enumeration."""
+  k = [int(v) for v in k]
+  hits = 0
+  for signs in itertools.product((1, -1), repeat=len(k)):
+    hits += abs(sum(s * v for s, v in zip(signs, k))) >= abs(sum(k))
+  return hits / 2**len(k)
+
+
+def _integer_cases(n, rng):
+  """Integer differences with ties, zeros, and means that are exactly 0."""
+  return [rng.integers(-3, 4, n),  # Ties and zeros.
+          rng.integers(-40, 41, n),  # Accuracy-like spread (k / N).
+          rng.choice([-1, 1], n),  # All |d| equal.
+          rng.choice([-1, 0, 1], n),  # Equal |d| and zeros.
+          np.r_[np.ones(n // 2), -np.ones(n - n // 2)],  # Mean 0 (n even).
+          np.r_[rng.integers(1, 5, max(n - 2, 0)),  # One sign, zeros.
+                np.zeros(min(n, 2), int)],
+          np.ones(n), np.zeros(n)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 12])
+def test_sign_flip_p_equals_brute_force_enumeration_with_ties_and_zeros(n):
+  rng = np.random.default_rng(n)
+  for k in _integer_cases(n, rng):
+    expected = _brute_force_p(k)
+    # As floats the way they arise (differences of accuracies k / N, which
+    # rounding leaves unequal) and scaled: the same p.
+    a = rng.integers(800, 900, n)
+    for d in (k / 400, (a + k) / 400 - a / 400, k * 0.1, k * (1 / 3),
+              k * 1e-8, k * 7.3e5):
+      assert stats.sign_flip_p(d) == expected, (k, d)
+
+
+@pytest.mark.parametrize("n", [5, 10, 12])
+def test_sign_flip_p_equals_scipy_permutation_test_without_ties(n):
+  # The plain two-sided SciPy call, as in NOTES.md.
+  rng = np.random.default_rng(n)
+  for _ in range(3):
+    d = rng.normal(0.3, 1.0, n)
+    plain = scipy_stats.permutation_test(
+        (d,), np.mean, permutation_type="samples", vectorized=True,
+        n_resamples=2**16).pvalue
+    assert stats.sign_flip_p(d) == plain
+
+
+def test_monte_carlo_p_is_hits_plus_one_over_draws_plus_one_near_exact():
+  n = stats.EXACT_MAX + 4
+  k = np.random.default_rng(5).integers(-2, 5, n)
+  draws = 2**stats.EXACT_MAX
+  p = stats.sign_flip_p(k / 400)
+  hits = p * (draws + 1) - 1
+  assert hits == pytest.approx(round(hits), abs=1e-6) and round(hits) >= 0
+  assert p == stats.sign_flip_p(k / 400, seed=0) != stats.sign_flip_p(
+      k / 400, seed=1)
+  # Every one of the 2^20 flips, in integers.
+  signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
+  exact = np.mean(np.abs(signs @ k) >= abs(k.sum()))
+  assert abs(p - exact) < 4 * np.sqrt(exact * (1 - exact) / draws)
+  assert stats.min_sign_flip_p(n) == 1 / (draws + 1)
+  assert stats.sign_flip_p(np.ones(n)) == stats.min_sign_flip_p(n)
+  for m in (5, 10, 12):
+    assert stats.sign_flip_p(np.arange(1, m + 1)) == stats.min_sign_flip_p(m)
+
+
+def test_t_interval_equals_the_formula_to_1e_12():
+  rng = np.random.default_rng(4)
+  for n in range(2, 17):
+    for x in (rng.normal(0.8, 0.05, n), rng.integers(300, 330, n) / 400,
+              np.full(n, 0.1)):
+      half = (scipy_stats.t.ppf((1 + stats.LEVEL) / 2, n - 1) *
+              np.std(x, ddof=1) / np.sqrt(n))
+      est = stats.interval(x)
+      assert est.n == n and est.mean == np.mean(x)
+      assert abs(est.low - (np.mean(x) - half)) < 1e-12
+      assert abs(est.high - (np.mean(x) + half)) < 1e-12
+  with np.errstate(all="raise"), warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert tuple(stats.interval(np.zeros(12)))[:3] == (0.0, 0.0, 0.0)
+
+
+def test_holm_on_the_textbook_example():
+  # Holm's step-down at alpha = 0.05 with p = 0.01, 0.04, 0.03, 0.005
+  # (Wikipedia, "Holm-Bonferroni method"): sorted 0.005, 0.01, 0.03, 0.04
+  # are compared with 0.05/4, 0.05/3, 0.05/2, 0.05/1; H4 and H1 are
+  # rejected, and the procedure stops at 0.03 > 0.025. Adjusted by hand:
+  # 4 * 0.005 = 0.02, 3 * 0.01 = 0.03, 2 * 0.03 = 0.06, max(1 * 0.04, 0.06).
+  adjusted = stats.holm([0.01, 0.04, 0.03, 0.005])
+  np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02], rtol=1e-15)
+  assert [p < 0.05 for p in adjusted] == [True, False, False, True]
+  # Capped at 1; ties keep their order; NaNs are not counted.
+  np.testing.assert_allclose(stats.holm([0.4, 0.2, 0.2, np.nan])[:3],
+                             [0.6, 0.6, 0.6])
+  assert stats.holm([0.5, 0.9]) == [1.0, 1.0]
+
+
+def test_ratio_ci_point_and_coverage_in_a_small_simulation():
+  # num and den share noise, as (oja - bp) and (trick - bp) share bp.
+  rng = np.random.default_rng(3)
+  covered, reps, n = 0, 60, 12
+  for _ in range(reps):
+    bp = rng.normal(0.4, 0.1, n)
+    oja = bp + rng.normal(0.3, 0.05, n)
+    trick = bp + rng.normal(0.5, 0.05, n)
+    est = analysis.ratio_ci(oja, bp, trick, bp)
+    assert est.mean == pytest.approx(np.mean(oja - bp) / np.mean(trick - bp),
+                                     rel=1e-14)
+    assert est.low < est.mean < est.high and est.n == n
+    covered += est.low <= 0.6 <= est.high
+  # Nominal 98%; BCa over 12 seeds covers ~95% (measured over 1000 runs).
+  assert covered / reps >= 0.9
+
+
+def test_ratio_ci_degenerate_cases_give_nan_bounds_without_warnings():
+  nan_bounds = lambda e: np.isnan(e.low) and np.isnan(e.high)
+  with np.errstate(all="raise"), warnings.catch_warnings():
+    warnings.simplefilter("error")
+    # No spread at all: the point.
+    est = analysis.ratio_ci([2, 3, 4], [1, 2, 3], [3, 4, 5], [1, 2, 3])
+    assert (est.mean, est.low, est.high) == (0.5, 0.5, 0.5)
+    # Denominator mean exactly 0: nothing.
+    assert str(analysis.ratio_ci([1, 2, 3], [0, 0, 0], [1, -1, 0],
+                                 [0, 0, 0])) == "n/a"
+    # Denominator not distinguishable from 0 (some resamples divide by 0).
+    est = analysis.ratio_ci([1, 2, 3, 4, 5], np.zeros(5), [1, 0, 1, 0, 1],
+                            np.zeros(5))
+    assert est.mean == pytest.approx(5.0) and nan_bounds(est)
+    # One seed: no interval; a non-finite seed is left out.
+    assert nan_bounds(analysis.ratio_ci([1.0], [0], [2], [0]))
+    est = analysis.ratio_ci([1, 2, np.nan, 3], np.zeros(4), [2, 3, 4, 5],
+                            np.zeros(4))
+    assert est.n == 3 and est.mean == pytest.approx(2 / (10 / 3))
