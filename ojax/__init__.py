@@ -10,7 +10,8 @@ the params:
   ojax.bcm(lr)               BCM, sliding threshold: eta * x (y (y - theta))^T
   ojax.plasticity(c, terms)  sum_i c_i * term_i over ojax.TERMS (meta-learning)
   ojax.with_rule(opt, rule)  opt(grads) + rule terms (rules after the optimizer)
-  ojax.sgd_oja(lr, eta)      with_rule(optax.sgd(lr), oja(eta)): "BP + Oja"
+  ojax.sgd_oja(lr, eta)      with_rule(optax.sgd(lr), oja(eta)), rates in its
+                             state: "BP + Oja", the fused step's transform
 
 Traces without editing the model (``ojax.traces``): ``ojax.traces.apply``
 (Linen), ``ojax.traces.call`` (NNX), ``ojax.traces.conv_patches``.
@@ -37,6 +38,7 @@ from ojax.rules import RuleState
 from ojax.rules import sanger
 from ojax.rules import sanger_term
 from ojax.rules import sgd_oja
+from ojax.rules import SgdOja
 from ojax.rules import Term
 from ojax.rules import TERMS
 from ojax.rules import Trace
@@ -59,6 +61,7 @@ __all__ = [
   "sanger",
   "sanger_term",
   "sgd_oja",
+  "SgdOja",
   "Term",
   "TERMS",
   "Trace",

@@ -252,6 +252,8 @@ def test_oja_and_sgd_oja_are_bit_for_bit_what_ojax_0_1_computed(rate):
   u1, u2, ref, s1, s2 = both(params, grads, acts)
   jax.tree.map(np.testing.assert_array_equal, u1, ref)
   jax.tree.map(np.testing.assert_array_equal, u2, ref)
-  # sgd_oja's state is optax.chain's: (sgd state, OjaState).
-  assert jax.tree.structure(s1) == jax.tree.structure(s2)
-  assert isinstance(s1[1], ojax.OjaState)
+  # sgd_oja keeps its rates in its state (optax.inject_hyperparams'), around
+  # optax.chain's: (sgd state, OjaState).
+  assert jax.tree.structure(s1.inner_state) == jax.tree.structure(s2)
+  assert isinstance(s1.inner_state[1], ojax.OjaState)
+  assert set(s1.hyperparams) == {"learning_rate", "oja_learning_rate"}

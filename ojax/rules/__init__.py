@@ -16,19 +16,24 @@ rule             dK for a kernel K (fan_in, fan_out)         reference
 ``plasticity``   ``sum_i c_i term_i`` over :data:`TERMS`     Shervani-Tabar & Rosenbaum 2023
 ===============  ==========================================  ===========================
 
-Put rules after the optimizer with :func:`with_rule` (``sgd_oja`` is
-``with_rule(optax.sgd(lr), oja(eta))``). See ``docs/rules.md``.
+Put rules after the optimizer with :func:`with_rule`. :func:`sgd_oja` is
+the paper's BP + Oja, ``with_rule(optax.sgd(lr), oja(eta))`` with both rates
+in its state (:func:`with_rates` sets them per point of a vmapped sweep); it
+is what ``ojax.train`` runs with its fused step. See ``docs/rules.md``.
 
 >>> from ojax import rules
 >>> sorted(n for n in rules.__all__ if n.islower())[:5]
-['bcm', 'bcm_term', 'hebb', 'hebb_term', 'oja']
+['bcm', 'bcm_term', 'check_placement', 'hebb', 'hebb_term']
 """  # noqa: E501 (the table's rows do not wrap)
 
 from ojax.rules._bcm import bcm
 from ojax.rules._bcm import bcm_term
 from ojax.rules._bcm import BCMState
+from ojax.rules._combine import check_placement
 from ojax.rules._combine import RuleAccumulator
 from ojax.rules._combine import sgd_oja
+from ojax.rules._combine import SgdOja
+from ojax.rules._combine import with_rates
 from ojax.rules._combine import with_rule
 from ojax.rules._common import LAYOUTS
 from ojax.rules._common import NO_PARAMS_MSG
@@ -50,6 +55,7 @@ __all__ = [
   "bcm",
   "bcm_term",
   "BCMState",
+  "check_placement",
   "hebb",
   "hebb_term",
   "LAYOUTS",
@@ -64,8 +70,10 @@ __all__ = [
   "sanger",
   "sanger_term",
   "sgd_oja",
+  "SgdOja",
   "Term",
   "TERMS",
   "Trace",
+  "with_rates",
   "with_rule",
 ]

@@ -148,7 +148,6 @@ def bcm(
 
   def update_fn(updates, state, params=None, *, activations=None, **extra_args):
     del extra_args
-    _common.refuse_multisteps(fn)
     if params is None:
       raise ValueError(_common.NO_PARAMS_MSG)
     eta = _common.rate_at(learning_rate, state.count)
@@ -186,5 +185,5 @@ def bcm(
     )
 
   return _common.finish(
-    optax.GradientTransformationExtraArgs(init_fn, update_fn), mask
+    optax.GradientTransformationExtraArgs(init_fn, update_fn), mask, fn=fn
   )

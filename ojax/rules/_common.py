@@ -20,7 +20,6 @@ Kernels are viewed as matrices ``(fan_in, fan_out)``:
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -400,36 +399,81 @@ def check_trace(
 
 
 # --------------------------------------------------------------------------
-# Placement guard.
-
-_MULTISTEPS_CODE = optax.MultiSteps.update.__code__
+# Masks.
 
 
-def refuse_multisteps(fn: str) -> None:
-  """Raises if called (at trace time) from inside ``optax.MultiSteps``.
+def _is_bool(value: Any) -> bool:
+  if isinstance(value, (bool, np.bool_)):
+    return True
+  return (
+    isinstance(value, (np.ndarray, jax.Array))
+    and not isinstance(value, jax.core.Tracer)
+    and value.dtype == np.bool_
+    and value.ndim == 0
+  )
 
-  ``MultiSteps`` calls its inner transform with the accumulated gradients
-  but only the last mini-batch's extra arguments, and keeps the inner state
-  of the last mini-step only, so a rule inside it would see one mini-batch
-  out of k. :func:`ojax.with_rule` averages the term correctly instead.
+
+def resolve_mask(mask: Any, params: Any, *, fn: str) -> Any:
+  """``mask`` (a tree or a callable of ``params``) as a checked tree.
+
+  Raises a one-line ValueError unless the tree is a prefix of ``params``'
+  structure (as ``optax.masked`` takes it) with a boolean at every leaf.
+  Returns the tree, unchanged.
   """
-  frame = inspect.currentframe()
+  tree = mask(params) if callable(mask) else mask
+  mask_def: Any = jax.tree_util.tree_structure(tree)  # A PyTreeDef.
   try:
-    while frame is not None:
-      if frame.f_code is _MULTISTEPS_CODE:
-        raise ValueError(
-          f"{fn} inside optax.MultiSteps would see only the last "
-          "mini-batch's activations; use ojax.with_rule(optax.MultiSteps("
-          "optimizer, k), rule), which averages the rule's term over the k "
-          "mini-batches."
-        )
-      frame = frame.f_back
-  finally:
-    del frame
+    mask_def.flatten_up_to(params)
+  except (ValueError, TypeError):
+    params_def = jax.tree_util.tree_structure(params, is_leaf=is_masked)
+    raise ValueError(
+      f"{fn}: mask has structure {_short(mask_def)}; it must be a tree of "
+      "booleans shaped like params (or a prefix of it), or a callable "
+      f"returning one; params have structure {_short(params_def)}."
+    ) from None
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if not _is_bool(leaf):
+      raise ValueError(
+        f"{fn}: mask{jax.tree_util.keystr(path)} is {describe(leaf)}; each "
+        "leaf of a mask must be True or False."
+      )
+  return tree
+
+
+def full_mask(mask: Any, params: Any, *, fn: str) -> Any:
+  """A bool at every leaf of ``params``: ``mask`` broadcast over subtrees.
+
+  ``None`` (no mask) is True everywhere.
+  """
+  if mask is None:
+    return jax.tree.map(lambda _: True, params)
+  tree = resolve_mask(mask, params, fn=fn)
+  return jax.tree.map(
+    lambda m, sub: jax.tree.map(lambda _: bool(m), sub), tree, params
+  )
+
+
+def _short(treedef: Any, limit: int = 160) -> str:
+  text = str(treedef).replace("PyTreeDef(", "", 1)
+  text = text[:-1] if text.endswith(")") else text
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------
 # The engine.
+
+
+def check_float(fn: str, where: str, kernel: Any, update: Any) -> None:
+  """Refuses an integer kernel (or update): its update would be truncated."""
+  for what, value in (("parameter", kernel), ("update", update)):
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.inexact):
+      raise ValueError(
+        f"{fn}: the {what} at {where} has dtype {dtype}; plasticity rules "
+        "update floating-point kernels only (an integer kernel's update "
+        "would be silently truncated). Use float parameters."
+      )
+
 
 KernelFn = Callable[[str, jax.Array, Trace, Any], tuple[jax.Array, Any]]
 
@@ -487,6 +531,7 @@ def add_terms(
       new_updates.append(update)
       new_states.append(leaf_state)
       continue
+    check_float(fn, where, kernel, update)
     fan_in, fan_out = check_trace(fn, where, kernel, trace, layout, needs)
     term, leaf_state = kernel_fn(
       where,
@@ -504,11 +549,15 @@ def add_terms(
 
 
 def finish(
-  tx: optax.GradientTransformationExtraArgs, mask: Any
+  tx: optax.GradientTransformationExtraArgs, mask: Any, *, fn: str
 ) -> PlasticityRule:
-  """Applies ``mask`` (like ``optax.add_decayed_weights``) and tags the rule."""
+  """Applies ``mask`` (like ``optax.add_decayed_weights``) and tags the rule.
+
+  The mask is checked where ``optax.masked`` uses it (a mask that does not
+  fit the params raises a ValueError naming both structures).
+  """
   if mask is not None:
-    tx = optax.masked(tx, mask)
+    tx = optax.masked(tx, lambda tree: resolve_mask(mask, tree, fn=fn))
   return PlasticityRule(tx.init, tx.update)
 
 
@@ -540,7 +589,6 @@ def term_rule(
 
   def update_fn(updates, state, params=None, *, activations=None, **extra_args):
     del extra_args
-    refuse_multisteps(fn)
     if params is None:
       raise ValueError(NO_PARAMS_MSG)
     eta = rate_at(learning_rate, state.count)
@@ -560,4 +608,6 @@ def term_rule(
     )
     return new_updates, state_cls(count=optax.safe_increment(state.count))
 
-  return finish(optax.GradientTransformationExtraArgs(init_fn, update_fn), mask)
+  return finish(
+    optax.GradientTransformationExtraArgs(init_fn, update_fn), mask, fn=fn
+  )

@@ -300,7 +300,6 @@ def plasticity(
 
   def update_fn(updates, state, params=None, *, activations=None, **extra_args):
     del extra_args
-    _common.refuse_multisteps(fn)
     if params is None:
       raise ValueError(_common.NO_PARAMS_MSG)
 
@@ -327,5 +326,5 @@ def plasticity(
     )
 
   return _common.finish(
-    optax.GradientTransformationExtraArgs(init_fn, update_fn), mask
+    optax.GradientTransformationExtraArgs(init_fn, update_fn), mask, fn=fn
   )
