@@ -40,7 +40,10 @@ how and why in docs/performance.md):
   divided by runtime ones (exact; XLA will not duplicate a divide), so they
   are computed once per step.
 * **Single-threaded.** Nothing in the step gains from XLA's intra-op threads;
-  use ``--xla_cpu_multi_thread_eigen=false`` and one process per core.
+  unpinned, with XLA's default threads, it runs at about half speed
+  (BENCHMARKS.md). Call :func:`ojax.train.single_threaded_cpu` before JAX
+  starts (it sets ``--xla_cpu_multi_thread_eigen=false``) and run one
+  process per core.
 
 Math (checked against the generic path by tests/test_fused.py to float
 tolerance, and against PyTorch by tests/test_bench_equivalence.py): per
@@ -50,20 +53,20 @@ post-synaptic activity (softmax for the output layer by default),
 the forward pass with the old weights, cross-entropy loss. Only the order of
 floating-point sums differs from the generic path.
 
-What it accepts (anything else: :func:`select_step` returns ``None`` and the
-generic path runs):
+What it accepts (anything else: :func:`select_step` logs one info line
+saying why and returns ``None``, and the generic path runs):
 
 * model: :class:`ojax.models.MLP` with any ``activation`` (softplus with any
   beta, relu, tanh, identity), any ``kernel_init``/``gain``, ``output_post``
   ``"softmax"`` or ``"logits"``, ``use_bias=False``, ``layer_norm=False``,
   ``feedback="backprop"``;
-* optimizer: ``optax.inject_hyperparams`` of SGD, or of SGD chained with
-  ``ojax.oja`` on every layer or (through ``optax.masked``) on the hidden
-  layers only, with hyperparameters named ``learning_rate`` (and
-  ``oja_learning_rate``): what ``experiments/config.py`` builds and
-  :func:`sgd_oja` here returns. :func:`select_step` checks this numerically
-  (two probe updates), not by name. Rates are read from the optimizer state
-  at every step, so vmapped sweeps over them and schedules work;
+* optimizer: :func:`ojax.sgd_oja` itself (an :class:`ojax.SgdOja`, known by
+  its type, never probed), with any ``mask`` (Oja on every layer, on the
+  hidden layers with ``ojax.models.hidden_mask``, on any subset) or
+  ``oja_learning_rate=None`` (plain SGD). Its rates live in its state and
+  are read from it at every step, so vmapped sweeps over them
+  (:func:`ojax.rules.with_rates`) and schedules work. Wrapped in anything
+  (``optax.chain``, ``optax.MultiSteps``, ...) it is an ordinary transform;
 * any batch size.
 
 The optimizer state is advanced by the transform's own ``update`` (its
@@ -79,53 +82,18 @@ from typing import Any, cast, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from ojax import models
 from ojax import rules
 from ojax import train
 
-OJA_LAYERS = ("all", "hidden", "none")
+__all__ = ["FusedStep", "model_unsupported", "select_step", "unsupported"]
+
 _log = logging.getLogger("ojax")
 # Batch sizes up to this update each kernel with one elementwise pass of
 # 2 * batch rank-1 terms; larger batches use a matrix product.
 _MAX_ELEMENTWISE_BATCH = 4
-
-
-def sgd_oja(
-  learning_rate: float, oja_learning_rate: float, *, oja_layers: str = "all"
-) -> optax.GradientTransformation:
-  """SGD + Oja as the fused step recognizes it (rates in the state).
-
-  ``optax.inject_hyperparams`` of ``ojax.with_rule(sgd(learning_rate),
-  ojax.oja(oja_learning_rate))``, the Oja term masked to the hidden layers
-  (``optax.masked``) if ``oja_layers="hidden"``. Numerically the same as
-  ``ojax.sgd_oja``, which keeps its rates out of the state and so takes the
-  generic step.
-  """
-  if oja_layers not in ("all", "hidden"):
-    raise ValueError(f"oja_layers={oja_layers!r}; choose all or hidden.")
-
-  def make(learning_rate, oja_learning_rate):
-    oja: optax.GradientTransformationExtraArgs = rules.oja(oja_learning_rate)
-    if oja_layers == "hidden":
-      oja = optax.masked(oja, hidden_mask)
-    return rules.with_rule(optax.sgd(learning_rate), oja)
-
-  return optax.inject_hyperparams(make)(
-    learning_rate=learning_rate, oja_learning_rate=oja_learning_rate
-  )
-
-
-def hidden_mask(params: Any) -> Any:
-  """True for every parameter except those of the last ``layer_*``."""
-  layers = [k for k in params if k.startswith("layer_")]
-  last = max(layers, key=lambda k: int(k.split("_")[1]))
-  return {
-    k: jax.tree.map(lambda _, keep=(k != last): keep, v)
-    for k, v in params.items()
-  }
 
 
 # --- What the fast path accepts ------------------------------------------
@@ -134,7 +102,7 @@ def hidden_mask(params: Any) -> Any:
 def model_unsupported(model: Any) -> Optional[str]:
   """Why ``model`` cannot take the fused step, or ``None`` if it can."""
   if type(model) is not models.MLP:  # pylint: disable=unidiomatic-typecheck
-    return f"model is a {type(model).__name__}, not ojax.models.MLP"
+    return f"the model is a {type(model).__name__}, not ojax.models.MLP"
   checks = (
     (model.activation in models.ACTIVATIONS, "activation"),
     (not model.use_bias, "use_bias"),
@@ -149,195 +117,69 @@ def model_unsupported(model: Any) -> Optional[str]:
   return None
 
 
-def _layer_names(params: Any) -> list[str]:
-  return sorted(params, key=lambda s: int(s.split("_")[1]))
+def _made_by(tx: Any) -> str:
+  """What built ``tx``, from its update function (``optax.chain``, ...)."""
+  update = getattr(tx, "update", None)
+  owner = getattr(update, "__self__", None)
+  if owner is not None:  # A bound method: optax.MultiSteps(...).update.
+    update = type(owner)
+  name = getattr(update, "__qualname__", type(tx).__name__)
+  module = getattr(update, "__module__", None) or ""
+  name = name.split(".<locals>")[0]
+  return f"{module.split('.')[0]}.{name}" if module else name
 
 
-def _np_oja_term(
-  kernel_IxO: np.ndarray, pre_BxI: np.ndarray, post_BxO: np.ndarray
-) -> np.ndarray:
-  residual = pre_BxI - post_BxO @ kernel_IxO.T
-  return residual.T @ post_BxO / pre_BxI.shape[0]
+def unsupported(model: Any, tx: Any) -> Optional[str]:
+  """Why ``(model, tx)`` cannot take the fused step, or ``None`` if it can.
 
-
-def _probe(
-  model: nn.Module, tx: optax.GradientTransformationExtraArgs, input_dim: int
-) -> Optional[str]:
-  """Which Oja layers ``tx`` applies ("all", "hidden", "none"), or None.
-
-  Runs two updates of ``tx`` from ``tx.init`` on random
-  parameters, gradients and traces (kernel shapes of ``model``) and checks
-  each against ``-lr * g + eta * oja_term`` with the rates the transform
-  reports in its state, and checks that the new state does not depend on
-  the gradients. ``None`` if it matches none of them (Adam, momentum, weight
-  decay, ``apply_if_finite``, other hyperparameters, rates not in the state,
-  ...).
+  Decided by structure only: the model's type and fields, and the
+  transform's type (:class:`ojax.SgdOja`, what :func:`ojax.sgd_oja`
+  returns).
   """
-  shapes = jax.eval_shape(
-    lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, input_dim), jnp.float32)
+  why = model_unsupported(model)
+  if why is not None:
+    return why
+  if isinstance(tx, rules.PlasticityRule):
+    return "the optimizer is a plasticity rule alone, not ojax.sgd_oja"
+  if not isinstance(tx, rules.SgdOja):
+    return (
+      f"the optimizer (made by {_made_by(tx)}) is not ojax.sgd_oja, the "
+      "fused step's transform"
     )
-  )["params"]
-  names = _layer_names(shapes)
-  rng = np.random.default_rng(0)
-
-  def rand(shape, scale=1.0):
-    return (scale * rng.standard_normal(shape)).astype(np.float32)
-
-  params = {n: {"kernel": rand(shapes[n]["kernel"].shape, 0.3)} for n in names}
-  try:
-    hyper = getattr(jax.eval_shape(tx.init, params), "hyperparams", None)
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if (
-    not isinstance(hyper, dict)
-    or "learning_rate" not in hyper
-    or (set(hyper) - {"learning_rate", "oja_learning_rate"})
-  ):
-    return None
-  # Rates the probe can tell apart from each other and from zero.
-  rates = {"learning_rate": 0.375, "oja_learning_rate": 0.625}
-  steps = []
-  for _ in range(2):
-    grads = {n: {"kernel": rand(params[n]["kernel"].shape)} for n in names}
-    traces = {
-      n: {
-        "kernel": rules.Trace(
-          rand((3, params[n]["kernel"].shape[0])),
-          rand((3, params[n]["kernel"].shape[1])),
-        )
-      }
-      for n in names
-    }
-    steps.append((grads, traces))
-
-  def two_updates(params, steps):  # Eager: op caches amortize across calls.
-    state: Any = tx.init(params)  # Whatever tx's state is.
-    state = state._replace(
-      hyperparams={
-        k: jnp.asarray(rates[k], v.dtype) for k, v in state.hyperparams.items()
-      }
-    )
-    out = []
-    for grads, traces in steps:
-      # The fused step advances the state with stand-in gradients, so the
-      # new state must not depend on them (e.g. optax.apply_if_finite's
-      # counter does): compare with non-finite ones.
-      _, other = tx.update(
-        jax.tree.map(lambda g: g * jnp.nan, grads),
-        state,
-        params,
-        activations=traces,
-      )
-      updates, state = tx.update(grads, state, params, activations=traces)
-      out.append(
-        (
-          params,
-          updates,
-          state.hyperparams,
-          all(
-            jax.tree.leaves(
-              jax.tree.map(
-                lambda a, b: bool(jnp.array_equal(a, b)), state, other
-              )
-            )
-          ),
-        )
-      )
-      params = jax.tree.map(lambda p, u: p + 0.1 * u, params, updates)
-    return out
-
-  try:
-    results = jax.device_get(two_updates(params, steps))
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if not all(r[-1] for r in results):
-    return None
-  found = None
-  for (grads, traces), (before, updates, hyper, _) in zip(
-    steps, results, strict=True
-  ):
-    lr = float(hyper["learning_rate"])
-    eta = float(hyper.get("oja_learning_rate", 0.0))
-    if lr == 0.0 or ("oja_learning_rate" in hyper and eta == 0.0):
-      return None  # Cannot tell the terms apart.
-    candidates = (
-      ("all", "hidden") if "oja_learning_rate" in hyper else ("none",)
-    )
-    matches = []
-    for layers in candidates:
-      with_oja = {"all": names, "hidden": names[:-1], "none": []}[layers]
-      ok = True
-      for n in names:
-        want = -lr * grads[n]["kernel"]
-        if n in with_oja:
-          trace = traces[n]["kernel"]
-          want = want + eta * _np_oja_term(
-            before[n]["kernel"], trace.pre, trace.post
-          )
-        got = np.asarray(updates[n]["kernel"])
-        if got.shape != want.shape or not np.allclose(
-          got, want, rtol=1e-4, atol=1e-5
-        ):
-          ok = False
-          break
-      if ok:
-        matches.append(layers)
-    if len(matches) != 1 or found not in (None, matches[0]):
-      return None
-    found = matches[0]
-  return found
+  return None
 
 
 def select_step(
   model: nn.Module,
   tx: optax.GradientTransformationExtraArgs,
   *,
-  input_dim: Optional[int] = None,
   batch_size: int = 1,
-  optimizer: Optional[str] = None,
-  oja_layers: Optional[str] = None,
 ) -> Optional[FusedStep]:
   """The fused step for ``(model, tx)``, or ``None`` if it does not apply.
 
+  Decided by structure, never by running ``tx``: ``model`` must be an
+  :class:`ojax.models.MLP` with the options the module docstring lists and
+  ``tx`` the transform :func:`ojax.sgd_oja` returns (any mask, or
+  ``oja_learning_rate=None`` for plain SGD). Otherwise one info line on the
+  ``"ojax"`` logger says why, e.g. ``ojax: generic step (the fused step
+  does not apply): the optimizer (made by optax.chain) is not
+  ojax.sgd_oja, the fused step's transform``.
+
   Args:
-    model: the network (see the module docstring for what is accepted).
-    tx: the optimizer. It is checked numerically (two probe updates from
-      ``tx.init``) against SGD + Oja on all layers, on the hidden layers,
-      and plain SGD, reading the rates from its state.
-    input_dim: the model's input size (kernels' shapes for the probe);
-      default: 1 (any works for the probe's purpose except that hidden
-      kernels' shapes must follow; the input layer's fan-in is free).
+    model: the network.
+    tx: the optimizer.
     batch_size: samples per step (any).
-    optimizer: the description the caller built ``tx`` from, if known
-      (``"sgd"``; anything else returns ``None`` without probing).
-    oja_layers: ``"all"``, ``"hidden"`` or ``"none"`` if known; the probe
-      must agree, else ``None``.
 
   Returns:
     A :class:`FusedStep` to pass as ``ojax.train.classifier_task(...,
     step=...)``, or ``None`` (use the generic step).
   """
-  if optimizer is not None and optimizer != "sgd":
-    return None
-  if oja_layers is not None and oja_layers not in OJA_LAYERS:
-    raise ValueError(
-      f"oja_layers={oja_layers!r}; choose one of {', '.join(OJA_LAYERS)}."
-    )
-  why = model_unsupported(model)
+  why = unsupported(model, tx)
   if why is not None:
-    _log.debug("fused step not used: %s", why)
+    _log.info("ojax: generic step (the fused step does not apply): %s.", why)
     return None
-  found = _probe(model, tx, input_dim or 1)
-  if found is None or (oja_layers is not None and found != oja_layers):
-    _log.debug(
-      "fused step not used: the optimizer is not SGD + Oja "
-      "(%s) with rates in its state",
-      oja_layers or "any layers",
-    )
-    return None
-  # model_unsupported checked that model is an MLP.
-  return FusedStep(cast(models.MLP, model), tx, found, batch_size)
+  # unsupported() checked both types.
+  return FusedStep(cast(models.MLP, model), cast(rules.SgdOja, tx), batch_size)
 
 
 # --- The step ------------------------------------------------------------
@@ -381,34 +223,35 @@ class FusedStep:
   def __init__(
     self,
     model: models.MLP,
-    tx: optax.GradientTransformationExtraArgs,
-    oja_layers: str,
+    tx: rules.SgdOja,
     batch_size: int = 1,
   ):
     self.model = model
     self.tx = tx
-    self.oja_layers = oja_layers
     self.batch_size = batch_size
     self.activation = models.activation_fn(model.activation, model.beta)
 
-  def _oja_on(self, num_layers: int) -> range:
-    return {
-      "all": range(num_layers),
-      "hidden": range(num_layers - 1),
-      "none": range(0),
-    }[self.oja_layers]
+  def oja_layers(self, params: Any) -> tuple[bool, ...]:
+    """Per layer (in order), whether the Oja term acts on its kernel.
+
+    ``params`` in the Flax layout (or anything keyed and shaped like it):
+    the transform's mask is evaluated where ``optax.masked`` evaluates it.
+    """
+    where = self.tx.oja_where(params)
+    return tuple(bool(where[n]["kernel"]) for n in models.layer_names(params))
 
   def __repr__(self) -> str:
     return (
       f"FusedStep(features={tuple(self.model.features)}, "
-      f"activation={self.model.activation!r}, "
-      f"oja_layers={self.oja_layers!r})"
+      f"activation={self.model.activation!r}, tx={self.tx!r})"
     )
 
-  def _scratch_shapes(self, widths: list[int]) -> set[tuple[int, int]]:
+  def _scratch_shapes(
+    self, widths: list[int], oja_layers: tuple[bool, ...]
+  ) -> set[tuple[int, int]]:
     """Shapes of the vectors the step materializes (see ``__call__``)."""
     b, last = self.batch_size, len(widths) - 2
-    oja = [int(l in self._oja_on(last + 1)) for l in range(last + 1)]
+    oja = [int(on) for on in oja_layers]
     shapes = {
       ((1 + oja[0]) * b, widths[0]),
       ((1 + oja[last]) * b, widths[last + 1]),
@@ -420,15 +263,16 @@ class FusedStep:
 
   def enter(self, state: train.TrainState) -> train.TrainState:
     """Flax layout -> chunk layout: kernels transposed, plus scratch."""
+    oja_layers = self.oja_layers(state.params)
     params = _transpose_kernels(state.params)
-    ws = [params[n]["kernel"] for n in _layer_names(params)]
+    ws = [params[n]["kernel"] for n in models.layer_names(params)]
     widths = [ws[0].shape[1]] + [w.shape[0] for w in ws]
     # Runtime ones (see _mat): derived from the weights so that XLA cannot
     # fold them; nan_to_num keeps them finite whatever the weights hold.
     one = 1.0 + 0.0 * jnp.nan_to_num(ws[0][0, 0])
     ones = {
       f"{k}x{n}": jnp.full((k, n), one, ws[0].dtype)
-      for k, n in self._scratch_shapes(widths)
+      for k, n in self._scratch_shapes(widths, oja_layers)
     }
     return state._replace(
       params=params, model_state={**state.model_state, _ONES: ones}
@@ -444,7 +288,7 @@ class FusedStep:
   def __call__(
     self, state: train.TrainState, idx_B: jax.Array, data: train.ClassifierData
   ) -> tuple[train.TrainState, train.Metrics]:
-    names = _layer_names(state.params)
+    names = models.layer_names(state.params)
     ws = [state.params[n]["kernel"] for n in names]  # (O, I) each.
     last = len(ws) - 1
     x_BxD = data.train_x[idx_B].astype(ws[0].dtype)
@@ -470,15 +314,15 @@ class FusedStep:
       }
       for n, w in zip(names, ws, strict=True)
     }
-    opt_state: Any  # Has .hyperparams: the probe checked it.
     _, opt_state = self.tx.update(
       flax_params, state.opt_state, flax_params, activations=zero_traces
     )
-    lr = opt_state.hyperparams["learning_rate"]
-    eta = opt_state.hyperparams.get("oja_learning_rate", jnp.zeros_like(lr))
+    lr, eta = self.tx.rates(opt_state)
+    if eta is None:  # Plain SGD: no Oja term anywhere.
+      eta = jnp.zeros_like(lr)
     # ojax.oja's run-time guard: a negative or non-finite rate is NaN.
     eta = jnp.where(jnp.isfinite(eta) & (eta >= 0), eta, jnp.nan)
-    oja = [l in self._oja_on(len(ws)) for l in range(len(ws))]
+    oja = list(self.oja_layers(flax_params))
 
     # Forward: z = x W^T (a matrix-vector product for batch 1); each hidden
     # activity is one fusion and one buffer.

@@ -28,7 +28,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ojax import models
 from ojax import train
+
+__all__ = [
+  "cosine",
+  "DIAGNOSTICS",
+  "feedback_cosines",
+  "FEEDBACK_DIAGNOSTICS",
+  "layer_diagnostics",
+  "orthonormality_error",
+  "participation_ratio",
+]
 
 DIAGNOSTICS = (
   "orthonormality_error",
@@ -37,12 +48,6 @@ DIAGNOSTICS = (
   "weight_norm",
 )
 FEEDBACK_DIAGNOSTICS = ("feedback_cosine",)
-
-
-def layer_names(tree: dict[str, Any]) -> list[str]:
-  """``layer_0, layer_1, ...`` in numeric order."""
-  names = [k for k in tree if k.startswith("layer_")]
-  return sorted(names, key=lambda k: int(k.split("_")[1]))
 
 
 def orthonormality_error(kernel_IxO: jax.Array) -> jax.Array:
@@ -96,7 +101,7 @@ def feedback_cosines(
   return jnp.stack(
     [
       cosine(g_model[n]["kernel"], g_true[n]["kernel"])
-      for n in layer_names(params)
+      for n in models.layer_names(params)
     ]
   )
 
@@ -118,7 +123,7 @@ def layer_diagnostics(
 
   def diagnostics(params, model_state, x_MxD, y_M):
     _, acts = model.apply({"params": params, **model_state}, x_MxD[:num_inputs])
-    names = layer_names(params)
+    names = models.layer_names(params)
     kernels = [params[n]["kernel"] for n in names]
     posts = [acts[n]["kernel"].post for n in names]
     out = {

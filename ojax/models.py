@@ -25,6 +25,23 @@ import jax.numpy as jnp
 
 from ojax.rules import Trace
 
+__all__ = [
+  "activation_fn",
+  "ACTIVATIONS",
+  "Dense",
+  "feedback_matmul",
+  "FEEDBACKS",
+  "hidden_mask",
+  "kernel_init",
+  "KERNEL_INITS",
+  "layer_names",
+  "MLP",
+  "orthogonal_init",
+  "OUTPUT_POSTS",
+  "RNN",
+  "RNN_ACTIVATIONS",
+]
+
 ACTIVATIONS = ("softplus", "relu", "tanh", "identity")
 KERNEL_INITS = ("xavier_uniform", "xavier_normal", "he", "lecun", "orthogonal")
 OUTPUT_POSTS = ("softmax", "logits")
@@ -149,6 +166,37 @@ class Dense(nn.Module):
         "bias", nn.initializers.zeros, (self.features,)
       )
     return z_BxO
+
+
+def layer_names(tree: Any) -> list[str]:
+  """The :class:`MLP`'s layers ``layer_0, layer_1, ...`` in ``tree``, in order.
+
+  ``tree`` is anything keyed like the MLP's params (params, gradients, a
+  Trace tree); other keys (``norm_i``) are left out. The one definition of
+  the MLP's layer order (``layer_10`` comes after ``layer_9``).
+
+  >>> layer_names({"layer_10": 0, "layer_9": 0, "norm_0": 0})
+  ['layer_9', 'layer_10']
+  """
+  names = [k for k in tree if k.startswith("layer_")]
+  return sorted(names, key=lambda k: int(k.split("_")[1]))
+
+
+def hidden_mask(params: Any) -> Any:
+  """A ``mask=`` that selects all but the :class:`MLP`'s output layer.
+
+  True at every leaf of ``params`` except those of the last ``layer_*``,
+  for a rule's ``mask=`` (Oja on the hidden layers only):
+  ``ojax.sgd_oja(lr, eta, mask=ojax.models.hidden_mask)``.
+
+  >>> hidden_mask({"layer_0": {"kernel": 0}, "layer_1": {"kernel": 0}})
+  {'layer_0': {'kernel': True}, 'layer_1': {'kernel': False}}
+  """
+  last = layer_names(params)[-1]
+  return {
+    k: jax.tree.map(lambda _, keep=(k != last): keep, v)
+    for k, v in params.items()
+  }
 
 
 class MLP(nn.Module):

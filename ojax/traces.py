@@ -33,10 +33,14 @@ What goes in each Trace:
 
 What the helper sees, and what it does not:
 
-* It sees each layer's input and output. It recomputes the nonlinearity you
-  name from the output; it does not see what the model actually applies. If
-  the model applies something else (another nonlinearity, a norm, dropout,
-  pooling) between the layer and the next, ``post`` is still ``post(z)``.
+* It sees each layer's input and output, and the normalization and dropout
+  layers the output goes through (Linen ``nn.BatchNorm``, ``nn.LayerNorm``,
+  ``nn.GroupNorm``, ``nn.RMSNorm``, ``nn.InstanceNorm``, ``nn.Dropout`` and
+  their NNX twins): for ``Dense -> BatchNorm -> relu``, ``z`` is the
+  BatchNorm's output, so ``post(z)`` is the activity the network has (the
+  next layer's input). It recomputes the nonlinearity you name; it does not
+  see the one the model applies, nor functions (pooling) or other modules
+  between a layer and the next.
 * Residual blocks: for ``x + relu(Dense(x))`` the Dense layer's Trace is
   ``(x, relu(Dense(x)))``; the skip path is not part of any layer.
 * A layer called twice (a shared layer, weight tying, an unrolled recurrent
@@ -44,10 +48,11 @@ What the helper sees, and what it does not:
   Trace holds one call. Build that Trace by hand (concatenate the calls along
   a leading axis).
 * Linen lifted transforms (``nn.scan``, ``nn.vmap``, ``nn.remat``,
-  ``nn.jit``) run their body in an inner trace; layers inside them cannot be
-  traced this way (their values would leak out of that trace). NNX models are
-  traced inside ``nnx.jit`` / ``nnx.grad`` as long as ``call`` runs inside the
-  transformed function.
+  ``nn.jit``) and NNX transforms inside the model (``nnx.scan``, ...) run
+  their body in an inner trace; a layer called there raises a ValueError
+  saying so (its values would leak out of that trace): build its Trace by
+  hand. NNX models are traced inside ``nnx.jit`` / ``nnx.grad`` as long as
+  ``call`` runs inside the transformed function.
 * Other layer types (``DenseGeneral``, ``Embed``, ``ConvTranspose``,
   ``ConvLocal``, ``nnx.LinearGeneral``, attention) are not traced (None);
   grouped convolutions (``feature_group_count > 1``) raise.
@@ -69,6 +74,7 @@ import threading
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from flax import nnx
+from flax.core import tracers
 import flax.linen as nn
 import jax
 from jax import lax
@@ -233,12 +239,52 @@ def conv_patches(
 # Recording layer calls.
 
 
+# Layers whose output stands in for their input's: a traced layer's output
+# that goes through them is followed to their output (see the docstring).
+_FOLLOWED_NAMES = (
+  "BatchNorm",
+  "LayerNorm",
+  "GroupNorm",
+  "RMSNorm",
+  "InstanceNorm",
+  "Dropout",
+)
+_FOLLOWED_LINEN = tuple(
+  getattr(nn, n) for n in _FOLLOWED_NAMES if hasattr(nn, n)
+)
+_FOLLOWED_NNX = tuple(
+  getattr(nnx, n) for n in _FOLLOWED_NAMES if hasattr(nnx, n)
+)
+
+
 class _Recorder:
   """Layer calls in call order: name -> (pre, z)."""
 
   def __init__(self, fn: str):
     self.fn = fn
     self.calls: dict[tuple[Any, ...], tuple[jax.Array, jax.Array]] = {}
+    self.latest: dict[int, tuple[Any, ...]] = {}  # id(z) -> layer path.
+    # Layers called in another trace than this one run inside a transform.
+    self.trace = tracers.current_trace()
+
+  def check_trace(self, path: tuple[Any, ...], layer: Any) -> None:
+    if tracers.current_trace() != self.trace:
+      raise ValueError(
+        f"{self.fn}: layer {_name(path)!r} ({type(layer).__name__}) runs "
+        "inside a transform of the model (nn.scan, nn.vmap, nn.remat, "
+        "nnx.scan, ...), whose values live in that transform's own trace; "
+        "ojax.traces cannot record it. Build its Trace by hand (e.g. return "
+        "the layer's input and output from the transformed body)."
+      )
+
+  def follow(self, x: Any, out: Any) -> None:
+    """``out = norm_or_dropout(x)``: if ``x`` is a traced layer's output,
+    ``out`` is now that layer's output (what its nonlinearity sees)."""
+    path = self.latest.pop(id(x), None)
+    if path is None or self.calls[path][1] is not x:
+      return
+    self.calls[path] = (self.calls[path][0], out)
+    self.latest[id(out)] = path
 
   def record(
     self, path: tuple[Any, ...], layer: Any, x: jax.Array, z: jax.Array
@@ -269,6 +315,7 @@ class _Recorder:
     else:
       pre = x
     self.calls[path] = (pre, z)
+    self.latest[id(z)] = path
 
 
 def _is_conv(layer: Any) -> bool:
@@ -435,10 +482,16 @@ def apply(
 
   def interceptor(next_fun, call_args, call_kwargs, context):
     layer = context.module
-    if context.method_name != "__call__" or not isinstance(
-      layer, (nn.Dense, nn.Conv)
-    ):
+    if context.method_name != "__call__":
       return next_fun(*call_args, **call_kwargs)
+    if isinstance(layer, _FOLLOWED_LINEN):
+      x = call_args[0] if call_args else None
+      out = next_fun(*call_args, **call_kwargs)
+      recorder.follow(x, out)
+      return out
+    if not isinstance(layer, (nn.Dense, nn.Conv)):
+      return next_fun(*call_args, **call_kwargs)
+    recorder.check_trace(tuple(layer.path), layer)
     x = call_args[0] if call_args else call_kwargs["inputs"]
     z = next_fun(*call_args, **call_kwargs)
     recorder.record(tuple(layer.path), layer, x, z)
@@ -522,11 +575,24 @@ def call(
   recorder = _Recorder(fn)
   active: set[int] = set()
 
+  followed = {
+    id(m) for _, m in _iter_modules(model) if isinstance(m, _FOLLOWED_NNX)
+  }
+
   def wrap(original):
     def traced_call(self, *call_args, **call_kwargs):
       key = id(self)
+      if key in followed and key not in active:
+        active.add(key)
+        try:
+          out = original(self, *call_args, **call_kwargs)
+        finally:
+          active.discard(key)
+        recorder.follow(call_args[0] if call_args else None, out)
+        return out
       if key not in layers or key in active:
         return original(self, *call_args, **call_kwargs)
+      recorder.check_trace(layers[key], self)
       active.add(key)
       try:
         z = original(self, *call_args, **call_kwargs)
@@ -543,7 +609,9 @@ def call(
     classes = {}
     for _, module in _iter_modules(model):
       cls = type(module)
-      if id(module) in layers and cls not in classes:
+      if (id(module) in layers or id(module) in followed) and (
+        cls not in classes
+      ):
         classes[cls] = cls.__dict__.get("__call__")
     try:
       for cls in classes:

@@ -27,14 +27,46 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, MutableMapping, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from ojax import rules
+
+__all__ = [
+  "all_finite",
+  "check_chunks",
+  "chunk_ends",
+  "classifier_task",
+  "ClassifierData",
+  "cross_entropy",
+  "Diagnostics",
+  "evaluate",
+  "generic_classifier_step",
+  "init_state",
+  "init_states",
+  "is_diverged",
+  "LOSS_BOUND",
+  "Metrics",
+  "over_seeds",
+  "Progress",
+  "run",
+  "sample_indices",
+  "shard",
+  "single_threaded_cpu",
+  "SINGLE_THREADED_FLAG",
+  "stack_history",
+  "Task",
+  "to_host",
+  "TrainState",
+]
 
 Metrics = dict[str, Any]
 LOSS_BOUND = 1e4  # A loss above this counts as divergence (see above).
@@ -114,7 +146,10 @@ def init_state(
   """Initializes one seed: ``key`` splits into an init key and a data key.
 
   ``input_dim`` is the input width (the model is initialized on a zero
-  ``(1, input_dim)`` batch) or an example input array.
+  ``(1, input_dim)`` batch) or an example input array. A transform that
+  would misapply a plasticity rule (one inside ``optax.MultiSteps``, or
+  after it in a chain) raises a ValueError
+  (:func:`ojax.rules.check_placement`).
   """
   init_key, data_key = jax.random.split(key)
   example = (
@@ -124,8 +159,10 @@ def init_state(
   )
   variables = dict(model.init(init_key, example))
   params = variables.pop("params")
+  opt_state = tx.init(params)
+  rules.check_placement(opt_state)
   return TrainState(
-    params, tx.init(params), variables, data_key, jnp.array(-1, jnp.int32)
+    params, opt_state, variables, data_key, jnp.array(-1, jnp.int32)
   )
 
 
@@ -271,9 +308,18 @@ def classifier_task(
       same update. Its ``enter``/``exit`` attributes, if any, become the
       task's hooks (see :class:`Task`).
     fast: if ``step`` is None, use :mod:`ojax.fused`'s step when it applies
-      to ``(model, tx)`` (an MLP trained by SGD or SGD + Oja with the rates
-      in the optimizer state; same numbers to float tolerance, see
-      docs/performance.md), else the generic step.
+      to ``(model, tx)``: an :class:`ojax.models.MLP` trained by
+      :func:`ojax.sgd_oja` (any mask, or plain SGD), decided by their
+      types and fields (same numbers to float tolerance, about twice as
+      fast; see docs/performance.md). Otherwise the generic step, and one
+      info line on the ``"ojax"`` logger says why.
+
+  >>> import ojax
+  >>> from ojax import models, train
+  >>> task = train.classifier_task(models.MLP(features=(8, 3)),
+  ...                              ojax.sgd_oja(0.01, 1e-3))
+  >>> type(task.step).__name__
+  'FusedStep'
   """
   if step is None and fast:
     from ojax import fused  # pylint: disable=g-import-not-at-top
@@ -313,6 +359,63 @@ def classifier_task(
 
 
 # --- The loop ------------------------------------------------------------
+
+
+SINGLE_THREADED_FLAG = "--xla_cpu_multi_thread_eigen=false"
+
+
+def _backend_started() -> bool:
+  """True once JAX has created its backends (XLA_FLAGS are read then)."""
+  if "jax" not in sys.modules:
+    return False
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+
+  started = getattr(xla_bridge, "backends_are_initialized", None)
+  if started is not None:
+    return bool(started())
+  return bool(getattr(xla_bridge, "_backends", {}))
+
+
+def single_threaded_cpu(
+  environ: Optional[MutableMapping[str, str]] = None,
+) -> None:
+  """Makes XLA:CPU single-threaded: call it before JAX starts its backend.
+
+  A batch-1 online step gains nothing from XLA's intra-op threads: the fused
+  step runs at about half speed with them (BENCHMARKS.md), and one
+  single-threaded process per core uses a machine best. This appends
+  ``--xla_cpu_multi_thread_eigen=false`` to ``XLA_FLAGS`` unless
+  ``XLA_FLAGS`` already sets ``xla_cpu_multi_thread_eigen`` (the user's
+  choice, or an earlier call, stands). XLA reads ``XLA_FLAGS`` once, when
+  JAX creates its backend (the first computation, ``jax.devices()``, ...;
+  importing jax does not), so call this first thing in a script::
+
+      from ojax import train
+      train.single_threaded_cpu()
+      ...  # then build and train
+
+  Args:
+    environ: the environment to set it in. None (default): this process's
+      (``os.environ``); raises a ``RuntimeError`` if JAX's backend has
+      already started, when the flag would silently do nothing. A mapping
+      (e.g. ``os.environ`` to reach only the processes this one starts
+      from now on, or a subprocess's ``env``) is set without that check.
+
+  Raises:
+    RuntimeError: ``environ`` is None and JAX's backend has already started.
+  """
+  target = os.environ if environ is None else environ
+  current = target.get("XLA_FLAGS", "")
+  if "xla_cpu_multi_thread_eigen" in current:
+    return  # Set already (by an earlier call or the user).
+  if environ is None and _backend_started():
+    raise RuntimeError(
+      "ojax.train.single_threaded_cpu() was called after JAX started its "
+      "backend, so XLA_FLAGS are no longer read; call it before the first "
+      "JAX computation (or jax.devices()), e.g. at the top of the script, "
+      f"or set XLA_FLAGS={SINGLE_THREADED_FLAG} in the environment."
+    )
+  target["XLA_FLAGS"] = f"{current} {SINGLE_THREADED_FLAG}".strip()
 
 
 def check_chunks(num_samples: int, eval_every: int, batch_size: int) -> None:

@@ -1,11 +1,13 @@
 """The fused BP + Oja step (ojax.fused) equals the generic path.
 
-Every model option the fused step accepts, both Oja layer sets and plain
-SGD, batch 1 and > 1, with the rates of a vmapped sweep in the optimizer
-state; and what it must refuse.
+Every model option the fused step accepts, Oja on all, hidden or some layers
+and plain SGD, batch 1 and > 1, with the rates of a vmapped sweep in the
+optimizer state; which transforms take it (ojax.sgd_oja, recognized by type)
+and the one info line that says why others do not.
 """
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -34,10 +36,22 @@ def _data():
       rng.random((16, D), np.float32), rng.integers(0, C, 16).astype(np.int32))
 
 
+def _only_layer_1(params):
+  return {k: jax.tree.map(lambda _, k=k: k == "layer_1", v)
+          for k, v in params.items()}
+
+
+# Oja on which layers (of 3), by the mask ojax.sgd_oja is given.
+OJA_LAYERS = {"all": (True, True, True), "hidden": (True, True, False),
+              "none": (False, False, False), "layer_1": (False, True, False)}
+
+
 def _tx(oja_layers):
   if oja_layers == "none":
-    return optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
-  return fused.sgd_oja(0.1, 0.05, oja_layers=oja_layers)
+    return ojax.sgd_oja(0.1, None)
+  mask = {"all": None, "hidden": models.hidden_mask,
+          "layer_1": _only_layer_1}[oja_layers]
+  return ojax.sgd_oja(0.1, 0.05, mask=mask)
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,12 +67,12 @@ def _sweep_states(tx):
   """Three points with different rates, as a vmapped sweep sets them."""
   params, keys = _params()
   opt_state = jax.vmap(tx.init)(params)
-  hyper = dict(opt_state.hyperparams)
-  hyper["learning_rate"] = jnp.asarray(LRS, jnp.float32)
-  if "oja_learning_rate" in hyper:
-    hyper["oja_learning_rate"] = jnp.asarray(OJA_LRS, jnp.float32)
-  return train.TrainState(params, opt_state._replace(hyperparams=hyper), {},
-                          keys, jnp.full(3, -1, jnp.int32))
+  rates = {"learning_rate": np.asarray(LRS)}
+  if tx.oja:
+    rates["oja_learning_rate"] = np.asarray(OJA_LRS)
+  opt_state = ojax.rules.with_rates(opt_state, **rates)
+  return train.TrainState(params, opt_state, {}, keys,
+                          jnp.full(3, -1, jnp.int32))
 
 
 def _compiled(fn, *args):
@@ -108,6 +122,7 @@ CASES = [("softplus", "softmax", "all", 1), ("softplus", "softmax", "hidden", 1)
          ("relu", "softmax", "none", 1), ("tanh", "logits", "all", 1),
          ("identity", "softmax", "hidden", 1), ("relu", "softmax", "all", 3),
          ("tanh", "softmax", "hidden", 3), ("softplus", "logits", "none", 3),
+         ("softplus", "softmax", "layer_1", 1),
          ("softplus", "softmax", "all", 5)]  # Batch > 4: a matrix product.
 
 
@@ -120,7 +135,7 @@ def test_fused_step_equals_generic_step(activation, output_post, oja_layers,
   generic = train.classifier_task(model, tx, batch_size=batch, fast=False)
   fast = train.classifier_task(model, tx, batch_size=batch)
   assert isinstance(fast.step, fused.FusedStep)
-  assert fast.step.oja_layers == oja_layers
+  assert fast.step.oja_layers(_params()[0]) == OJA_LAYERS[oja_layers]
   states = _sweep_states(tx)
   both = _compiled(lambda s: (_train(generic, s, 24), _train(fast, s, 24)),
                    states)
@@ -146,11 +161,7 @@ def test_the_loop_leaves_the_generic_paths_state_after_each_chunk():
 
 def test_a_schedule_is_read_from_the_state_each_step():
   model = models.MLP(features=FEATURES)
-  tx = optax.inject_hyperparams(
-      lambda learning_rate, oja_learning_rate: ojax.sgd_oja(
-          learning_rate, oja_learning_rate))(
-              learning_rate=optax.linear_schedule(0.3, 0.01, 20),
-              oja_learning_rate=0.05)
+  tx = ojax.sgd_oja(optax.linear_schedule(0.3, 0.01, 20), 0.05)
   fast = train.classifier_task(model, tx)
   assert isinstance(fast.step, fused.FusedStep)
   generic = train.classifier_task(model, tx, fast=False)
@@ -162,54 +173,128 @@ def test_a_schedule_is_read_from_the_state_each_step():
   _assert_same(*both(states), states)
 
 
-def _masked(inner):
-  return optax.masked(inner, fused.hidden_mask)
+def test_rates_given_as_arrays_are_used_as_given():
+  """As optax.inject_hyperparams passes them: not kept in a state."""
+  model = models.MLP(features=FEATURES)
+  tx = ojax.sgd_oja(jnp.asarray(0.1), jnp.asarray(0.05))
+  fast = train.classifier_task(model, tx)
+  assert isinstance(fast.step, fused.FusedStep)
+  generic = train.classifier_task(model, tx, fast=False)
+  params, keys = _params()
+  states = train.TrainState(params, jax.vmap(tx.init)(params), {}, keys,
+                            jnp.full(3, -1, jnp.int32))
+  both = _compiled(lambda s: (_train(generic, s, 24), _train(fast, s, 24)),
+                   states)
+  _assert_same(*both(states), states)
+
+
+# --- Which transforms take the fused step ---------------------------------
 
 
 @pytest.mark.parametrize("tx", [
-    optax.inject_hyperparams(optax.adam)(learning_rate=0.1),
-    optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9),
-    optax.inject_hyperparams(
-        lambda learning_rate, oja_learning_rate: optax.chain(
-            optax.sgd(learning_rate), optax.add_decayed_weights(1e-3),
-            ojax.oja(oja_learning_rate)))(learning_rate=0.1,
-                                          oja_learning_rate=0.05),
-    optax.inject_hyperparams(
-        lambda learning_rate, oja_learning_rate: optax.chain(
-            optax.sgd(learning_rate),
-            optax.masked(ojax.oja(oja_learning_rate),
-                         lambda p: {k: jax.tree.map(lambda _: k == "layer_1",
-                                                    v)
-                                    for k, v in p.items()})))(
-                                        learning_rate=0.1,
-                                        oja_learning_rate=0.05),
-    optax.inject_hyperparams(
-        lambda learning_rate, oja_learning_rate: optax.apply_if_finite(
-            ojax.sgd_oja(learning_rate, oja_learning_rate), 3))(
-                learning_rate=0.1, oja_learning_rate=0.05),
-    ojax.sgd_oja(0.1, 0.05),  # Rates not in the state.
-    optax.sgd(0.1),
-], ids=["adam", "momentum", "weight_decay", "oja_on_one_layer",
-        "apply_if_finite", "constant_rates", "plain_sgd"])
-def test_other_optimizers_take_the_generic_step(tx):
+    ojax.sgd_oja(0.01, 0.001),  # The README's form.
+    ojax.sgd_oja(learning_rate=0.01, oja_learning_rate=0.001,
+                 mask=models.hidden_mask),
+    ojax.sgd_oja(0.01, 0.001, mask=_only_layer_1),
+    ojax.sgd_oja(0.01, 0.0),
+    ojax.sgd_oja(0.01, None),
+], ids=["readme", "hidden", "one_layer", "oja_rate_0", "plain_sgd"])
+def test_ojax_sgd_oja_takes_the_fused_step(tx, caplog):
+  with caplog.at_level(logging.INFO, logger="ojax"):
+    task = train.classifier_task(models.MLP(features=(128, 10)), tx)
+  assert isinstance(task.step, fused.FusedStep)
+  assert task.enter is not None and task.exit is not None
+  assert not caplog.records
+
+
+def test_the_readme_form_with_per_point_rates_is_fused_and_right():
+  """A vmapped sweep (rates set per point by with_rates) runs fused, and
+  each point's first update is that point's SGD + Oja step, computed here
+  independently from the forward pass."""
   model = models.MLP(features=FEATURES)
-  assert fused.select_step(model, tx) is None
+  tx = ojax.sgd_oja(0.1, 0.05)
   task = train.classifier_task(model, tx)
+  assert isinstance(task.step, fused.FusedStep)
+  states = _sweep_states(tx)
+  lrs, etas = np.asarray(LRS), np.asarray(OJA_LRS)
+  (after, _) = _compiled(lambda s: _train(task, s, 1), states)(states)
+  data = _data()
+  idx = np.asarray(jax.vmap(lambda s: task.sample(
+      s, jnp.asarray(0), 1, data))(states))[:, 0, 0]
+  for p in range(2):  # The third point's Oja rate is negative: NaN.
+    params = jax.tree.map(lambda a, p=p: np.asarray(a[p], np.float64),
+                          states.params)
+    x = data.train_x[idx[p]].astype(np.float64)
+    ys, zs = [x], []
+    for n in models.layer_names(params):
+      zs.append(ys[-1] @ params[n]["kernel"])
+      ys.append(np.log1p(np.exp(10 * zs[-1])) / 10)
+    logits = zs[-1]
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    ys[-1] = probs  # The output layer's post: softmax.
+    d = probs - np.eye(C)[data.train_y[idx[p]]]
+    names = models.layer_names(params)
+    for l in range(len(names) - 1, -1, -1):
+      k = params[names[l]]["kernel"]
+      grad = np.outer(ys[l], d)
+      oja = np.outer(ys[l] - k @ ys[l + 1], ys[l + 1])
+      want = k - lrs[p] * grad + etas[p] * oja
+      np.testing.assert_allclose(after.params[names[l]]["kernel"][p], want,
+                                 rtol=2e-4, atol=2e-6)
+      if l:
+        sig = 1 / (1 + np.exp(-10 * zs[l - 1]))  # softplus' derivative.
+        d = (d @ k.T) * sig
+  assert np.all(np.isnan(after.params["layer_0"]["kernel"][2]))
+
+
+GENERIC = [
+    (optax.adam(0.1), "the optimizer (made by optax.chain) is not "
+     "ojax.sgd_oja"),
+    (optax.inject_hyperparams(optax.adam)(learning_rate=0.1),
+     "the optimizer (made by optax.inject_hyperparams) is not ojax.sgd_oja"),
+    (optax.sgd(0.1, momentum=0.9), "(made by optax.chain) is not"),
+    (optax.chain(optax.clip(1.0), ojax.sgd_oja(0.1, 0.05)),
+     "(made by optax.chain) is not ojax.sgd_oja"),
+    (optax.chain(ojax.sgd_oja(0.1, 0.05), optax.add_decayed_weights(1e-3)),
+     "(made by optax.chain) is not"),
+    (optax.apply_if_finite(ojax.sgd_oja(0.1, 0.05), 3),
+     "(made by optax.apply_if_finite) is not"),
+    (ojax.with_rule(optax.sgd(0.1), ojax.oja(0.05)),
+     "(made by ojax.with_rule) is not ojax.sgd_oja"),
+    (ojax.oja(0.05), "the optimizer is a plasticity rule alone"),
+]
+
+
+@pytest.mark.parametrize("tx,why", GENERIC, ids=[
+    "adam", "injected_adam", "momentum", "clip_chain", "weight_decay",
+    "apply_if_finite", "with_rule", "rule_alone"])
+def test_other_optimizers_take_the_generic_step_and_say_why(tx, why, caplog):
+  model = models.MLP(features=FEATURES)
+  with caplog.at_level(logging.INFO, logger="ojax"):
+    task = train.classifier_task(model, tx)
   assert not isinstance(task.step, fused.FusedStep)
   assert task.enter is None and task.exit is None
+  assert len(caplog.records) == 1
+  line = caplog.records[0].getMessage()
+  assert line.startswith("ojax: generic step (the fused step does not "
+                         "apply): ")
+  assert why in line and "\n" not in line
 
 
 @pytest.mark.parametrize("field,value", [
     ("use_bias", True), ("layer_norm", True), ("feedback", "random")])
-def test_other_models_take_the_generic_step(field, value):
+def test_other_models_take_the_generic_step_and_say_why(field, value, caplog):
   model = models.MLP(features=FEATURES, **{field: value})
-  assert fused.select_step(model, _tx("all")) is None
+  with caplog.at_level(logging.INFO, logger="ojax"):
+    assert fused.select_step(model, _tx("all")) is None
+  assert [r.getMessage() for r in caplog.records] == [
+      "ojax: generic step (the fused step does not apply): "
+      f"MLP.{field}={value!r} is not supported."]
 
 
-def test_a_description_that_disagrees_with_the_optimizer_is_refused():
-  model = models.MLP(features=FEATURES)
-  assert fused.select_step(model, _tx("hidden"), oja_layers="all") is None
-  assert fused.select_step(model, _tx("all"), optimizer="adam") is None
-  step = fused.select_step(model, _tx("hidden"), optimizer="sgd",
-                           oja_layers="hidden", batch_size=2)
-  assert step is not None and step.oja_layers == "hidden"
+def test_no_line_when_the_generic_step_is_asked_for(caplog):
+  with caplog.at_level(logging.INFO, logger="ojax"):
+    task = train.classifier_task(models.MLP(features=FEATURES),
+                                 optax.adam(0.1), fast=False)
+  assert not isinstance(task.step, fused.FusedStep)
+  assert not caplog.records

@@ -45,3 +45,16 @@ def test_the_readme_snippet_trains_with_oja():
     np.testing.assert_allclose(new_params[layer]["kernel"], expected,
                                rtol=1e-5, atol=1e-6)
     assert np.abs(0.001 * oja_IxO).max() > 1e-6  # The Oja term is there.
+
+
+def test_the_readme_snippet_takes_the_fused_step():
+  """Its model and optimizer, given to the library's loop, run fused (the
+  fast path is not reserved for the experiment harness)."""
+  if not README.exists():
+    pytest.skip("no checkout beside the tests")
+  from ojax import fused  # pylint: disable=g-import-not-at-top
+  from ojax import train  # pylint: disable=g-import-not-at-top
+  scope = {}
+  exec(compile(_snippet(), str(README), "exec"), scope)  # pylint: disable=exec-used
+  task = train.classifier_task(scope["model"], scope["tx"])
+  assert isinstance(task.step, fused.FusedStep)

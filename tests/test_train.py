@@ -1,6 +1,10 @@
 """Tests of the compiled online loop in ojax.train."""
 
 import functools
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -226,3 +230,45 @@ def test_pinned_one_step_regression():
 def test_bad_sample_counts_are_rejected(kwargs, message):
   with pytest.raises(ValueError, match=message):
     _run(jax.random.split(jax.random.PRNGKey(0), 1), **kwargs)
+
+
+_SINGLE_THREADED_SCRIPT = textwrap.dedent("""
+    import os
+    from ojax import train
+    train.single_threaded_cpu()              # Before JAX starts: sets it.
+    print(os.environ["XLA_FLAGS"])
+    import jax
+    jax.numpy.ones(2).block_until_ready()    # The backend starts here.
+    env = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+    train.single_threaded_cpu(env)           # A mapping: no check.
+    print(env["XLA_FLAGS"])
+    del os.environ["XLA_FLAGS"]
+    try:
+      train.single_threaded_cpu()            # Too late for this process.
+    except RuntimeError as err:
+      print("RuntimeError:", err)
+    print(os.environ.get("XLA_FLAGS"))
+""")
+
+
+def test_single_threaded_cpu_sets_the_flag_and_refuses_when_too_late():
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-c", _SINGLE_THREADED_SCRIPT],
+                       capture_output=True, text=True, check=True, env=env,
+                       timeout=300).stdout.splitlines()
+  assert out == [
+      "--xla_cpu_multi_thread_eigen=false",
+      "--xla_cpu_enable_fast_math=false --xla_cpu_multi_thread_eigen=false",
+      "RuntimeError: ojax.train.single_threaded_cpu() was called after JAX "
+      "started its backend, so XLA_FLAGS are no longer read; call it before "
+      "the first JAX computation (or jax.devices()), e.g. at the top of the "
+      "script, or set XLA_FLAGS=--xla_cpu_multi_thread_eigen=false in the "
+      "environment.",
+      "None",  # Nothing set when it would do nothing.
+  ]
+
+
+def test_single_threaded_cpu_leaves_a_users_setting_alone():
+  env = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=true"}
+  train.single_threaded_cpu(env)
+  assert env == {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=true"}

@@ -1,5 +1,7 @@
 """No silent traps: placement, MultiSteps, layouts, run-time rates, messages."""
 
+from flax import nnx
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,10 @@ import optax
 import pytest
 
 import ojax
+from ojax import fused
+from ojax import metrics
+from ojax import models
+from ojax import train
 
 
 def _problem(seed=0, batch=4, fan_in=5, fan_out=3):
@@ -81,14 +87,45 @@ def test_with_rule_refuses_a_rule_in_the_optimizer_place():
 # --- MultiSteps -----------------------------------------------------------
 
 
-def test_rule_inside_multisteps_raises():
-  params, acts, grads = _problem()
-  for tx in (optax.MultiSteps(ojax.sgd_oja(0.1, 0.01), 2),
-             optax.MultiSteps(optax.inject_hyperparams(ojax.oja)(
-                 learning_rate=0.01), 2)):
-    with pytest.raises(ValueError, match="inside optax.MultiSteps would see "
-                       "only the last mini-batch"):
-      tx.update(grads, tx.init(params), params, activations=acts)
+MISPLACED = [
+    ("rule inside MultiSteps", lambda: optax.MultiSteps(
+        ojax.sgd_oja(0.1, 0.01), 2), "inside optax.MultiSteps would see "
+     "only the last mini-batch's activations"),
+    ("injected rule inside MultiSteps", lambda: optax.MultiSteps(
+        optax.inject_hyperparams(ojax.oja)(learning_rate=0.01), 2),
+     "inside optax.MultiSteps"),
+    ("rule after MultiSteps in a chain", lambda: optax.chain(
+        optax.MultiSteps(optax.sgd(0.1), 2), ojax.oja(0.01)),
+     "after optax.MultiSteps in optax.chain would add its term at every "
+     "mini-step"),
+    ("with_rule after MultiSteps in a chain", lambda: optax.chain(
+        optax.MultiSteps(optax.sgd(0.1), 2),
+        ojax.with_rule(optax.identity(), ojax.oja(0.01))),
+     "after optax.MultiSteps in optax.chain"),
+]
+
+
+@pytest.mark.parametrize("make,message", [c[1:] for c in MISPLACED],
+                         ids=[c[0] for c in MISPLACED])
+def test_rules_multisteps_would_misapply_are_refused(make, message):
+  """By the structure of the optimizer state: ojax.rules.check_placement,
+  and the loop's init (ojax.train.init_state) through it."""
+  params, _, _ = _problem()
+  tx = make()
+  with pytest.raises(ValueError, match=message):
+    ojax.rules.check_placement(tx.init(params))
+  model = models.MLP(features=(3, 2))
+  with pytest.raises(ValueError, match=message):
+    train.init_state(model, tx, jax.random.key(0), 4)
+
+
+def test_with_rule_refuses_a_rule_inside_its_optimizers_multisteps():
+  params, _, _ = _problem()
+  tx = ojax.with_rule(optax.MultiSteps(ojax.with_rule(
+      optax.sgd(0.1), ojax.oja(0.01)), 2), ojax.hebb(0.01))
+  with pytest.raises(ValueError, match="ojax.with_rule: a plasticity rule "
+                     "inside optax.MultiSteps"):
+    tx.init(params)
 
 
 def test_with_rule_around_multisteps_averages_the_term_over_mini_steps():
@@ -114,6 +151,141 @@ def test_with_rule_around_multisteps_averages_the_term_over_mini_steps():
   jax.tree.map(lambda a: np.testing.assert_array_equal(a, 0.0),
                state[-1].term)
   assert int(state[1].count) == 2  # The rule ran at every mini-step.
+
+
+def test_with_rule_averages_over_a_multisteps_inside_a_chain():
+  """with_rule(chain(MultiSteps, clip), rule) adds the mean term once per
+  emitted update, as with_rule(MultiSteps, rule) does."""
+  params, acts, grads = _problem(batch=6)
+  trace = acts["a"]["kernel"]
+  halves = [jax.tree.map(lambda a, i=i: a[3 * i:3 * i + 3], trace)
+            for i in range(2)]
+  tx = ojax.with_rule(optax.chain(optax.MultiSteps(optax.sgd(0.1), 2),
+                                  optax.clip(10.0)), ojax.oja(0.01))
+  state = tx.init(params)
+  assert isinstance(state[-1], ojax.RuleAccumulator)
+  step = jax.jit(lambda g, s, a: tx.update(g, s, params, activations=a))
+  first, state = step(grads, state, {"a": {"kernel": halves[0],
+                                           "bias": None}})
+  second, state = step(jax.tree.map(lambda g: 3 * g, grads), state,
+                       {"a": {"kernel": halves[1], "bias": None}})
+  jax.tree.map(lambda u: np.testing.assert_array_equal(u, 0.0), first)
+  # Mean gradient 1.0; the mean of the halves' terms is the whole batch's.
+  np.testing.assert_allclose(second["a"]["kernel"],
+                             -0.1 + 0.01 * _term(params, acts), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(second["a"]["bias"], -0.1, rtol=1e-6)
+
+
+# --- What is not a rule, integer parameters, bad masks ---------------------
+
+
+NOT_RULES = [
+    ("adam", optax.adam(1e-3), "ScaleByAdamState"),
+    ("scale", optax.scale(2.0), "EmptyState"),
+    ("sgd_oja", ojax.sgd_oja(0.1, 0.01), "InjectStatefulHyperparamsState"),
+    ("injected adam", optax.inject_hyperparams(optax.adam)(
+        learning_rate=1e-3), "ScaleByAdamState"),
+]
+
+
+@pytest.mark.parametrize("rule,holds", [c[1:] for c in NOT_RULES],
+                         ids=[c[0] for c in NOT_RULES])
+def test_with_rule_refuses_what_is_not_a_rule(rule, holds):
+  params, _, _ = _problem()
+  tx = ojax.with_rule(optax.sgd(0.1), rule)
+  with pytest.raises(ValueError) as err:
+    tx.init(params)
+  text = str(err.value)
+  assert text.startswith("ojax.with_rule: rule 0 is not a plasticity rule "
+                         "(its state holds ")
+  assert holds in text and "\n" not in text
+
+
+def test_with_rule_takes_rules_inside_inject_hyperparams_and_masked():
+  params, acts, grads = _problem()
+  tx = ojax.with_rule(
+      optax.sgd(0.1), optax.inject_hyperparams(ojax.oja)(learning_rate=0.01),
+      optax.masked(ojax.hebb(0.02), {"a": {"kernel": True, "bias": False}}))
+  u, _ = tx.update(grads, tx.init(params), params, activations=acts)
+  trace = acts["a"]["kernel"]
+  np.testing.assert_allclose(
+      u["a"]["kernel"], -0.05 + 0.01 * _term(params, acts)
+      + 0.02 * ojax.hebb_term(params["a"]["kernel"], trace), rtol=1e-5,
+      atol=1e-6)
+
+
+def test_inject_hyperparams_around_sgd_oja_uses_the_injected_rates():
+  params, acts, grads = _problem()
+  tx = optax.inject_hyperparams(ojax.sgd_oja)(learning_rate=0.1,
+                                              oja_learning_rate=0.01)
+  state = tx.init(params)
+  state.hyperparams["learning_rate"] = jnp.asarray(0.3)
+  state.hyperparams["oja_learning_rate"] = jnp.asarray(0.02)
+  u, _ = jax.jit(lambda g, s: tx.update(g, s, params, activations=acts))(
+      grads, state)
+  np.testing.assert_allclose(u["a"]["kernel"],
+                             -0.3 * 0.5 + 0.02 * _term(params, acts),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(u["a"]["bias"], -0.3 * 0.5, rtol=1e-6)
+
+
+def _int_problem():
+  params = {"w": jnp.array([[3, 1], [0, 2]], jnp.int32)}
+  acts = {"w": ojax.Trace(jnp.ones((1, 2)), jnp.ones((1, 2)))}
+  return params, acts
+
+
+INT_PARAMS = [
+    ("oja", lambda: ojax.oja(0.1), "ojax.oja: the parameter at ['w'] has "
+     "dtype int32; plasticity rules update floating-point kernels only"),
+    ("hebb after sgd", lambda: ojax.with_rule(optax.sgd(0.1), ojax.hebb(0.1)),
+     "ojax.hebb: the parameter at ['w'] has dtype int32"),
+    ("bcm", lambda: ojax.bcm(0.1), "ojax.bcm: the parameter at ['w'] has "
+     "dtype int32"),
+    ("sgd_oja", lambda: ojax.sgd_oja(0.1, 0.01), "ojax.sgd_oja: the "
+     "parameter at ['w'] has dtype int32; its SGD updates would be silently "
+     "truncated"),
+]
+
+
+@pytest.mark.parametrize("make,message", [c[1:] for c in INT_PARAMS],
+                         ids=[c[0] for c in INT_PARAMS])
+def test_integer_parameters_are_refused(make, message):
+  params, acts = _int_problem()
+  tx = make()
+  with pytest.raises(ValueError) as err:
+    tx.update(params, tx.init(params), params, activations=acts)
+  assert message in str(err.value)
+  assert "\n" not in str(err.value)
+
+
+BAD_MASKS = [
+    ("wrong key", lambda: ojax.oja(0.1, mask={"b": True}),
+     "ojax.oja: mask has structure {'b': *}; it must be a tree of booleans "
+     "shaped like params (or a prefix of it), or a callable returning one; "
+     "params have structure {'a': {'bias': *, 'kernel': *}}."),
+    ("callable, wrong structure",
+     lambda: ojax.hebb(0.1, mask=lambda p: [True, False]),
+     "ojax.hebb: mask has structure [*, *]"),
+    ("not a bool", lambda: ojax.oja(0.1, mask={"a": {"kernel": 0.5,
+                                                     "bias": False}}),
+     "ojax.oja: mask['a']['kernel'] is 0.5; each leaf of a mask must be True "
+     "or False."),
+    ("sgd_oja", lambda: ojax.sgd_oja(0.1, 0.01, mask={"layer_0": True}),
+     "ojax.sgd_oja: mask has structure {'layer_0': *}"),
+]
+
+
+@pytest.mark.parametrize("make,message", [c[1:] for c in BAD_MASKS],
+                         ids=[c[0] for c in BAD_MASKS])
+def test_a_mask_that_does_not_fit_is_one_clear_line(make, message):
+  params, acts, grads = _problem()
+  tx = make()
+  with pytest.raises(ValueError) as err:
+    tx.update(grads, tx.init(params), params, activations=acts)
+  assert message in str(err.value)
+  assert "\n" not in str(err.value)
 
 
 # --- Layout ---------------------------------------------------------------
@@ -234,3 +406,103 @@ def test_mask_argument_works_like_add_decayed_weights():
   tx = ojax.oja(0.1, mask={"a": {"kernel": True, "bias": False}})
   u, _ = tx.update(grads, tx.init(params), params, activations=acts)
   assert not np.allclose(u["a"]["kernel"], grads["a"]["kernel"])
+
+
+# --- Traces: the activity the network has ---------------------------------
+
+
+class _NormedMLP(nn.Module):
+  """Dense -> BatchNorm -> Dropout -> relu -> Dense."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    z = nn.Dense(4)(x)
+    z = nn.BatchNorm(use_running_average=not train)(z)
+    z = nn.Dropout(0.5, deterministic=not train)(z)
+    return nn.Dense(2)(nn.relu(z))
+
+
+def test_linen_trace_follows_batchnorm_and_dropout_to_the_real_activity():
+  model = _NormedMLP()
+  x = jax.random.normal(jax.random.key(1), (5, 3))
+  variables = model.init(jax.random.key(0), x)
+  (_, _), acts = ojax.traces.apply(
+      model, variables, x, True, post=nn.relu,
+      rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])
+  post = np.asarray(acts["Dense_0"]["kernel"].post)
+  # The activity the network has is what the next layer receives.
+  np.testing.assert_array_equal(post, acts["Dense_1"]["kernel"].pre)
+  # Independently: relu of the batch-normalized, dropped-out output.
+  z = np.asarray(x @ variables["params"]["Dense_0"]["kernel"]
+                 + variables["params"]["Dense_0"]["bias"], np.float64)
+  normed = (z - z.mean(0)) / np.sqrt(z.var(0) + 1e-5)
+  kept = post > 0
+  np.testing.assert_allclose(post[kept], 2 * normed[kept], rtol=1e-4,
+                             atol=1e-5)  # Dropout 0.5 scales kept units x2.
+  raw = np.maximum(z, 0)  # What the old helper recorded.
+  assert not np.allclose(post, raw, atol=1e-2)
+
+
+def test_nnx_trace_follows_batchnorm_to_the_real_activity():
+  class Net(nnx.Module):
+
+    def __init__(self, rngs):
+      self.a = nnx.Linear(3, 4, rngs=rngs)
+      self.norm = nnx.BatchNorm(4, rngs=rngs)
+      self.b = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.b(nnx.relu(self.norm(self.a(x))))
+
+  net = Net(nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (6, 3))
+  _, acts = ojax.traces.call(net, x, post=nnx.relu)
+  post = np.asarray(acts["a"]["kernel"].post)
+  np.testing.assert_array_equal(post, acts["b"]["kernel"].pre)
+  a = nnx.to_pure_dict(nnx.state(net, nnx.Param))["a"]
+  z = np.asarray(x @ a["kernel"] + a["bias"], np.float64)
+  normed = (z - z.mean(0)) / np.sqrt(z.var(0) + 1e-5)
+  np.testing.assert_allclose(post, np.maximum(normed, 0), rtol=1e-4,
+                             atol=1e-5)
+
+
+class _Cell(nn.Module):
+
+  @nn.compact
+  def __call__(self, c, x):
+    h = nn.relu(nn.Dense(4)(x) + c)
+    return h, h
+
+
+class _Scanned(nn.Module):
+
+  @nn.compact
+  def __call__(self, xs):
+    scan = nn.scan(_Cell, variable_broadcast="params",
+                   split_rngs={"params": False}, in_axes=1, out_axes=1)
+    _, ys = scan()(jnp.zeros((xs.shape[0], 4)), xs)
+    return nn.Dense(2)(ys)
+
+
+def test_a_layer_inside_nn_scan_is_refused_as_such():
+  model = _Scanned()
+  x = jnp.ones((2, 3, 4))
+  variables = model.init(jax.random.key(0), x)
+  with pytest.raises(ValueError) as err:
+    ojax.traces.apply(model, variables, x, post=nn.relu)
+  text = str(err.value)
+  assert text.startswith("ojax.traces.apply: layer 'Scan_Cell_0/Dense_0' "
+                         "(Dense) runs inside a transform of the model "
+                         "(nn.scan, ")
+  assert "more than once" not in text and "\n" not in text
+
+
+@pytest.mark.parametrize("module", [models, train, metrics, fused,
+                                   ojax.rules, ojax.traces])
+def test_library_modules_declare_their_public_names(module):
+  assert module.__all__ == sorted(module.__all__, key=str.lower)
+  for name in module.__all__:
+    assert hasattr(module, name), name
+  scope = {}
+  exec(f"from {module.__name__} import *", scope)  # pylint: disable=exec-used
+  assert {k for k in scope if not k.startswith("__")} == set(module.__all__)
