@@ -47,9 +47,8 @@ def sizes(arch: str) -> list[int]:
 def _jax_setup(arch: str, rule: str, points: int, fast: bool = True):
   """Model, task, stacked states of ``points`` grid points, data."""
   import jax
-  import jax.numpy as jnp
   import numpy as np
-  import optax
+  import ojax
   from experiments import data as data_lib
   from ojax import fused, models, train
   ds = data_lib.load("embedded_mnist")
@@ -57,20 +56,20 @@ def _jax_setup(arch: str, rule: str, points: int, fast: bool = True):
   model = models.MLP(features=tuple(sizes(arch)[1:]), activation="softplus",
                      beta=BETA, use_bias=False, output_post="softmax")
   # The optimizer as experiments/config.py builds it (rates in the state).
-  tx = fused.sgd_oja(LR, OJA_LR) if rule == "bp_oja" else (
-      optax.inject_hyperparams(optax.sgd)(learning_rate=LR))
+  tx = ojax.sgd_oja(LR, OJA_LR if rule == "bp_oja" else None)
   task = train.classifier_task(model, tx, fast=fast)
   if fast != isinstance(task.step, fused.FusedStep):
     raise RuntimeError(f"fast={fast} but the task's step is {task.step!r}")
   keys = jax.random.split(jax.random.key(SEED), points)
   states = train.init_states(model, tx, keys, sizes(arch)[0])
   if points > 1:  # A grid of rates, as a sweep sets them.
-    hyper = dict(states.opt_state.hyperparams)
-    grid = np.linspace(0.5, 1.0, points, dtype=np.float32)
-    for name in hyper:
-      hyper[name] = jnp.asarray(grid[::-1] * float(hyper[name][0]))
-    states = states._replace(opt_state=states.opt_state._replace(
-        hyperparams=hyper))
+    grid = np.linspace(0.5, 1.0, points, dtype=np.float32)[::-1]
+    rates = {"learning_rate": LR}
+    if rule == "bp_oja":
+      rates["oja_learning_rate"] = OJA_LR
+    states = states._replace(opt_state=ojax.rules.with_rates(
+        states.opt_state, **{k: grid * np.float32(v)
+                             for k, v in rates.items()}))
   return model, task, states, data
 
 

@@ -27,11 +27,12 @@ import ml_collections
 import optax
 
 import ojax
-from ojax import metrics
 from ojax import models
 
 TASKS = ("classifier", "memory", "meta")
 OPTIMIZERS = ("sgd", "adam")
+# Config field -> the rate it sets in the optimizer state (the keyword of
+# ojax.rules.with_rates, ojax.sgd_oja's argument), or None (not a rate).
 SWEEPABLE = {"lr": "learning_rate", "oja_lr": "oja_learning_rate",
              "model_gain": None}
 MAX_SEED = 2**31 - 1  # PRNGKey keeps 32 bits: larger seeds would collide.
@@ -346,7 +347,7 @@ def layer_names(cfg: ml_collections.ConfigDict) -> list[str]:
   if cfg.task == "memory":
     return ["W_in", "W_rec"]
   n = len(hidden_widths(cfg.model)) + 1
-  return metrics.layer_names({f"layer_{i}": None for i in range(n)})
+  return models.layer_names({f"layer_{i}": None for i in range(n)})
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, with_oja: bool = False
@@ -355,8 +356,11 @@ def make_optimizer(cfg: ml_collections.ConfigDict, with_oja: bool = False
 
   ``with_oja=True`` keeps the Oja transform even at ``oja_lr == 0`` (a sweep
   over ``oja_lr`` needs one program structure for every grid point). Rates
-  live in the optimizer state (``optax.inject_hyperparams``) so sweeps can
-  vmap over them. ``cfg.oja_layers`` picks the layers (``optax.masked``).
+  live in the optimizer state so sweeps can vmap over them
+  (``ojax.rules.with_rates``): SGD is ``ojax.sgd_oja`` (plain SGD with
+  ``oja_learning_rate=None``), the transform ``ojax.train`` runs with its
+  fused step; Adam is ``optax.inject_hyperparams`` of ``ojax.with_rule``.
+  ``cfg.oja_layers`` picks the layers (the rule's ``mask``).
   """
   one_of("optimizer", cfg.optimizer, OPTIMIZERS)
   check_number("lr", cfg.lr)
@@ -364,18 +368,18 @@ def make_optimizer(cfg: ml_collections.ConfigDict, with_oja: bool = False
   if not isinstance(cfg.oja_layers, str):
     raise ConfigError(f"oja_layers={cfg.oja_layers!r} must be a string.")
   mask = oja_mask(cfg, layer_names(cfg))
-  base = optax.sgd if cfg.optimizer == "sgd" else optax.adam
-  if cfg.oja_lr == 0 and not with_oja:
-    return optax.inject_hyperparams(base)(learning_rate=cfg.lr)
+  oja = cfg.oja_lr != 0 or with_oja
+  if cfg.optimizer == "sgd":
+    return ojax.sgd_oja(cfg.lr, cfg.oja_lr if oja else None, mask=mask)
+  if not oja:
+    return optax.inject_hyperparams(optax.adam)(learning_rate=cfg.lr)
 
-  def with_rule(learning_rate, oja_learning_rate):
-    rule = ojax.oja(oja_learning_rate)
-    if mask is not None:
-      rule = optax.masked(rule, mask)
-    return optax.chain(base(learning_rate), rule)
+  def adam_oja(learning_rate, oja_learning_rate):
+    return ojax.with_rule(optax.adam(learning_rate),
+                          ojax.oja(oja_learning_rate, mask=mask))
 
-  return optax.inject_hyperparams(with_rule)(learning_rate=cfg.lr,
-                                             oja_learning_rate=cfg.oja_lr)
+  return optax.inject_hyperparams(adam_oja)(learning_rate=cfg.lr,
+                                            oja_learning_rate=cfg.oja_lr)
 
 
 # --- Checks --------------------------------------------------------------

@@ -40,6 +40,7 @@ from experiments import data as data_lib
 from experiments.config import ConfigError, Job
 from experiments.tasks import memory
 from ojax import metrics as metrics_lib
+from ojax import rules
 from ojax import train
 
 _log = logging.getLogger("ojax")
@@ -401,14 +402,10 @@ def _make_task(cfg, data, with_oja: bool):
 def _with_grid(states: train.TrainState, grid: list[dict[str, float]],
                num_seeds: int, base_gain: float) -> train.TrainState:
   """Sets each point's swept rates in the optimizer state and scales init."""
-  opt_state = states.opt_state
-  hyper = dict(opt_state.hyperparams)
-  for field, name in config_lib.SWEEPABLE.items():
-    if name is None or field not in grid[0]:
-      continue
-    values = np.repeat([g[field] for g in grid], num_seeds)
-    hyper[name] = jnp.asarray(values, hyper[name].dtype)
-  opt_state = opt_state._replace(hyperparams=hyper)
+  rates = {name: np.repeat([g[field] for g in grid], num_seeds)
+           for field, name in config_lib.SWEEPABLE.items()
+           if name is not None and field in grid[0]}
+  opt_state = rules.with_rates(states.opt_state, **rates)
   params, model_state = states.params, states.model_state
   if "model_gain" in grid[0]:
     scale = jnp.asarray(np.repeat([g["model_gain"] for g in grid], num_seeds)
@@ -594,19 +591,16 @@ def cores() -> list[int]:
 
 
 def single_threaded(environ=None) -> None:
-  """Single-threaded XLA:CPU unless XLA_FLAGS says otherwise.
+  """``ojax.train.single_threaded_cpu`` in ``environ`` (default: this
+  process's environment, which the workers it spawns inherit).
 
-  A batch-1 step gains nothing from XLA's intra-op threads (BENCHMARKS.md:
-  the fused step runs 2x faster pinned and single-threaded than with the
-  default threads), and one single-threaded worker per core
-  (``--workers``) uses the machine best. Takes effect only before JAX starts
-  its backend (importing jax does not start it).
+  Single-threaded XLA:CPU unless XLA_FLAGS says otherwise: one
+  single-threaded worker per core (``--workers``) uses the machine best.
+  Takes effect in this process only before JAX starts its backend; unlike
+  the library's default, it does not raise if that has happened (the
+  command line calls it before, tests and worker pools after).
   """
-  environ = os.environ if environ is None else environ
-  current = environ.get("XLA_FLAGS", "")
-  if "xla_cpu_multi_thread_eigen" not in current:
-    environ["XLA_FLAGS"] = (current +
-                            " --xla_cpu_multi_thread_eigen=false").strip()
+  train.single_threaded_cpu(os.environ if environ is None else environ)
 
 
 def init_worker(counter, cpus: list[int], label: str = "worker") -> None:

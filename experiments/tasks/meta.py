@@ -55,7 +55,6 @@ import optax
 from experiments import checkpoint
 from experiments.tasks import episodes as episodes_lib
 import ojax
-from ojax import metrics
 from ojax import models
 from ojax import train
 
@@ -113,7 +112,7 @@ def local_update(params: Any, traces: Any, theta: Theta,
     A tree like ``params`` to be added to it.
   """
   updates = jax.tree.map(jnp.zeros_like, params)
-  names = metrics.layer_names(params)
+  names = models.layer_names(params)
   skip = zero_without_pre_error(tuple(theta)) if zero_input_error else ()
   if not skip:
     rule = ojax.plasticity(theta)
@@ -171,7 +170,7 @@ def error_traces(model: models.MLP, params: Any, feedback: Optional[Any],
     per kernel; ``pre_error`` of the first layer is zero.
   """
   slope = _activation_slope(model.activation, model.beta)
-  names = metrics.layer_names(params)
+  names = models.layer_names(params)
   e_BxO = activations[names[-1]]["kernel"].post - onehot_BxC
   errors = {}
   for i in reversed(range(len(names))):
@@ -387,7 +386,7 @@ def term_norms(model: models.MLP, terms: Sequence[str], key: jax.Array,
       out = []
       for t in terms:
         sq = 0.0
-        for name in metrics.layer_names(params):
+        for name in models.layer_names(params):
           dk = ojax.TERMS[t].fn(params[name]["kernel"],
                                 traces[name]["kernel"])
           sq = sq + jnp.sum(dk ** 2)
