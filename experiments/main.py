@@ -78,6 +78,12 @@ def _define_flags(flag_values: flags.FlagValues,
           "seed) pairs over them. Off by default: numbers then differ from a "
           "one-device run in the last bits (docs/running.md). Ignored if "
           "XLA_FLAGS already sets the device count.", lower_bound=0, **kw),
+      "tensorboard": flags.DEFINE_bool(
+          "tensorboard", True, "Also write each job's curves as TensorBoard "
+          "event files under <workdir>/tensorboard (tensorboard --logdir "
+          "runs/); --notensorboard skips them (a large sweep spends a few "
+          "percent of its time on them). metrics.jsonl is the same either "
+          "way.", **kw),
   }
 
 
@@ -105,6 +111,7 @@ class Parsed(NamedTuple):
   workers: int  # --workers (0: one per core).
   program: str  # How to run this program again, e.g. python -m ...
   args: tuple[str, ...]  # The arguments after the program.
+  tensorboard: bool = True  # --tensorboard: write TensorBoard event files.
 
   @property
   def command(self) -> str:
@@ -222,7 +229,7 @@ def _parse(argv: Sequence[str], flag_values: flags.FlagValues,
                 (v["coordinator_address"], v["num_processes"],
                  v["process_id"]) if v["distributed"] else None,
                 v["cpu_devices"], v["workers"], _program(argv[0]),
-                tuple(argv[1:]))
+                tuple(argv[1:]), v["tensorboard"])
 
 
 def parse(argv: Sequence[str]) -> Parsed:
@@ -320,7 +327,8 @@ def execute(s: Setup) -> str:
   path = s.workdir.path
   try:
     return runner.run(s.parsed.config, s.prepared, path, s.parsed.command,
-                      workers=s.parsed.workers)
+                      workers=s.parsed.workers,
+                      tensorboard=s.parsed.tensorboard)
   except KeyboardInterrupt:
     raise Interrupted(
         f"interrupted: {runner.where_stopped(path, s.jobs)} in {path}. "

@@ -37,6 +37,8 @@ import numpy as np
 from experiments import checkpoint
 from experiments import config as config_lib
 from experiments import data as data_lib
+from experiments import events
+from experiments import progress
 from experiments.config import ConfigError, Job
 from experiments.tasks import memory
 from ojax import metrics as metrics_lib
@@ -290,6 +292,14 @@ def estimate(job: Job, num_inputs: int, num_points: int,
   return memory_bytes, seconds
 
 
+def core_seconds(job: Job, num_inputs: int, num_test: int = 1000) -> float:
+  """A job's estimated seconds on one core, its grid points vmapped at up to
+  :data:`GRID_SPEEDUP` times the one-point rate."""
+  grid = len(config_lib.sweep_grid(job.config))
+  _, seconds = estimate(job, num_inputs, grid * job.config.seeds, num_test)
+  return seconds / min(grid, GRID_SPEEDUP)
+
+
 def check_size(jobs: list[Job], num_inputs: int, allow_large: bool,
                num_test: int = 1000) -> None:
   """Refuses jobs far beyond this machine unless ``allow_large``.
@@ -303,8 +313,8 @@ def check_size(jobs: list[Job], num_inputs: int, allow_large: bool,
   hours, peak = 0.0, 0.0
   for job in jobs:
     grid = len(config_lib.sweep_grid(job.config))
-    mem, sec = estimate(job, num_inputs, grid * job.config.seeds, num_test)
-    hours += sec / min(grid, GRID_SPEEDUP) / 3600
+    mem, _ = estimate(job, num_inputs, grid * job.config.seeds, num_test)
+    hours += core_seconds(job, num_inputs, num_test) / 3600
     peak = max(peak, mem)
     layers = (len(config_lib.hidden_widths(job.config.model))
               if job.config.task == "classifier" else 1)
@@ -481,16 +491,30 @@ def _result_from_json(job: Job, saved: dict[str, Any]) -> JobResult:
                    {k: np.asarray(v) for k, v in saved["history"].items()})
 
 
-def run_job(job: Job, run_dir: str, datasets: dict[Any, Any]) -> JobResult:
-  """Trains one job (all grid points and seeds), checkpointing as it goes."""
+def run_job(job: Job, run_dir: str, datasets: dict[Any, Any],
+            index: Optional[int] = None,
+            tensorboard: bool = True) -> JobResult:
+  """Trains one job (all grid points and seeds), checkpointing as it goes.
+
+  Reports its samples to the run's progress tracker as item ``index``
+  (``experiments.progress``); with ``tensorboard`` writes its curves as
+  TensorBoard event files once it is finished (``experiments.events``;
+  a job finished earlier gets those it lacks). In a worker of a run that
+  has stopped, raises ``progress.Stopped`` (at once, or after a chunk).
+  """
+  progress.check()
   cfg = job.config
   result_path, ckpt_dir, fp_path = _job_paths(run_dir, job)
   fp = config_lib.fingerprint(cfg)
+  lead = jax.process_index() == 0
   if os.path.exists(result_path):
     saved = checkpoint.read_json(result_path, warn=False)
     try:
       result = _result_from_json(job, saved)
       _log.info("%s: finished earlier, loaded %s", job.id, result_path)
+      progress.resume(index, cfg.num_samples)
+      if tensorboard and lead:
+        events.write(run_dir, result, only_missing=True)
       return result
     except (KeyError, TypeError, ValueError):
       _log.warning("%s is damaged; rebuilding it from the job's last good "
@@ -520,6 +544,7 @@ def run_job(job: Job, run_dir: str, datasets: dict[Any, Any]) -> JobResult:
             f"{cfg.eval_every}, num_samples={cfg.num_samples}); use a new "
             "--workdir, or --restart to discard it.")
       _log.info("%s: resuming at %d samples", job.id, start.samples_done)
+      progress.resume(index, start.samples_done)
       saved[0] = start.samples_done
       start = start._replace(states=train.shard(start.states, num_points))
     else:
@@ -531,11 +556,12 @@ def run_job(job: Job, run_dir: str, datasets: dict[Any, Any]) -> JobResult:
           history=_unpad_history(progress.history, num_points)))
       saved[0] = progress.samples_done
 
-    def on_chunk(progress: train.Progress) -> None:
+    def on_chunk(now: train.Progress) -> None:
+      progress.report(index, now.samples_done)
       if (cfg.checkpoint_every and
-          progress.samples_done % cfg.checkpoint_every == 0 and
-          progress.samples_done < cfg.num_samples):
-        save(progress)
+          now.samples_done % cfg.checkpoint_every == 0 and
+          now.samples_done < cfg.num_samples):
+        save(now)
 
     final = train.run(task, start, loop_data, num_samples=cfg.num_samples,
                       eval_every=cfg.eval_every, on_chunk=on_chunk,
@@ -545,13 +571,16 @@ def run_job(job: Job, run_dir: str, datasets: dict[Any, Any]) -> JobResult:
   finally:
     ckpt.close()
   history = _history_arrays(final.history, num_points, len(grid), cfg.seeds)
-  if jax.process_index() == 0:
+  result = JobResult(job, grid, history)
+  if lead:
     os.makedirs(os.path.dirname(result_path), exist_ok=True)
     checkpoint.write_json_atomic(result_path, {
         "job": job.id, "axis_value": job.axis_value, "arm": job.arm,
         "fingerprint": fp, "grid": grid,
         "history": {k: v.tolist() for k, v in history.items()}})
-  return JobResult(job, grid, history)
+    if tensorboard:
+      events.write(run_dir, result)
+  return result
 
 
 # --- Experiments -------------------------------------------------------------
@@ -603,11 +632,14 @@ def single_threaded(environ=None) -> None:
   train.single_threaded_cpu(os.environ if environ is None else environ)
 
 
-def init_worker(counter, cpus: list[int], label: str = "worker") -> None:
+def init_worker(counter, cpus: list[int], label: str = "worker",
+                shared: Any = None) -> None:
   """Pins a fresh worker process to its own core; logs progress.
 
-  The initializer of every worker pool (jobs here, meta_plasticity's units).
+  The initializer of every worker pool (jobs here, meta_plasticity's units);
+  ``shared``: the run's ``progress.Tracker.shared``, fed by the worker.
   """
+  progress.attach(shared)
   with counter.get_lock():
     index = counter.value
     counter.value += 1
@@ -617,8 +649,26 @@ def init_worker(counter, cpus: list[int], label: str = "worker") -> None:
                       format=f"[{label} {index}] %(message)s")
 
 
+def _tracker(jobs: list[Job], run_dir: str,
+             data: dict[Any, Any]) -> progress.Tracker:
+  """The run's progress: jobs weighted by their size estimates, those
+  finished earlier counted as done."""
+  items = []
+  for job in jobs:
+    cfg, d = job.config, data[_data_key(job.config)]
+    items.append(progress.Item(
+        cfg.num_samples, len(config_lib.sweep_grid(cfg)) * cfg.seeds,
+        core_seconds(job, getattr(d, "input_dim", 1),
+                     len(getattr(d, "test_y", ())) or 1000)))
+  tracker = progress.Tracker(items)
+  for i, job in enumerate(jobs):
+    if os.path.exists(_job_paths(run_dir, job)[0]):
+      tracker.complete(i)
+  return tracker
+
+
 def run_jobs(jobs: list[Job], run_dir: str, data: dict[Any, Any],
-             workers: int = 1) -> list[JobResult]:
+             workers: int = 1, tensorboard: bool = True) -> list[JobResult]:
   """Runs jobs in order, or spread over ``workers`` pinned processes.
 
   Each worker is a fresh process (spawned) pinned to one core, with
@@ -626,10 +676,23 @@ def run_jobs(jobs: list[Job], run_dir: str, data: dict[Any, Any],
   XLA_FLAGS). A job is computed the same way in any worker, so the results
   are those of ``workers=1`` in a process pinned to one core with the same
   flags (the command line pins itself then): XLA:CPU's code can depend on
-  how many cores a process sees. ``workers=0``: one per core.
+  how many cores a process sees. ``workers=0``: one per core. Progress is
+  shown while they run (``experiments.progress``); ``tensorboard``: each
+  job writes its TensorBoard event files.
   """
-  if workers == 1 or jax.process_count() > 1:
-    return [run_job(job, run_dir, data) for job in jobs]
+  with _tracker(jobs, run_dir, data) as tracker:
+    if workers == 1 or jax.process_count() > 1:
+      results = []
+      for i, job in enumerate(jobs):
+        results.append(run_job(job, run_dir, data, i, tensorboard))
+        tracker.complete(i)
+      return results
+    return _run_pool(jobs, run_dir, data, workers, tensorboard, tracker)
+
+
+def _run_pool(jobs: list[Job], run_dir: str, data: dict[Any, Any],
+              workers: int, tensorboard: bool,
+              tracker: progress.Tracker) -> list[JobResult]:
   workers = min(workers or len(cores()), len(jobs))
   import concurrent.futures  # pylint: disable=g-import-not-at-top
   import multiprocessing  # pylint: disable=g-import-not-at-top
@@ -639,11 +702,13 @@ def run_jobs(jobs: list[Job], run_dir: str, data: dict[Any, Any],
   try:
     with concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=ctx, initializer=init_worker,
-        initargs=(ctx.Value("i", 0), cores())) as pool:
+        initargs=(ctx.Value("i", 0), cores(), "worker",
+                  tracker.shared)) as pool:
       futures = [pool.submit(run_job, job, run_dir,
                              {_data_key(job.config): data[_data_key(
-                                 job.config)]}) for job in jobs]
-      return [f.result() for f in futures]
+                                 job.config)]}, i, tensorboard)
+                 for i, job in enumerate(jobs)]
+      return tracker.wait(futures)
   finally:
     if flags_before is None:
       os.environ.pop("XLA_FLAGS", None)
@@ -652,10 +717,12 @@ def run_jobs(jobs: list[Job], run_dir: str, data: dict[Any, Any],
 
 
 def run(config: ml_collections.ConfigDict, prepared: Any, run_dir: str,
-        command: str, restart: bool = False, workers: int = 1) -> str:
+        command: str, restart: bool = False, workers: int = 1,
+        tensorboard: bool = True) -> str:
   """Runs (or resumes) every job; writes the run directory; returns summary.md.
 
-  Nothing is written before the resume check has passed.
+  Nothing is written before the resume check has passed. ``tensorboard``:
+  also write TensorBoard event files (``experiments.events``).
   """
   from experiments import report  # pylint: disable=g-import-not-at-top
   if config.get("task") == "meta":
@@ -671,7 +738,8 @@ def run(config: ml_collections.ConfigDict, prepared: Any, run_dir: str,
   if lead:
     report.write_config(run_dir, config)
   results = merge_splits(run_jobs(prepared.jobs, run_dir, prepared.data,
-                                  workers), config_lib.num_splits(config))
+                                  workers, tensorboard),
+                         config_lib.num_splits(config))
   if lead:
     report.write_run(run_dir, results, config, command)
   return os.path.join(run_dir, "summary.md")

@@ -43,6 +43,7 @@ B = 0; not reproduced otherwise. The other feedback setting is reported.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import multiprocessing
 import os
 import time
@@ -57,6 +58,7 @@ import numpy as np
 from experiments import checkpoint
 from experiments import config as config_lib
 from experiments import data as data_lib
+from experiments import progress
 from experiments import report
 from experiments.tasks import episodes
 from experiments.tasks import meta
@@ -239,16 +241,26 @@ def _tune(config, pool, feedback: str, k: int) -> dict[str, Any]:
 
 
 def _meta_seed(config, pool, run_dir: str, feedback: str, k: int, seed: int,
-               tuned: dict[str, Any]) -> dict[str, Any]:
-  """Meta-trains one seed's rule at one K from the tuned error rate."""
+               tuned: dict[str, Any],
+               index: Optional[int] = None) -> dict[str, Any]:
+  """Meta-trains one seed's rule at one K from the tuned error rate.
+
+  Reports its meta-steps as progress item ``index`` (the unit's).
+  """
   start = tuned[BASE[feedback]]["lr"]
   theta0 = {t: (start if t == "error" else 0.0) for t in config.terms}
   tag = f"{feedback}_K{k}_s{seed}"
   ckpt_dir = os.path.join(run_dir, "meta_ckpt")
   os.makedirs(ckpt_dir, exist_ok=True)
   tic = time.perf_counter()
+  first = [True]
 
   def log(i, theta, loss):
+    done = seed * config.meta_steps + i
+    if first[0]:  # Steps before this session's first were done earlier.
+      progress.resume(index, done - 1)
+      first[0] = False
+    progress.report(index, done)
     if i % 25 == 0 or i == config.meta_steps:
       logging.info("%s meta-step %d/%d  query loss %.4f  theta %s  (%.0fs)",
                    tag, i, config.meta_steps, loss,
@@ -297,17 +309,25 @@ def _meta_trained(config, feedback, k) -> bool:
 
 
 def run_unit(config: ml_collections.ConfigDict, run_dir: str, feedback: str,
-             k: int, prepared: Optional[Prepared] = None) -> None:
-  """Tuning and meta-training at one (feedback, K); writes their parts."""
+             k: int, prepared: Optional[Prepared] = None,
+             index: Optional[int] = None) -> None:
+  """Tuning and meta-training at one (feedback, K); writes their parts.
+
+  Progress item ``index`` counts its meta-steps, ``meta_steps`` per seed.
+  """
+  progress.check()  # A stopped run starts no unit.
   prepared = prepared or _prepared(config)
   tuned = _cached(_paths(run_dir, feedback, k),
                   lambda: _tune(config, prepared.train_pool, feedback, k))
   if _meta_trained(config, feedback, k):
     for s in range(config.meta_seeds):
+      progress.resume(index, s * config.meta_steps)
       _cached(_paths(run_dir, feedback, k, s),
               lambda s=s: _meta_seed(config, prepared.train_pool, run_dir,
-                                     feedback, k, s, tuned),
+                                     feedback, k, s, tuned, index),
               _meta_current(config))
+      # A plateau stops a seed early; a saved seed took no time now.
+      progress.resume(index, (s + 1) * config.meta_steps)
 
 
 def _rules(config, run_dir, k) -> tuple[dict[str, dict[str, float]],
@@ -371,9 +391,11 @@ def _prepared(config) -> Prepared:
   return _PREPARED[key]
 
 
-def _run_all(tasks: Sequence[tuple[Any, tuple[Any, ...]]], processes: int,
-             prepared: Prepared) -> None:
-  """Runs ``fn(*args)`` for each task, in order, here or in a process pool.
+def _run_all(tasks: Sequence[tuple[Any, tuple[Any, ...], int]],
+             processes: int, prepared: Prepared,
+             tracker: progress.Tracker) -> None:
+  """Runs ``fn(*args)`` for each ``(fn, args, item)``, in order, here or in a
+  process pool; ``tracker`` counts item ``item`` complete when it returns.
 
   Here, ``fn`` gets ``prepared=prepared``; a worker prepares its own.
   """
@@ -381,8 +403,9 @@ def _run_all(tasks: Sequence[tuple[Any, tuple[Any, ...]]], processes: int,
   cpus = runner.cores()
   processes = min(processes or len(cpus), len(tasks))
   if processes <= 1:
-    for fn, args in tasks:
+    for fn, args, item in tasks:
       fn(*args, prepared=prepared)
+      tracker.complete(item)
     return
   flags_before = os.environ.get("XLA_FLAGS")
   runner.single_threaded()  # The spawned workers inherit it.
@@ -390,9 +413,10 @@ def _run_all(tasks: Sequence[tuple[Any, tuple[Any, ...]]], processes: int,
   try:
     with concurrent.futures.ProcessPoolExecutor(
         processes, mp_context=ctx, initializer=runner.init_worker,
-        initargs=(ctx.Value("i", 0), cpus, "meta worker")) as pool:
-      for future in [pool.submit(fn, *args) for fn, args in tasks]:
-        future.result()
+        initargs=(ctx.Value("i", 0), cpus, "meta worker",
+                  tracker.shared)) as pool:
+      tracker.wait([pool.submit(fn, *args) for fn, args, _ in tasks],
+                   [item for _, _, item in tasks])
   finally:
     if flags_before is None:
       os.environ.pop("XLA_FLAGS", None)
@@ -413,13 +437,27 @@ def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
           _saved(_paths(run_dir, *u, s), _meta_current(config))
           for s in range(config.meta_seeds if _meta_trained(config, *u)
                          else 0)))]
-  _run_all([(run_unit, (config, run_dir, fb, k)) for fb, k in todo],
-           config.processes, prepared)
-  todo = [k for k in sorted(config.ks, reverse=True)
-          if not _saved(os.path.join(run_dir, f"test_K{k}.json"),
-                        _test_current(config, run_dir, k))]
-  _run_all([(score_unit, (config, run_dir, k)) for k in todo],
-           config.processes, prepared)
+  ks = sorted(config.ks, reverse=True)
+  # Progress in meta-steps: a unit's tuning and the tests count as none.
+  with progress.Tracker(
+      [progress.Item(config.meta_seeds * config.meta_steps if
+                     _meta_trained(config, *u) else 0) for u in units] +
+      [progress.Item(0) for _ in ks], label="units",
+      unit="meta-steps") as tracker:
+    for i, u in enumerate(units):
+      if u not in todo:
+        tracker.complete(i)
+    _run_all([(functools.partial(run_unit, index=units.index(u)),
+               (config, run_dir, *u), units.index(u)) for u in todo],
+             config.processes, prepared, tracker)
+    todo = [k for k in ks
+            if not _saved(os.path.join(run_dir, f"test_K{k}.json"),
+                          _test_current(config, run_dir, k))]
+    for i, k in enumerate(ks):
+      if k not in todo:
+        tracker.complete(len(units) + i)
+    _run_all([(score_unit, (config, run_dir, k), len(units) + ks.index(k))
+              for k in todo], config.processes, prepared, tracker)
 
   tests = [checkpoint.read_json(os.path.join(run_dir, f"test_K{k}.json"))
            for k in config.ks]
