@@ -25,6 +25,7 @@ The writer is tensorboardX's (no TensorFlow), one summary per evaluation.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -36,6 +37,10 @@ from experiments import config as config_lib
 from ojax import metrics as metrics_lib
 
 DIR = "tensorboard"
+# A job with more (grid point, seed) curves than this writes none (one info
+# line says so): bad_init's 324-point grids would make ~23,000 runs and
+# ~370 MB; a tuning grid is read from its tables, not from curves.
+MAX_CURVES = 256
 NOT_CURVES = ("samples", "diverged_at", "data_split")
 _LAYERED = metrics_lib.DIAGNOSTICS + metrics_lib.FEEDBACK_DIAGNOSTICS
 
@@ -83,6 +88,11 @@ def write(run_dir: str, result: Any, only_missing: bool = False) -> None:
   folder of the job exists (a job finished in an earlier session).
   """
   dirs = run_dirs(run_dir, result)
+  if len(dirs) > MAX_CURVES:
+    logging.getLogger("ojax").info(
+        "%s: no TensorBoard curves (%d grid points x seeds > %d); its "
+        "numbers are in metrics.jsonl", result.job.id, len(dirs), MAX_CURVES)
+    return
   if only_missing and all(os.path.isdir(d) for d in dirs.values()):
     return
   from tensorboardX import FileWriter  # pylint: disable=g-import-not-at-top

@@ -241,3 +241,24 @@ def test_finished_jobs_write_missing_curves_once_and_none_when_off(
   assert _run_events(tmp_path) == first
   assert os.listdir(tmp_path / "tensorboard/depth=1/bp/lr=0.01") == [
       "seed_1"]
+
+
+def test_a_job_with_too_many_curves_writes_none_and_says_so(tmp_path, caplog,
+                                                            monkeypatch):
+  job = config_lib.Job("big", None, "val", deep_online.get_config())
+  job.config.axis = ""
+  points = events.MAX_CURVES + 1  # One seed each: one curve too many.
+  history = {"samples": np.array([0, 10]),
+             "test_accuracy": np.zeros((2, points, 1)),
+             "diverged_at": np.full((2, points, 1), -1)}
+  result = runner.JobResult(job, [{"lr": 0.1 + i} for i in range(points)],
+                            history)
+  with caplog.at_level(logging.INFO, logger="ojax"):
+    events.write(str(tmp_path), result)
+  assert not (tmp_path / events.DIR).exists()
+  assert [r.getMessage() for r in caplog.records] == [
+      f"big: no TensorBoard curves ({points} grid points x seeds > "
+      f"{events.MAX_CURVES}); its numbers are in metrics.jsonl"]
+  monkeypatch.setattr(events, "MAX_CURVES", points)  # At the cap: written.
+  events.write(str(tmp_path), result)
+  assert len(os.listdir(tmp_path / events.DIR / "val")) == points
