@@ -1,10 +1,20 @@
-"""One conformance test that every rule passes.
+"""Conformance: every rule passes every property, one test per property.
 
-With and without jit, under vmap, inside optax.inject_hyperparams, float32 and
-bfloat16 dtypes preserved, state shapes and dtypes stable across updates,
-inside ojax.with_rule and optax.chain, masked (mask= and optax.masked), other
-extra arguments ignored, missing params refused.
+Like optax's ``contrib/_common_test.py``: each property is a test of its own,
+parametrized over the rules (and dtypes), so a failure names the rule and the
+property. The properties: an ``optax.GradientTransformationExtraArgs`` and an
+``ojax.PlasticityRule``; the same updates with and without jit, other extra
+arguments ignored; float32 and bfloat16 dtypes and shapes preserved; only
+traced kernels change; state shapes and dtypes stable across updates and
+under ``lax.scan``; under vmap each seed gets its own update; inside
+``optax.inject_hyperparams``; inside ``ojax.with_rule`` and ``optax.chain``;
+masked (``mask=`` and ``optax.masked``); missing params refused.
+
+The rule's outputs are computed once per (rule, dtype), in one jitted
+function (one compilation), and each test reads its part.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -57,30 +67,36 @@ MASK = {"dense": {"kernel": False, "bias": False}, "conv": {"kernel": True},
         "frozen": {"kernel": True}}
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16],
-                         ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("name", list(RULES))
-def test_rule_conforms(name, dtype):
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Placement and masking do not depend on the dtype: checked in float32.
+ALL = [(name, dtype) for name in RULES for dtype in DTYPES]
+FLOAT32 = [(name, "float32") for name in RULES]
+by_rule = pytest.mark.parametrize("name, dtype", ALL,
+                                  ids=[f"{n}-{d}" for n, d in ALL])
+by_rule_f32 = pytest.mark.parametrize("name, dtype", FLOAT32,
+                                      ids=[f"{n}-{d}" for n, d in FLOAT32])
+
+
+class _Outputs(dict):
+  """Attribute access to a rule's outputs (``o.eager``, ``o.out``)."""
+  __getattr__ = dict.__getitem__
+
+
+@functools.lru_cache(maxsize=None)
+def _outputs(name: str, dtype_name: str) -> _Outputs:
+  """Everything the properties look at, for one rule and dtype."""
   factory, kwargs = RULES[name]
+  dtype = DTYPES[dtype_name]
   params, acts, grads = _problem(dtype)
   tx = factory(**kwargs)
-  assert isinstance(tx, optax.GradientTransformationExtraArgs)
-  assert isinstance(tx, ojax.PlasticityRule)
   state0 = tx.init(params)
   injected = optax.inject_hyperparams(factory)(**kwargs)
-  # Placement and masking do not depend on the dtype: checked in float32.
   full = dtype == jnp.float32
   combined = {"with_rule": ojax.with_rule(optax.sgd(0.1), factory(**kwargs)),
               "chain": optax.chain(optax.sgd(0.1), factory(**kwargs))
               } if full else {}
   masked = {"mask=": factory(**kwargs, mask=MASK),
             "optax.masked": optax.masked(tx, MASK)} if full else {}
-
-  # Without jit (float32: eager bfloat16 only recompiles the same ops);
-  # other extra arguments are ignored.
-  if full:
-    eager, state1 = tx.update(grads, state0, params, activations=acts,
-                              unrelated=3)
 
   @jax.jit
   def everything(grads, params, acts):
@@ -107,47 +123,106 @@ def test_rule_conforms(name, dtype):
     return out
 
   out = everything(grads, params, acts)
+  # Without jit (float32: eager bfloat16 only recompiles the same ops); other
+  # extra arguments are ignored.
   if full:
-    _close(eager, out["jit"], dtype)
+    eager, state1 = tx.update(grads, state0, params, activations=acts,
+                              unrelated=3)
   else:
     eager, state1 = out["jit"], out["state1"]
-  # Dtypes are preserved; only traced kernels change.
-  assert _shapes(eager) == _shapes(params) == _shapes(out["jit"])
-  np.testing.assert_array_equal(eager["frozen"]["kernel"], 0.5)
-  np.testing.assert_array_equal(eager["dense"]["bias"], 0.5)
-  assert not np.allclose(np.asarray(eager["dense"]["kernel"], np.float32), 0.5)
-  assert not np.allclose(np.asarray(eager["conv"]["kernel"], np.float32), 0.5)
+  return _Outputs(tx=tx, kwargs=kwargs, dtype=dtype, params=params,
+                  acts=acts, grads=grads, state0=state0, state1=state1,
+                  eager=eager, out=out, combined=list(combined),
+                  masked=list(masked))
 
-  # State shapes and dtypes are stable across updates (a scan carry).
-  assert _shapes(state0) == _shapes(state1) == _shapes(out["state2"])
-  step = lambda s: tx.update(grads, s, params, activations=acts)[1]  # pylint: disable=unnecessary-lambda-assignment
+
+@by_rule_f32
+def test_is_an_optax_transformation_and_a_plasticity_rule(name, dtype):
+  o = _outputs(name, dtype)
+  assert isinstance(o.tx, optax.GradientTransformationExtraArgs)
+  assert isinstance(o.tx, ojax.PlasticityRule)
+
+
+@by_rule_f32
+def test_jit_gives_the_eager_updates_and_extra_arguments_are_ignored(name,
+                                                                     dtype):
+  o = _outputs(name, dtype)
+  _close(o.eager, o.out["jit"], o.dtype)
+  _close(o.state1, o.out["state1"], o.dtype)
+
+
+@by_rule
+def test_updates_keep_the_params_shapes_and_dtypes(name, dtype):
+  o = _outputs(name, dtype)
+  assert _shapes(o.eager) == _shapes(o.params) == _shapes(o.out["jit"])
+
+
+@by_rule
+def test_only_traced_kernels_change(name, dtype):
+  o = _outputs(name, dtype)
+  np.testing.assert_array_equal(o.eager["frozen"]["kernel"], 0.5)
+  np.testing.assert_array_equal(o.eager["dense"]["bias"], 0.5)
+  assert not np.allclose(np.asarray(o.eager["dense"]["kernel"], np.float32),
+                         0.5)
+  assert not np.allclose(np.asarray(o.eager["conv"]["kernel"], np.float32),
+                         0.5)
+
+
+@by_rule
+def test_state_shapes_and_dtypes_are_stable_across_updates(name, dtype):
+  o = _outputs(name, dtype)
+  assert _shapes(o.state0) == _shapes(o.state1) == _shapes(o.out["state2"])
+
+
+@by_rule
+def test_state_is_a_valid_scan_carry(name, dtype):
+  o = _outputs(name, dtype)
+  step = lambda s: o.tx.update(o.grads, s, o.params, activations=o.acts)[1]  # pylint: disable=unnecessary-lambda-assignment
   scanned = jax.eval_shape(lambda s: jax.lax.scan(
-      lambda s, _: (step(s), None), s, None, length=2)[0], state0)
-  assert _shapes(scanned) == _shapes(state0)
+      lambda s, _: (step(s), None), s, None, length=2)[0], o.state0)
+  assert _shapes(scanned) == _shapes(o.state0)
 
-  # vmap over seeds: the second of two stacked params gets its own update.
-  if full:
-    _close(jax.tree.map(lambda u: u[1], out["vmap"]), out["doubled"], dtype)
 
-  # inject_hyperparams: same updates, hyperparameters in the state.
-  _close(out["injected"], eager, dtype)
-  assert _shapes(out["injected"]) == _shapes(params)
-  assert set(out["inj_state"].hyperparams) >= {
-      k for k, v in kwargs.items() if not isinstance(v, tuple)}
+@by_rule_f32
+def test_vmap_over_seeds_gives_each_its_own_update(name, dtype):
+  o = _outputs(name, dtype)
+  # The second of two stacked params gets the update of the doubled params.
+  _close(jax.tree.map(lambda u: u[1], o.out["vmap"]), o.out["doubled"],
+         o.dtype)
 
-  # After an optimizer: with_rule and optax.chain add the same term.
-  term = jax.tree.map(lambda u: u.astype(jnp.float32) - 0.5, eager)
-  for key in combined:
-    _close(out[key], jax.tree.map(lambda t: t - 0.05, term), dtype)
 
-  # Masked: mask= and optax.masked leave the masked kernel alone.
-  for key in masked:
-    m_updates, m_state, m_state2 = out[key]
-    np.testing.assert_array_equal(m_updates["dense"]["kernel"], 0.5)
-    _close(m_updates["conv"], eager["conv"], dtype)
-    assert _shapes(m_state2) == _shapes(m_state)
+@by_rule
+def test_inject_hyperparams_gives_the_same_updates(name, dtype):
+  o = _outputs(name, dtype)
+  _close(o.out["injected"], o.eager, o.dtype)
+  assert _shapes(o.out["injected"]) == _shapes(o.params)
+  assert set(o.out["inj_state"].hyperparams) >= {
+      k for k, v in o.kwargs.items() if not isinstance(v, tuple)}
 
-  # Missing params: optax's message.
+
+@by_rule_f32
+@pytest.mark.parametrize("combinator", ["with_rule", "chain"])
+def test_after_an_optimizer_the_rule_adds_its_term(name, dtype, combinator):
+  o = _outputs(name, dtype)
+  assert combinator in o.combined
+  term = jax.tree.map(lambda u: u.astype(jnp.float32) - 0.5, o.eager)
+  _close(o.out[combinator], jax.tree.map(lambda t: t - 0.05, term), o.dtype)
+
+
+@by_rule_f32
+@pytest.mark.parametrize("how", ["mask=", "optax.masked"])
+def test_masked_kernels_are_left_alone(name, dtype, how):
+  o = _outputs(name, dtype)
+  assert how in o.masked
+  m_updates, m_state, m_state2 = o.out[how]
+  np.testing.assert_array_equal(m_updates["dense"]["kernel"], 0.5)
+  _close(m_updates["conv"], o.eager["conv"], o.dtype)
+  assert _shapes(m_state2) == _shapes(m_state)
+
+
+@by_rule
+def test_missing_params_are_refused_with_optax_message(name, dtype):
+  o = _outputs(name, dtype)
   with pytest.raises(ValueError, match="requires the current value of "
                      "parameters"):
-    tx.update(grads, state0, None, activations=acts)
+    o.tx.update(o.grads, o.state0, None, activations=o.acts)

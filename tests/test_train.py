@@ -163,10 +163,21 @@ def test_resuming_mid_run_gives_the_uninterrupted_numbers():
   keys = jax.random.split(jax.random.PRNGKey(4), 2)
   whole = _run(keys, num_samples=120, eval_every=40)
   half = _run(keys, num_samples=40, eval_every=40)
+  assert half.samples_done == 40
   rest = train.run(TASK, half, DATA, num_samples=120, eval_every=40)
-  for a, b in zip(whole.history, rest.history):
+  # The resumed run went on to the end: every evaluation of the whole run is
+  # in its history (a run that returned at once would still hold the first
+  # two), and none is missing or repeated.
+  assert rest.samples_done == 120
+  assert [h["samples"] for h in whole.history] == [0, 40, 80, 120]
+  assert [h["samples"] for h in rest.history] == [0, 40, 80, 120]
+  for a, b in zip(whole.history, rest.history, strict=True):
+    assert a.keys() == b.keys()
     for k in a:
-      np.testing.assert_array_equal(a[k], b[k])
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  np.testing.assert_array_equal(
+      jax.tree.leaves(whole.states.params)[0],
+      jax.tree.leaves(rest.states.params)[0])
 
 
 def test_resume_off_the_evaluation_grid_is_refused():
