@@ -86,7 +86,9 @@ import optax
 
 from ojax import models
 from ojax import rules
-from ojax import train
+from ojax.state import ClassifierData
+from ojax.state import Metrics
+from ojax.state import TrainState
 
 __all__ = ["FusedStep", "model_unsupported", "select_step", "unsupported"]
 
@@ -215,7 +217,7 @@ def _mat(v: jax.Array, ones: Optional[jax.Array] = None) -> jax.Array:
 class FusedStep:
   """``step(state, idx_B, data)`` of the fused path, plus layout hooks.
 
-  ``enter``/``exit`` turn a :class:`ojax.train.TrainState` into the chunk
+  ``enter``/``exit`` turn a :class:`ojax.TrainState` into the chunk
   layout (kernels ``(fan_out, fan_in)``) and back; the step itself works on
   the chunk layout. :func:`ojax.train.classifier_task` wires all three.
   """
@@ -261,7 +263,7 @@ class FusedStep:
       shapes.add(((2 + oja[l] + oja[l + 1]) * b, widths[l + 1]))
     return shapes
 
-  def enter(self, state: train.TrainState) -> train.TrainState:
+  def enter(self, state: TrainState) -> TrainState:
     """Flax layout -> chunk layout: kernels transposed, plus scratch."""
     oja_layers = self.oja_layers(state.params)
     params = _transpose_kernels(state.params)
@@ -278,7 +280,7 @@ class FusedStep:
       params=params, model_state={**state.model_state, _ONES: ones}
     )
 
-  def exit(self, state: train.TrainState) -> train.TrainState:
+  def exit(self, state: TrainState) -> TrainState:
     """Chunk layout -> Flax layout."""
     model_state = {k: v for k, v in state.model_state.items() if k != _ONES}
     return state._replace(
@@ -286,8 +288,8 @@ class FusedStep:
     )
 
   def __call__(
-    self, state: train.TrainState, idx_B: jax.Array, data: train.ClassifierData
-  ) -> tuple[train.TrainState, train.Metrics]:
+    self, state: TrainState, idx_B: jax.Array, data: ClassifierData
+  ) -> tuple[TrainState, Metrics]:
     names = models.layer_names(state.params)
     ws = [state.params[n]["kernel"] for n in names]  # (O, I) each.
     last = len(ws) - 1

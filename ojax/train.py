@@ -38,7 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ojax import fused
 from ojax import rules
+from ojax.state import ClassifierData
+from ojax.state import Metrics
+from ojax.state import TrainState
 
 __all__ = [
   "all_finite",
@@ -68,19 +72,8 @@ __all__ = [
   "TrainState",
 ]
 
-Metrics = dict[str, Any]
 LOSS_BOUND = 1e4  # A loss above this counts as divergence (see above).
 _log = logging.getLogger("ojax")
-
-
-class TrainState(NamedTuple):
-  """Everything one seed needs to go on training (a pytree of arrays)."""
-
-  params: Any
-  opt_state: Any
-  model_state: Any  # Non-trainable variables, e.g. fixed feedback weights.
-  data_key: jax.Array
-  diverged_at: jax.Array  # First diverged sample index, or -1.
 
 
 class Task(NamedTuple):
@@ -189,15 +182,6 @@ def _compiled_init(
 
 
 # --- The feedforward classifier task -------------------------------------
-
-
-class ClassifierData(NamedTuple):
-  """Flattened inputs and integer labels; ``test_*`` is what is evaluated."""
-
-  train_x: Any  # (N, D)
-  train_y: Any  # (N,)
-  test_x: Any  # (M, D)
-  test_y: Any  # (M,)
 
 
 def sample_indices(
@@ -322,8 +306,6 @@ def classifier_task(
   'FusedStep'
   """
   if step is None and fast:
-    from ojax import fused  # pylint: disable=g-import-not-at-top
-
     step = fused.select_step(model, tx, batch_size=batch_size)
   step = step or generic_classifier_step(model, tx)
 

@@ -148,13 +148,7 @@ def test_the_graph_sees_function_level_and_from_imports():
   assert cycles(toy) == [(["a", "b", "c", "a"], ["a", "b", "c"])]
 
 
-@pytest.mark.parametrize("package", [
-    pytest.param("ojax", marks=pytest.mark.xfail(
-        strict=True, reason="ojax.fused <-> ojax.train, being removed in "
-        "ojax/ by another change; drop this mark then")),
-    pytest.param("experiments", marks=pytest.mark.xfail(
-        strict=True, reason="being removed (issue 17 item 2)")),
-])
+@pytest.mark.parametrize("package", ["ojax", "experiments"])
 def test_no_import_cycles(package):
   found = [c for c in cycles(import_graph())
            if c[1][0].split(".")[0] == package]
