@@ -1,6 +1,6 @@
 r"""Compares the arms of a finished run, paired over seeds.
 
-A run is its config and its job results (``experiments.runner.JobResult``),
+A run is its config and its job results (``experiments.schema.JobResult``),
 each with ``history[key]`` shaped ``(E, G, S)`` (evaluations, sweep points,
 seeds) or ``(E, G, S, L)`` for per-layer diagnostics.
 
@@ -38,9 +38,10 @@ import ml_collections
 import numpy as np
 from scipy import stats as scipy_stats
 
+from experiments import schema
 from experiments import stats
 from experiments.config import Job, expand, num_splits
-from experiments.runner import JobResult, merge_splits
+from experiments.schema import JobResult, merge_splits
 
 MIN_SEEDS_VERDICT = 10
 RULE = ("Verdict rule: at each of the claim's N settings the reference-"
@@ -117,9 +118,7 @@ def load_run(run_dir: str) -> Run:
     if not os.path.exists(path):
       continue
     with open(path) as f:
-      saved = json.load(f)
-    results.append(JobResult(job, saved["grid"], {
-        k: np.asarray(v) for k, v in saved["history"].items()}))
+      results.append(schema.result_from_json(job, json.load(f)))
   results = merge_splits(results, num_splits(config))
   if not results:
     raise FileNotFoundError(f"no finished jobs in {run_dir}/jobs")

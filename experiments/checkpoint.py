@@ -12,7 +12,6 @@ used.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -25,13 +24,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from experiments import rundir
 from ojax.train import Progress
 
 _log = logging.getLogger("ojax")
 
 
 def _to_json(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  return [{k: np.asarray(v).tolist() for k, v in h.items()} for h in history]
+  """Strict JSON: a non-finite number is None, read back as NaN."""
+  return [{k: rundir.jsonable(np.asarray(v)) for k, v in h.items()}
+          for h in history]
 
 
 def _from_json(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -162,31 +164,3 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON so that readers see the old file or the new one, never half.
-
-  A failed write (e.g. a full disk) leaves the old file and no ``.tmp``.
-  """
-  tmp = f"{path}.tmp"
-  try:
-    with open(tmp, "w") as f:
-      json.dump(obj, f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def read_json(path: str, warn: bool = True) -> Optional[Any]:
-  """The JSON in ``path``, or None (with a warning) if it is damaged."""
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError) as err:
-    if warn:
-      _log.warning("%s is damaged (%s); rebuilding it", path,
-                   " ".join(str(err).split())[:120])
-    return None

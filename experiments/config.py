@@ -26,6 +26,7 @@ import jax
 import ml_collections
 import optax
 
+from experiments import data as data_lib
 import ojax
 from ojax import models
 
@@ -388,7 +389,6 @@ def make_optimizer(cfg: ml_collections.ConfigDict, with_oja: bool = False
 def _check_top(cfg: ml_collections.ConfigDict) -> None:
   fields = ["seeds", "num_samples", "eval_every", "batch_size"]
   if cfg.task == "classifier":
-    from experiments import data as data_lib  # pylint: disable=g-import-not-at-top
     one_of("dataset", cfg.dataset, data_lib.DATASETS)
     fields.append("eval_batch_size")
     check_number("validation", cfg.validation, integer=True, zero=True)

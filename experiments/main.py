@@ -13,7 +13,14 @@ states the guarantees). Bad input gets one line on stderr, ``ojax: error:
 Two stages, both usable without the command line: :func:`parse` (flags ->
 config, no JAX) and :func:`setup` (validation, data, size estimate, run
 directory, lock and resume check: everything before compiling). :func:`check`
-does both for a list of arguments, as the tests do.
+does both for a list of arguments, as the tests do. The task picks the
+harness (:func:`harness`): ``experiments.tasks.meta_plasticity`` for
+``meta``, else the job runner ``experiments.runner``; both share the run
+directory (``experiments.rundir``) and the worker pool
+(``experiments.pool``).
+
+The modules with JAX are imported inside the functions that need them, so
+that ``--help`` and a bad flag answer at once.
 """
 
 from __future__ import annotations
@@ -125,8 +132,20 @@ class Setup(NamedTuple):
   parsed: Parsed
   prepared: Any  # runner.Prepared (or meta_plasticity.Prepared)
   jobs: list[Any]  # config.Job
-  workdir: Any  # runner.Workdir: open and locked; close() releases it.
+  workdir: Any  # rundir.Workdir: open and locked; close() releases it.
   resume: str  # The command that resumes this run.
+
+
+def harness(config) -> Any:
+  """The module that runs ``config``'s task: ``prepare``, ``jobs_of`` and
+  ``run`` of ``experiments.tasks.meta_plasticity`` for task ``meta``, else
+  of the job runner ``experiments.runner``."""
+  # Imported here: both load JAX, which --help does not need.
+  if config.get("task") == "meta":
+    from experiments.tasks import meta_plasticity  # pylint: disable=g-import-not-at-top
+    return meta_plasticity
+  from experiments import runner  # pylint: disable=g-import-not-at-top
+  return runner
 
 
 def experiment_names() -> list[str]:
@@ -257,37 +276,39 @@ def setup(parsed: Parsed) -> Setup:
   config is valid (one validation path, ``experiments.config``), the data
   loads, the jobs fit the machine (``runner.check_size``), then the run
   directory is created (a fresh one without ``--workdir``) and locked, and
-  its stored fingerprints match (``runner.check_resume``; with ``--restart``
+  its stored fingerprints match (``rundir.check_resume``; with ``--restart``
   its old contents are removed instead). The lock is held until the process
   ends or ``setup.workdir.close()``.
   """
-  from experiments import runner  # pylint: disable=g-import-not-at-top
-  runner.single_threaded()  # Before JAX starts its backend.
+  # Imported here (not for --help); pool first: before JAX starts.
+  from experiments import pool  # pylint: disable=g-import-not-at-top
+  pool.single_threaded()  # Before JAX starts its backend.
   if parsed.workers == 1 and hasattr(os, "sched_setaffinity"):
     # Computes here: on one core, as a worker would (runner.run_jobs).
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
   if parsed.cpu_devices is not None:
     split_cpu(parsed.cpu_devices)
-  from experiments import runner  # pylint: disable=g-import-not-at-top
+  from experiments import rundir  # pylint: disable=g-import-not-at-top
   config = parsed.config
   try:
-    runner.check_workdir(parsed.workdir)
+    rundir.check_workdir(parsed.workdir)
     import jax  # pylint: disable=g-import-not-at-top
     if parsed.distributed:
       # Cross-process collectives for CPU devices (GPUs, TPUs ignore this).
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
       jax.distributed.initialize(*parsed.distributed)
-    prepared = runner.prepare(config, parsed.cli_fields, parsed.allow_large)
-    jobs = runner.jobs_of(config, prepared)
+    task = harness(config)
+    prepared = task.prepare(config, parsed.cli_fields, parsed.allow_large)
+    jobs = task.jobs_of(config, prepared)
     lead = not parsed.distributed or jax.process_index() == 0
     # Hosts of a --distributed run share the lead host's directory and lock.
-    workdir = runner.open_workdir(parsed.workdir, config.experiment,
+    workdir = rundir.open_workdir(parsed.workdir, config.experiment,
                                   lock=lead)
   except ValueError as err:
     raise UserError(one_line(err)) from None
   try:
     if lead or not parsed.restart:  # Only the lead host clears it.
-      runner.check_resume(workdir.path, jobs, parsed.restart)
+      rundir.check_resume(workdir.path, jobs, parsed.restart)
   except ValueError as err:
     workdir.close()
     raise UserError(one_line(err)) from None
@@ -323,24 +344,24 @@ def execute(s: Setup) -> str:
   found while running, a full disk or Ctrl-C; the finished jobs and each
   job's last good checkpoint stay in the run directory.
   """
-  from experiments import runner  # pylint: disable=g-import-not-at-top
+  from experiments import rundir  # pylint: disable=g-import-not-at-top
   path = s.workdir.path
   try:
-    return runner.run(s.parsed.config, s.prepared, path, s.parsed.command,
-                      workers=s.parsed.workers,
-                      tensorboard=s.parsed.tensorboard)
+    return harness(s.parsed.config).run(
+        s.parsed.config, s.prepared, path, s.parsed.command,
+        workers=s.parsed.workers, tensorboard=s.parsed.tensorboard)
   except KeyboardInterrupt:
     raise Interrupted(
-        f"interrupted: {runner.where_stopped(path, s.jobs)} in {path}. "
+        f"interrupted: {rundir.where_stopped(path, s.jobs)} in {path}. "
         f"Resume with: {s.resume}") from None
-  except runner.ConfigError as err:
+  except rundir.ConfigError as err:
     raise UserError(one_line(err)) from None
   except Exception as err:  # pylint: disable=broad-except
     if not is_disk_full(err):
       raise
     raise UserError(
         f"disk full while writing to {path}: "
-        f"{runner.where_stopped(path, s.jobs)}; the last good checkpoints "
+        f"{rundir.where_stopped(path, s.jobs)}; the last good checkpoints "
         f"are kept. Free space, then resume with: {s.resume}") from None
 
 
@@ -399,8 +420,8 @@ def split_cpu(devices: int = 0, environ=None) -> None:
   if "xla_force_host_platform_device_count" not in current:
     environ["XLA_FLAGS"] = (
         current + f" --xla_force_host_platform_device_count={devices}").strip()
-  from experiments import runner  # pylint: disable=g-import-not-at-top
-  runner.single_threaded(environ)
+  from experiments import pool  # pylint: disable=g-import-not-at-top
+  pool.single_threaded(environ)
 
 
 class _DropOrbaxInfo(logging_std.Filter):

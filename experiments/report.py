@@ -12,70 +12,27 @@ A run directory holds:
     jobs/<id>.json    each finished job's metrics and config fingerprint
     checkpoints/<id>/ orbax checkpoints; the last one holds the final params
 
-Files are written atomically (``.tmp`` then rename): a crash leaves the old
-version or the new one, never half a file.
+Files are written by the one writer of ``experiments.rundir`` (``.tmp``
+then rename: a crash leaves the old version or the new one, never half a
+file; strict JSON). The schema (:class:`Section`, ``JobResult``) is
+``experiments.schema``; ``experiments.runner.write_run`` and the
+meta_plasticity report build a section and write it here.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
 
 from experiments import stats
-
-VERDICTS = ("reproduced", "partly reproduced", "mixed", "contradicted",
-            "not reproduced", "no verdict")  # experiments.analysis.RULE
-
-
-class Section(NamedTuple):
-  """What a run says about its claim: the unit every report renders."""
-
-  claim: str  # One sentence; empty for runs that test no claim.
-  scope: str  # Which settings the verdict counts.
-  tables: list[tuple[str, str]]  # (title, markdown table)
-  figures: list[str]  # File names in the run directory.
-  verdict: str  # One of VERDICTS, or "" for runs that test no claim.
-  evidence: str  # One line: the counts behind the verdict.
-
-
-def jsonable(x: Any) -> Any:
-  """Plain JSON types; non-finite floats become None (strict JSON)."""
-  if isinstance(x, dict):
-    return {k: jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [jsonable(v) for v in x]
-  if isinstance(x, np.ndarray):
-    return jsonable(x.tolist())
-  if isinstance(x, np.generic):
-    return jsonable(x.item())
-  if isinstance(x, float) and not math.isfinite(x):
-    return None
-  return x
-
-
-def write_text(path: str, text: str) -> str:
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
-  return path
-
-
-def write_json(path: str, obj: Any) -> str:
-  return write_text(path, json.dumps(jsonable(obj), indent=1,
-                                     allow_nan=False))
-
-
-def write_jsonl(path: str, rows) -> str:
-  with open(path + ".tmp", "w") as f:
-    for row in rows:
-      f.write(json.dumps(jsonable(row), allow_nan=False) + "\n")
-  os.replace(path + ".tmp", path)
-  return path
+# The writers and the schema, public here too (one definition of each).
+from experiments.rundir import jsonable, write_json  # noqa: F401
+from experiments.rundir import write_jsonl, write_text  # noqa: F401
+from experiments.schema import Section, VERDICTS
 
 
 def write_config(run_dir: str, config: ml_collections.ConfigDict) -> str:
@@ -177,8 +134,9 @@ def summary_table(results, config: ml_collections.ConfigDict,
   return table(head, rows)
 
 
-def _preamble(config: ml_collections.ConfigDict, command: str,
-              results=()) -> list[str]:
+def preamble(config: ml_collections.ConfigDict, command: str,
+             results=()) -> list[str]:
+  """The lines above a job run's section: data, seeds, statistics, command."""
   counts = sorted({r.job.config.num_samples for r in results} or
                   {config.num_samples})
   per_arm = ", ".join(sorted({f"{r.job.arm}: {r.job.config.num_samples}"
@@ -199,16 +157,3 @@ def _preamble(config: ml_collections.ConfigDict, command: str,
   return [f"{data}; {config.seeds} paired seeds. Means over the seeds that "
           f"did not diverge, with {stats.LEVEL:.0%} Student-t CIs (n/a "
           f"below {stats.MIN_SEEDS} seeds).", f"Command: `{command}`" if command else ""]
-
-
-def write_run(run_dir: str, results, config: ml_collections.ConfigDict,
-              command: str = "") -> str:
-  """metrics.jsonl, figures, section.json and summary.md of a job run."""
-  from experiments import analysis  # pylint: disable=g-import-not-at-top
-  from experiments import claims  # pylint: disable=g-import-not-at-top
-  write_jsonl(os.path.join(run_dir, "metrics.jsonl"),
-              metric_rows(results, config.experiment))
-  run = analysis.from_results(run_dir, config, results)
-  section = claims.section(run)
-  return write_section(run_dir, section, config.experiment,
-                       _preamble(config, command, results))

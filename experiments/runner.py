@@ -5,28 +5,21 @@ vmapped program of ``ojax.train.run``, sharded over the devices. Seeds are
 paired: seed ``s`` gets the same initialization and sample order in every
 job, so arms differ only by what the arm changes.
 
-Guarantees about a run directory (docs/running.md):
-
-- A job stores a fingerprint of its resolved config (every field that changes
-  its numbers) beside its checkpoints and in its result. Running again on the
-  same directory skips finished jobs and resumes unfinished ones from their
-  latest checkpoint (the numbers of an uninterrupted run) only when the
-  fingerprint is the same; otherwise it stops with one line naming the fields
-  that differ, before anything is written.
-- One process at a time: a lock file; a second process exits at once.
-- Without ``--workdir`` every run gets a fresh directory, never reused.
+A finished job's result (``jobs/<id>.json``) is loaded, not recomputed; an
+unfinished one resumes from its latest checkpoint, to the numbers of an
+uninterrupted run (docs/running.md). The run directory itself (lock,
+fingerprints, resume check, the one file writer) is ``experiments.rundir``;
+the worker processes are ``experiments.pool``; the result schema is
+``experiments.schema``. This module runs the feedforward and recurrent
+tasks; ``experiments.main`` hands task ``meta`` to
+``experiments.tasks.meta_plasticity``.
 """
 
 from __future__ import annotations
 
-import copy
-import datetime
-import fcntl
 import json
 import logging
 import os
-import shutil
-import tempfile
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -34,12 +27,26 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from experiments import analysis
 from experiments import checkpoint
+from experiments import claims
 from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import events
+from experiments import pool
 from experiments import progress
+from experiments import report
+from experiments import rundir
+from experiments import schema
 from experiments.config import ConfigError, Job
+# Public here too: the names of the run directory, pool and schema that
+# callers of the runner use.
+from experiments.pool import cores, init_worker  # noqa: F401
+from experiments.pool import single_threaded  # noqa: F401
+from experiments.rundir import check_resume, check_workdir  # noqa: F401
+from experiments.rundir import open_workdir, RESTART_KEEPS  # noqa: F401
+from experiments.rundir import where_stopped, Workdir  # noqa: F401
+from experiments.schema import JobResult, merge_splits
 from experiments.tasks import memory
 from ojax import metrics as metrics_lib
 from ojax import rules
@@ -56,205 +63,6 @@ ASSUMED_FLOPS = 2e9  # Per second, a batch-1 step on one CPU core (measured).
 # points of the reference net ran at 7.4x the one-point rate (1799 s on 2
 # cores for an estimated 26,600 core-s). The estimate assumes up to this.
 GRID_SPEEDUP = 7.0
-
-
-class JobResult(NamedTuple):
-  """A finished job: ``history[k]`` has shape ``(E, G, S, ...)``."""
-
-  job: Job
-  grid: list[dict[str, float]]  # The G sweep points (empty dicts if none).
-  history: dict[str, np.ndarray]
-
-
-# --- Run directories -------------------------------------------------------
-
-
-class Workdir(NamedTuple):
-  path: str
-  lock: Any  # The open lock file; closing it releases the lock.
-
-  def close(self) -> None:
-    self.lock.close()
-
-
-def _writable_dir(path: str) -> Optional[str]:
-  """Why no file can be created in the directory ``path``, or None."""
-  try:
-    fd, probe = tempfile.mkstemp(prefix=".ojax-probe-", dir=path)
-  except OSError as err:
-    return err.strerror or str(err)
-  os.close(fd)
-  os.remove(probe)
-  return None
-
-
-def check_workdir(path: Optional[str]) -> None:
-  """Refuses a ``--workdir`` that cannot be a run directory, creating nothing.
-
-  It must be a directory, or not exist yet under a directory (the nearest
-  existing ancestor) where files can be created.
-  """
-  if path is None:
-    return
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise ConfigError(f"--workdir={path} is an existing file; give a "
-                      "directory.")
-  parent = os.path.abspath(path)
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    raise ConfigError(f"--workdir={path} cannot be created: {parent} is a "
-                      "file.")
-  why = _writable_dir(parent)
-  if why:
-    what = "is not writable" if parent == os.path.abspath(path) else (
-        f"cannot be created in {parent}")
-    raise ConfigError(f"--workdir={path} {what}: {why}.")
-
-
-def open_workdir(path: Optional[str], experiment: str,
-                 lock: bool = True) -> Workdir:
-  """Creates (or reopens) a run directory and locks it for this process.
-
-  Without ``path`` a fresh ``runs/<experiment>/<timestamp>[-n]`` is created
-  atomically (``os.mkdir`` fails if it exists), so two runs never share one.
-  The lock is ``fcntl.flock`` on ``<path>/.lock``: held until the process
-  ends (or :meth:`Workdir.close`); a second process gets a ``ConfigError``
-  at once instead of waiting. ``lock=False`` (the other hosts of a
-  ``--distributed`` run, which share the lead host's directory) skips it.
-  """
-  if path is None:
-    root = os.path.join("runs", experiment or "run")
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    try:
-      os.makedirs(root, exist_ok=True)
-      for n in range(1, 10000):
-        path = os.path.join(root, stamp if n == 1 else f"{stamp}-{n}")
-        try:
-          os.mkdir(path)
-          break
-        except FileExistsError:
-          continue
-    except OSError as err:
-      raise ConfigError(f"cannot create a run directory in "
-                        f"{os.path.abspath(root)}: {err.strerror}; pass "
-                        "--workdir.") from None
-  else:
-    check_workdir(path)
-    try:
-      os.makedirs(path, exist_ok=True)
-    except OSError as err:
-      raise ConfigError(f"--workdir={path} cannot be created: "
-                        f"{err.strerror}.") from None
-  if not lock:
-    return Workdir(path, open(os.devnull))  # pylint: disable=consider-using-with
-  try:
-    lock_file = open(os.path.join(path, ".lock"), "a+")  # pylint: disable=consider-using-with
-  except OSError as err:
-    raise ConfigError(f"--workdir={path} is not writable: {err.strerror}."
-                      ) from None
-  try:
-    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:
-    lock_file.seek(0)
-    owner = lock_file.read().strip() or "another process"
-    lock_file.close()
-    raise ConfigError(f"--workdir={path} is in use by {owner}; wait for it "
-                      "to finish or choose another --workdir.") from None
-  lock_file.seek(0)
-  lock_file.truncate()
-  lock_file.write(f"pid {os.getpid()}")
-  lock_file.flush()
-  return Workdir(path, lock_file)
-
-
-def _job_paths(run_dir: str, job: Job) -> tuple[str, str, str]:
-  ckpt = os.path.join(run_dir, "checkpoints", job.id)
-  return (os.path.join(run_dir, "jobs", f"{job.id}.json"), ckpt,
-          os.path.join(ckpt, "fingerprint.json"))
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-  """The fields that differ, but for a ``config_lib.GROWABLE`` one raised."""
-  keys = sorted(set(old) | set(new))
-  grown = lambda k: (k in config_lib.GROWABLE and k in old and k in new  # pylint: disable=unnecessary-lambda-assignment
-                     and new[k] > old[k])
-  return [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
-          for k in keys if old.get(k) != new.get(k) and not grown(k)]
-
-
-# Files a --restart keeps: the lock and what a caller (experiments/results.py)
-# writes into the run directory around the run.
-RESTART_KEEPS = (".lock", "run.log", "results_run.json")
-
-
-def _steps(ckpt_dir: str) -> list[int]:
-  """The finished checkpoint steps in ``ckpt_dir`` (orbax step folders)."""
-  if not os.path.isdir(ckpt_dir):
-    return []
-  return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
-
-
-def check_resume(run_dir: str, jobs: list[Job], restart: bool) -> None:
-  """Refuses to reuse a job's results or checkpoints under another config.
-
-  Each job's fingerprint is stored twice: in ``checkpoints/<id>/
-  fingerprint.json`` (written before its first checkpoint) and in its result
-  ``jobs/<id>.json``. Any stored fingerprint that differs from the job's
-  present one is a ``ConfigError`` naming the fields; so is a job with
-  checkpoints whose fingerprint cannot be read (they cannot be checked).
-  With ``restart`` everything in ``run_dir`` but :data:`RESTART_KEEPS` is
-  removed first. A run without jobs (meta_plasticity) is one job named
-  ``run``, whose fingerprint sits in ``checkpoints/run/fingerprint.json``.
-  """
-  if restart:
-    for name in os.listdir(run_dir):
-      if name in RESTART_KEEPS:
-        continue
-      target = os.path.join(run_dir, name)
-      if os.path.isdir(target) and not os.path.islink(target):
-        shutil.rmtree(target)
-      elif os.path.lexists(target):
-        os.remove(target)
-    return
-  for job in jobs:
-    fp = config_lib.fingerprint(job.config)
-    result_path, ckpt_dir, fp_path = _job_paths(run_dir, job)
-    result = (checkpoint.read_json(result_path, warn=False)
-              if os.path.exists(result_path) else None)
-    stored_fp = (checkpoint.read_json(fp_path, warn=False)
-                 if os.path.exists(fp_path) else None)
-    result_fp = result.get("fingerprint") if isinstance(result, dict) else None
-    for old in (result_fp, stored_fp):
-      diff = _differences(old, fp) if isinstance(old, dict) else []
-      if diff:
-        raise ConfigError(
-            f"--workdir={run_dir} holds job {job.id} from another config "
-            f"({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''}); use "
-            "a new --workdir, or --restart to discard the old results.")
-    if (not isinstance(stored_fp, dict) and result_fp is None and
-        _steps(ckpt_dir)):
-      raise ConfigError(
-          f"--workdir={run_dir}: job {job.id} has checkpoints but "
-          f"{os.path.relpath(fp_path, run_dir)} is missing or damaged, so "
-          "they cannot be checked against this config; use a new --workdir, "
-          "or --restart to discard them.")
-
-
-def where_stopped(run_dir: str, jobs: list[Job]) -> str:
-  """Which jobs of ``run_dir`` are finished and where the others stopped."""
-  finished, partial = 0, []
-  for job in jobs:
-    result_path, ckpt_dir, _ = _job_paths(run_dir, job)
-    if os.path.exists(result_path):
-      finished += 1
-      continue
-    steps = _steps(ckpt_dir)
-    if steps:
-      partial.append(f"{job.id} at {steps[-1]}/{job.config.num_samples}")
-  return (f"{finished} of {len(jobs)} jobs finished" +
-          (f"; last checkpoint of {', '.join(partial)} samples" if partial
-           else ""))
 
 
 # --- Size estimates --------------------------------------------------------
@@ -453,44 +261,6 @@ def _history_arrays(history, num_points, num_grid, num_seeds):
   return out
 
 
-def merge_splits(results: list[JobResult], splits: int) -> list[JobResult]:
-  """Joins each (axis value, arm)'s ``splits`` split jobs along the seeds
-  (``config.num_splits``).
-
-  ``history["data_split"]`` says which split each seed trained on. A group
-  with a split missing (an unfinished run) is left out, never half-paired.
-  """
-  if splits == 1:
-    return list(results)
-  groups: dict[str, list[JobResult]] = {}
-  for r in results:
-    groups.setdefault(r.job.id.split(config_lib.SPLIT_TAG)[0], []).append(r)
-  out = []
-  for job_id, parts in groups.items():
-    if len(parts) != splits:
-      continue
-    first = parts[0]
-    history = {"samples": first.history["samples"]}
-    for k in first.history:
-      if k != "samples":
-        history[k] = np.concatenate([p.history[k] for p in parts], axis=2)
-    history["data_split"] = np.concatenate(
-        [np.full(p.history["diverged_at"].shape, p.job.config.data_split)
-         for p in parts], axis=2)
-    cfg = copy.deepcopy(first.job.config)
-    with cfg.unlocked():
-      cfg.seeds, cfg.split_per_seed = cfg.seeds * splits, True
-      cfg.seed, cfg.data_split = first.job.config.seed, 0
-    out.append(JobResult(first.job._replace(id=job_id, config=cfg),
-                         first.grid, history))
-  return out
-
-
-def _result_from_json(job: Job, saved: dict[str, Any]) -> JobResult:
-  return JobResult(job, saved["grid"],
-                   {k: np.asarray(v) for k, v in saved["history"].items()})
-
-
 def run_job(job: Job, run_dir: str, datasets: dict[Any, Any],
             index: Optional[int] = None,
             tensorboard: bool = True) -> JobResult:
@@ -504,13 +274,13 @@ def run_job(job: Job, run_dir: str, datasets: dict[Any, Any],
   """
   progress.check()
   cfg = job.config
-  result_path, ckpt_dir, fp_path = _job_paths(run_dir, job)
+  result_path, ckpt_dir, _ = rundir.job_paths(run_dir, job)
   fp = config_lib.fingerprint(cfg)
   lead = jax.process_index() == 0
   if os.path.exists(result_path):
-    saved = checkpoint.read_json(result_path, warn=False)
+    saved = rundir.read_json(result_path, warn=False)
     try:
-      result = _result_from_json(job, saved)
+      result = schema.result_from_json(job, saved)
       _log.info("%s: finished earlier, loaded %s", job.id, result_path)
       progress.resume(index, cfg.num_samples)
       if tensorboard and lead:
@@ -529,8 +299,8 @@ def run_job(job: Job, run_dir: str, datasets: dict[Any, Any],
   states = _with_grid(states, grid, cfg.seeds,
                       cfg.model.get("gain", 1.0))
   os.makedirs(ckpt_dir, exist_ok=True)
-  if jax.process_index() == 0:
-    checkpoint.write_json_atomic(fp_path, fp)
+  if lead:
+    rundir.write_fingerprint(run_dir, job)
   ckpt = checkpoint.Checkpointer(ckpt_dir)
   try:
     start = ckpt.restore(states)
@@ -574,10 +344,8 @@ def run_job(job: Job, run_dir: str, datasets: dict[Any, Any],
   result = JobResult(job, grid, history)
   if lead:
     os.makedirs(os.path.dirname(result_path), exist_ok=True)
-    checkpoint.write_json_atomic(result_path, {
-        "job": job.id, "axis_value": job.axis_value, "arm": job.arm,
-        "fingerprint": fp, "grid": grid,
-        "history": {k: v.tolist() for k, v in history.items()}})
+    rundir.write_json(result_path, schema.result_to_json(result, fp),
+                      indent=None)
     if tensorboard:
       events.write(run_dir, result)
   return result
@@ -592,11 +360,8 @@ class Prepared(NamedTuple):
 
 
 def prepare(config: ml_collections.ConfigDict, cli_fields=(),
-            allow_large: bool = False) -> Any:
+            allow_large: bool = False) -> Prepared:
   """Validates everything and loads the data; raises ``ConfigError``."""
-  if config.get("task") == "meta":
-    from experiments.tasks import meta_plasticity  # pylint: disable=g-import-not-at-top
-    return meta_plasticity.prepare(config)
   jobs = config_lib.validate(config, cli_fields)
   data = load_data(jobs)
   sets = [d for d in data.values() if hasattr(d, "input_dim")]
@@ -605,48 +370,11 @@ def prepare(config: ml_collections.ConfigDict, cli_fields=(),
   return Prepared(jobs, data)
 
 
-def jobs_of(config: ml_collections.ConfigDict, prepared: Any) -> list[Job]:
+def jobs_of(config: ml_collections.ConfigDict, prepared: Prepared
+            ) -> list[Job]:
   """The jobs whose results and checkpoints a run directory holds."""
-  if isinstance(prepared, Prepared):
-    return list(prepared.jobs)
-  return [Job("run", None, "", config)]  # meta_plasticity: one job.
-
-
-def cores() -> list[int]:
-  """The cores this process may run on."""
-  if hasattr(os, "sched_getaffinity"):
-    return sorted(os.sched_getaffinity(0))
-  return list(range(os.cpu_count() or 1))
-
-
-def single_threaded(environ=None) -> None:
-  """``ojax.train.single_threaded_cpu`` in ``environ`` (default: this
-  process's environment, which the workers it spawns inherit).
-
-  Single-threaded XLA:CPU unless XLA_FLAGS says otherwise: one
-  single-threaded worker per core (``--workers``) uses the machine best.
-  Takes effect in this process only before JAX starts its backend; unlike
-  the library's default, it does not raise if that has happened (the
-  command line calls it before, tests and worker pools after).
-  """
-  train.single_threaded_cpu(os.environ if environ is None else environ)
-
-
-def init_worker(counter, cpus: list[int], label: str = "worker",
-                shared: Any = None) -> None:
-  """Pins a fresh worker process to its own core; logs progress.
-
-  The initializer of every worker pool (jobs here, meta_plasticity's units);
-  ``shared``: the run's ``progress.Tracker.shared``, fed by the worker.
-  """
-  progress.attach(shared)
-  with counter.get_lock():
-    index = counter.value
-    counter.value += 1
-  if hasattr(os, "sched_setaffinity"):
-    os.sched_setaffinity(0, {cpus[index % len(cpus)]})
-  logging.basicConfig(level=logging.INFO,
-                      format=f"[{label} {index}] %(message)s")
+  del config  # The same signature as meta_plasticity.jobs_of.
+  return list(prepared.jobs)
 
 
 def _tracker(jobs: list[Job], run_dir: str,
@@ -662,7 +390,7 @@ def _tracker(jobs: list[Job], run_dir: str,
                      len(getattr(d, "test_y", ())) or 1000)))
   tracker = progress.Tracker(items)
   for i, job in enumerate(jobs):
-    if os.path.exists(_job_paths(run_dir, job)[0]):
+    if os.path.exists(rundir.job_paths(run_dir, job)[0]):
       tracker.complete(i)
   return tracker
 
@@ -672,51 +400,23 @@ def run_jobs(jobs: list[Job], run_dir: str, data: dict[Any, Any],
   """Runs jobs in order, or spread over ``workers`` pinned processes.
 
   Each worker is a fresh process (spawned) pinned to one core, with
-  single-threaded XLA:CPU (``--xla_cpu_multi_thread_eigen=false`` in its
-  XLA_FLAGS). A job is computed the same way in any worker, so the results
+  single-threaded XLA:CPU (``experiments.pool``). A job is computed the same way in any worker, so the results
   are those of ``workers=1`` in a process pinned to one core with the same
   flags (the command line pins itself then): XLA:CPU's code can depend on
   how many cores a process sees. ``workers=0``: one per core. Progress is
   shown while they run (``experiments.progress``); ``tensorboard``: each
   job writes its TensorBoard event files.
   """
+  # A worker gets the one dataset its job needs.
+  calls = [pool.Call(run_job, (job, run_dir, {
+      _data_key(job.config): data[_data_key(job.config)]}, i, tensorboard), i)
+           for i, job in enumerate(jobs)]
   with _tracker(jobs, run_dir, data) as tracker:
-    if workers == 1 or jax.process_count() > 1:
-      results = []
-      for i, job in enumerate(jobs):
-        results.append(run_job(job, run_dir, data, i, tensorboard))
-        tracker.complete(i)
-      return results
-    return _run_pool(jobs, run_dir, data, workers, tensorboard, tracker)
+    return pool.run(calls, tracker, workers, "worker", in_process=(
+        workers == 1 or jax.process_count() > 1))
 
 
-def _run_pool(jobs: list[Job], run_dir: str, data: dict[Any, Any],
-              workers: int, tensorboard: bool,
-              tracker: progress.Tracker) -> list[JobResult]:
-  workers = min(workers or len(cores()), len(jobs))
-  import concurrent.futures  # pylint: disable=g-import-not-at-top
-  import multiprocessing  # pylint: disable=g-import-not-at-top
-  flags_before = os.environ.get("XLA_FLAGS")
-  single_threaded()  # The spawned workers inherit it.
-  ctx = multiprocessing.get_context("spawn")
-  try:
-    with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=init_worker,
-        initargs=(ctx.Value("i", 0), cores(), "worker",
-                  tracker.shared)) as pool:
-      futures = [pool.submit(run_job, job, run_dir,
-                             {_data_key(job.config): data[_data_key(
-                                 job.config)]}, i, tensorboard)
-                 for i, job in enumerate(jobs)]
-      return tracker.wait(futures)
-  finally:
-    if flags_before is None:
-      os.environ.pop("XLA_FLAGS", None)
-    else:
-      os.environ["XLA_FLAGS"] = flags_before
-
-
-def run(config: ml_collections.ConfigDict, prepared: Any, run_dir: str,
+def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
         command: str, restart: bool = False, workers: int = 1,
         tensorboard: bool = True) -> str:
   """Runs (or resumes) every job; writes the run directory; returns summary.md.
@@ -724,15 +424,6 @@ def run(config: ml_collections.ConfigDict, prepared: Any, run_dir: str,
   Nothing is written before the resume check has passed. ``tensorboard``:
   also write TensorBoard event files (``experiments.events``).
   """
-  from experiments import report  # pylint: disable=g-import-not-at-top
-  if config.get("task") == "meta":
-    from experiments.tasks import meta_plasticity  # pylint: disable=g-import-not-at-top
-    job = Job("run", None, "", config)
-    check_resume(run_dir, [job], restart)
-    fp_path = _job_paths(run_dir, job)[2]
-    os.makedirs(os.path.dirname(fp_path), exist_ok=True)
-    checkpoint.write_json_atomic(fp_path, config_lib.fingerprint(config))
-    return meta_plasticity.run(config, prepared, run_dir, command)
   check_resume(run_dir, prepared.jobs, restart)
   lead = jax.process_index() == 0  # One host writes; all of them compute.
   if lead:
@@ -741,5 +432,15 @@ def run(config: ml_collections.ConfigDict, prepared: Any, run_dir: str,
                                   workers, tensorboard),
                          config_lib.num_splits(config))
   if lead:
-    report.write_run(run_dir, results, config, command)
+    write_run(run_dir, results, config, command)
   return os.path.join(run_dir, "summary.md")
+
+
+def write_run(run_dir: str, results: list[JobResult],
+              config: ml_collections.ConfigDict, command: str = "") -> str:
+  """metrics.jsonl, figures, section.json and summary.md of a job run."""
+  rundir.write_jsonl(os.path.join(run_dir, "metrics.jsonl"),
+                     report.metric_rows(results, config.experiment))
+  section = claims.section(analysis.from_results(run_dir, config, results))
+  return report.write_section(run_dir, section, config.experiment,
+                              report.preamble(config, command, results))

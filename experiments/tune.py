@@ -30,6 +30,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from experiments import rundir
 from experiments import runner
 from experiments import stats
 
@@ -185,7 +186,7 @@ def run_group(study: str, group: str, seeds: int, num_samples: int,
   config = study_config(study, group, seeds, num_samples)
   run_dir = os.path.join(out_root, study, group)
   os.makedirs(run_dir, exist_ok=True)
-  workdir = runner.open_workdir(run_dir, config.experiment)
+  workdir = rundir.open_workdir(run_dir, config.experiment)
   runner.run(config, runner.prepare(config), workdir.path,
              f"python -m experiments.tune --only={study}", workers=0)
 

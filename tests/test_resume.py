@@ -32,8 +32,7 @@ import pytest
 from experiments import checkpoint
 from experiments import config as config_lib
 from experiments import main
-from experiments import report
-from experiments import runner
+from experiments import rundir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEEP = f"--config={ROOT}/experiments/configs/deep_online.py"
@@ -135,7 +134,7 @@ def test_a_resume_point_off_the_evaluation_grid_is_an_error(baseline,
   # resume point is checked all the same.
   parsed = main.parse(argv)
   new_job = config_lib.validate(parsed.config, parsed.cli_fields)[0]
-  checkpoint.write_json_atomic(
+  rundir.write_json(
       str(workdir / "checkpoints" / JOB / "fingerprint.json"),
       config_lib.fingerprint(new_job.config))
   with pytest.raises(main.UserError, match=exactly(
@@ -189,7 +188,7 @@ def test_disk_full_writing_metrics_is_one_line_and_the_resume_finishes(
 
   def full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
-  monkeypatch.setattr(report, "write_jsonl", full)
+  monkeypatch.setattr(rundir, "write_jsonl", full)
   with pytest.raises(main.UserError, match=exactly(
       f"disk full while writing to {workdir}: 1 of 1 jobs finished; the last"
       " good checkpoints are kept. Free space, then resume with: "
@@ -328,7 +327,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(
 
 def test_a_second_process_on_a_busy_workdir_exits_2_at_once(tmp_path):
   workdir = tmp_path / "run"
-  held = runner.open_workdir(str(workdir), "deep_online")  # A running run.
+  held = rundir.open_workdir(str(workdir), "deep_online")  # A running run.
   try:
     tic = time.monotonic()
     proc = subprocess.run(
@@ -352,13 +351,13 @@ def test_runs_without_workdir_started_together_get_distinct_directories(
   monkeypatch.chdir(tmp_path)
 
   fixed = datetime.datetime(2030, 1, 1, 12, 0, 0)  # All in one second.
-  monkeypatch.setattr(runner, "datetime", types.SimpleNamespace(
+  monkeypatch.setattr(rundir, "datetime", types.SimpleNamespace(
       datetime=types.SimpleNamespace(now=lambda: fixed)))
   paths, barrier = [], threading.Barrier(8)
 
   def start():
     barrier.wait()
-    paths.append(runner.open_workdir(None, "deep_online"))
+    paths.append(rundir.open_workdir(None, "deep_online"))
   threads = [threading.Thread(target=start) for _ in range(8)]
   for t in threads:
     t.start()

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import checkpoint
+from experiments import rundir
 from experiments.tasks import episodes as episodes_lib
 import ojax
 from ojax import models
@@ -499,7 +499,7 @@ def meta_train(model: models.MLP, theta0: dict[str, float],
        "meta_loss": [], "accuracy": [], "skipped": 0, "val_step": [],
        "val_loss": [], "val_accuracy": [],
        "best": None, "stopped": "", "seconds": 0.0, "timed_steps": 0}
-  saved = (checkpoint.read_json(checkpoint_path)
+  saved = (rundir.read_json(checkpoint_path)
            if checkpoint_path and os.path.exists(checkpoint_path) else None)
   if isinstance(saved, dict) and _continues(saved, setup, val_every):
     s = saved["state"]
@@ -512,8 +512,8 @@ def meta_train(model: models.MLP, theta0: dict[str, float],
 
   def save():
     if checkpoint_path:
-      checkpoint.write_json_atomic(checkpoint_path, {
-          "setup": setup, "state": s, "opt_state": _floats(opt_state)})
+      whole = {"setup": setup, "state": s, "opt_state": _floats(opt_state)}
+      rundir.write_json(checkpoint_path, whole, indent=None)
 
   pool = jnp.asarray(pool_CxMxD)
   step_scale = {t: jnp.float32(1.0 if scales is None else scales[t])

@@ -27,7 +27,12 @@ rules that changed), so a crash or Ctrl-C loses at most
    forward weights).
 
 Units run in ``processes`` worker processes (0: one per core this process may
-use), each pinned to a core with single-threaded XLA, the costliest first.
+use), each pinned to a core with single-threaded XLA (``experiments.pool``,
+the job runner's pool), the costliest first. The run directory is the job
+runner's (``experiments.rundir``): the run is one job named ``run`` whose
+fingerprint is checked on resume and written to
+``checkpoints/run/fingerprint.json``, and every part is written by the one
+atomic, strict-JSON writer.
 
 Verdict (the repo rule, ``experiments.analysis.verdict``): at each
 data-scarce K (K <= ``scarce_max_k``) the main setting's meta-learned rule
@@ -42,9 +47,7 @@ B = 0; not reproduced otherwise. The other feedback setting is reported.
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
-import multiprocessing
 import os
 import time
 from typing import Any, NamedTuple, Optional, Sequence
@@ -55,20 +58,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import checkpoint
 from experiments import config as config_lib
 from experiments import data as data_lib
+from experiments import pool
 from experiments import progress
 from experiments import report
+from experiments import rundir
+from experiments.config import ConfigError, Job
 from experiments.tasks import episodes
 from experiments.tasks import meta
+from experiments.tasks import meta_report
+# The rule names and labels, public here too.
+from experiments.tasks.meta_report import BASE, CLAIM, SHORT  # noqa: F401
+from ojax import models
 
-CLAIM = ("Meta-learned local plasticity rules that incorporate Oja's "
-         "principle match and surpass standard backpropagation when data are "
-         "scarce.")
 FEEDBACKS = ("random", "backprop")
-BASE = {"backprop": "bp", "random": "fa"}  # Tuned error-term rule per feedback.
-SHORT = {"backprop": "BP feedback", "random": "random feedback"}
 
 
 class Prepared(NamedTuple):
@@ -78,13 +82,20 @@ class Prepared(NamedTuple):
 
 def _check_list(name, values, integer=False):
   if not values:
-    raise config_lib.ConfigError(f"{name} must list at least one value.")
+    raise ConfigError(f"{name} must list at least one value.")
   for i, v in enumerate(values):
     config_lib.check_number(f"{name}[{i}]", v, integer=integer)
 
 
-def prepare(config: ml_collections.ConfigDict) -> Prepared:
-  """Validates the config and builds the two class pools."""
+def prepare(config: ml_collections.ConfigDict, cli_fields: Sequence[str] = (),
+            allow_large: bool = False) -> Prepared:
+  """Validates the config and builds the two class pools.
+
+  Raises ``ConfigError`` (a ``ValueError``). The signature is the job
+  runner's (``experiments.main`` calls either); ``cli_fields`` and
+  ``allow_large`` change nothing here (no arms; the size is the config's).
+  """
+  del cli_fields, allow_large
   config_lib.check_finite(config)
   for f in ("n_way", "q_query", "tune_episodes", "test_episodes",
             "meta_episodes", "meta_seeds", "downsample", "val_episodes",
@@ -95,17 +106,17 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
   for f in ("l1", "plateau_tol", "keep_steps"):
     config_lib.check_number(f, config[f], zero=True)
   if not isinstance(config.scale_steps, bool):
-    raise config_lib.ConfigError(f"scale_steps={config.scale_steps!r} must "
+    raise ConfigError(f"scale_steps={config.scale_steps!r} must "
                                  "be True or False.")
   if config.plateau_tol >= 1:
-    raise config_lib.ConfigError(f"plateau_tol={config.plateau_tol!r} must "
+    raise ConfigError(f"plateau_tol={config.plateau_tol!r} must "
                                  "be below 1 (a relative improvement).")
   _check_list("ks", config.ks, integer=True)
   if not config.meta_ks or not set(config.meta_ks) <= set(config.ks):
-    raise ValueError(f"meta_ks={tuple(config.meta_ks)} must be a non-empty "
+    raise ConfigError(f"meta_ks={tuple(config.meta_ks)} must be a non-empty "
                      f"subset of ks={tuple(config.ks)}.")
   if config.tune_metric not in ("loss", "accuracy"):
-    raise ValueError(f"tune_metric={config.tune_metric!r} must be 'loss' or "
+    raise ConfigError(f"tune_metric={config.tune_metric!r} must be 'loss' or "
                      "'accuracy'.")
   _check_list("lr_grid", config.lr_grid)
   _check_list("oja_grid", config.oja_grid)
@@ -114,21 +125,21 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
   meta.check_terms(tuple(config.terms))
   fbs = tuple(config.feedbacks)
   if not fbs or len(set(fbs)) != len(fbs) or not set(fbs) <= set(FEEDBACKS):
-    raise ValueError(f"feedbacks={fbs!r} must list distinct values from "
+    raise ConfigError(f"feedbacks={fbs!r} must list distinct values from "
                      f"{FEEDBACKS}; the first is the main setting.")
   if config.dataset not in ("embedded_mnist",):
-    raise ValueError(f"dataset={config.dataset!r}: meta_plasticity builds "
+    raise ConfigError(f"dataset={config.dataset!r}: meta_plasticity builds "
                      "rotated-digit classes from 28x28 images; use "
                      "embedded_mnist.")
   if set(config.train_digits) & set(config.test_digits):
-    raise ValueError("train_digits and test_digits must not overlap.")
+    raise ConfigError("train_digits and test_digits must not overlap.")
   for r in config.rotations:
     if r not in (0, 1, 2, 3):
-      raise ValueError(f"rotations has {r!r}; use quarter turns 0..3.")
+      raise ConfigError(f"rotations has {r!r}; use quarter turns 0..3.")
   for name, digits in (("train_digits", config.train_digits),
                        ("test_digits", config.test_digits)):
     if len(digits) * len(config.rotations) < config.n_way:
-      raise ValueError(f"{name} x rotations gives "
+      raise ConfigError(f"{name} x rotations gives "
                        f"{len(digits) * len(config.rotations)} classes, fewer "
                        f"than n_way={config.n_way}.")
   ds = data_lib.load(config.dataset)
@@ -139,13 +150,19 @@ def prepare(config: ml_collections.ConfigDict) -> Prepared:
   test_pool = episodes.class_pool(x, y, tuple(config.test_digits), **kw)
   need = max(config.ks) + config.q_query
   if need > train_pool.shape[1]:
-    raise ValueError(f"max(ks) + q_query = {need} exceeds the "
+    raise ConfigError(f"max(ks) + q_query = {need} exceeds the "
                      f"{train_pool.shape[1]} images per class.")
   return Prepared(train_pool, test_pool)
 
 
+def jobs_of(config: ml_collections.ConfigDict, prepared: Prepared
+            ) -> list[Job]:
+  """The run as the one job the run directory knows, named ``run``."""
+  del prepared  # The same signature as experiments.runner.jobs_of.
+  return [Job("run", None, "", config)]
+
+
 def _model(config, feedback: str):
-  from ojax import models  # pylint: disable=g-import-not-at-top
   return models.MLP(features=tuple(config.hidden) + (config.n_way,),
                     feedback=feedback)
 
@@ -154,7 +171,7 @@ def _saved(path: str, current=lambda saved: True) -> Any:
   """The part at ``path`` if a previous run wrote it and it is ``current``
   (a damaged part, which ``read_json`` warns about, is not), else None."""
   if os.path.exists(path):
-    saved = checkpoint.read_json(path)
+    saved = rundir.read_json(path)
     if saved is not None and current(saved):
       return saved
   return None
@@ -166,7 +183,7 @@ def _cached(path: str, make, current=lambda saved: True) -> Any:
   if saved is not None:
     logging.info("reusing %s", path)
     return saved
-  return checkpoint.read_json(report.write_json(path, make()))
+  return rundir.read_json(rundir.write_json(path, make()))
 
 
 def _meta_current(config):
@@ -335,14 +352,14 @@ def _rules(config, run_dir, k) -> tuple[dict[str, dict[str, float]],
   """Every rule tested at K: coefficients and feedback, by rule name."""
   rules, feedback = {}, {}
   for fb in _feedbacks(config):
-    tuned = checkpoint.read_json(_paths(run_dir, fb, k))
+    tuned = rundir.read_json(_paths(run_dir, fb, k))
     names = ("bp", "bp_oja", "bp_acc") if fb == "backprop" else ("fa",)
     for name in names:
       rules[name] = {"error": tuned[name]["lr"], "oja": tuned[name]["oja_lr"]}
       feedback[name] = fb
     if _meta_trained(config, fb, k):
       for s in range(config.meta_seeds):
-        learned = checkpoint.read_json(_paths(run_dir, fb, k, s))
+        learned = rundir.read_json(_paths(run_dir, fb, k, s))
         rules[f"meta_{BASE[fb]}_s{s}"] = dict(learned["theta"])
         feedback[f"meta_{BASE[fb]}_s{s}"] = fb
   return rules, feedback
@@ -391,42 +408,33 @@ def _prepared(config) -> Prepared:
   return _PREPARED[key]
 
 
-def _run_all(tasks: Sequence[tuple[Any, tuple[Any, ...], int]],
-             processes: int, prepared: Prepared,
+def _run_all(calls: Sequence[pool.Call], processes: int, prepared: Prepared,
              tracker: progress.Tracker) -> None:
-  """Runs ``fn(*args)`` for each ``(fn, args, item)``, in order, here or in a
-  process pool; ``tracker`` counts item ``item`` complete when it returns.
-
-  Here, ``fn`` gets ``prepared=prepared``; a worker prepares its own.
-  """
-  from experiments import runner  # pylint: disable=g-import-not-at-top
-  cpus = runner.cores()
-  processes = min(processes or len(cpus), len(tasks))
-  if processes <= 1:
-    for fn, args, item in tasks:
-      fn(*args, prepared=prepared)
-      tracker.complete(item)
-    return
-  flags_before = os.environ.get("XLA_FLAGS")
-  runner.single_threaded()  # The spawned workers inherit it.
-  ctx = multiprocessing.get_context("spawn")
-  try:
-    with concurrent.futures.ProcessPoolExecutor(
-        processes, mp_context=ctx, initializer=runner.init_worker,
-        initargs=(ctx.Value("i", 0), cpus, "meta worker",
-                  tracker.shared)) as pool:
-      tracker.wait([pool.submit(fn, *args) for fn, args, _ in tasks],
-                   [item for _, _, item in tasks])
-  finally:
-    if flags_before is None:
-      os.environ.pop("XLA_FLAGS", None)
-    else:
-      os.environ["XLA_FLAGS"] = flags_before
+  """Runs the calls here (each with ``prepared=prepared``) or in the pool
+  of ``processes`` workers (``experiments.pool``; a worker prepares its
+  own); ``tracker`` counts each call's item complete when it returns."""
+  here = pool.size(processes, len(calls)) <= 1
+  if here:
+    calls = [c._replace(fn=functools.partial(c.fn, prepared=prepared))
+             for c in calls]
+  pool.run(calls, tracker, processes, "meta worker", in_process=here)
 
 
 def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
-        command: str) -> str:
-  """Tunes, meta-trains, tests; writes parts, figures, summary, verdict."""
+        command: str, restart: bool = False, workers: int = 0,
+        tensorboard: bool = True) -> str:
+  """Tunes, meta-trains, tests; writes parts, figures, summary, verdict.
+
+  First the run directory's resume check (``rundir.check_resume``; with
+  ``restart`` it is emptied) and the run's fingerprint, as for the jobs of
+  ``experiments.runner.run``, whose signature this is: the worker count is
+  the config's ``processes`` (``workers`` is the job runner's), and there
+  are no TensorBoard curves.
+  """
+  del workers, tensorboard
+  jobs = jobs_of(config, prepared)
+  rundir.check_resume(run_dir, jobs, restart)
+  rundir.write_fingerprint(run_dir, jobs[0])
   report.write_config(run_dir, config)
   fbs = _feedbacks(config)
   units = [(fb, k) for fb in fbs for k in config.ks]
@@ -447,8 +455,8 @@ def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
     for i, u in enumerate(units):
       if u not in todo:
         tracker.complete(i)
-    _run_all([(functools.partial(run_unit, index=units.index(u)),
-               (config, run_dir, *u), units.index(u)) for u in todo],
+    _run_all([pool.Call(functools.partial(run_unit, index=units.index(u)),
+                        (config, run_dir, *u), units.index(u)) for u in todo],
              config.processes, prepared, tracker)
     todo = [k for k in ks
             if not _saved(os.path.join(run_dir, f"test_K{k}.json"),
@@ -456,16 +464,16 @@ def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
     for i, k in enumerate(ks):
       if k not in todo:
         tracker.complete(len(units) + i)
-    _run_all([(score_unit, (config, run_dir, k), len(units) + ks.index(k))
-              for k in todo], config.processes, prepared, tracker)
+    _run_all([pool.Call(score_unit, (config, run_dir, k),
+                        len(units) + ks.index(k)) for k in todo],
+             config.processes, prepared, tracker)
 
-  tests = [checkpoint.read_json(os.path.join(run_dir, f"test_K{k}.json"))
+  tests = [rundir.read_json(os.path.join(run_dir, f"test_K{k}.json"))
            for k in config.ks]
-  tuning = {(fb, k): checkpoint.read_json(_paths(run_dir, fb, k))
+  tuning = {(fb, k): rundir.read_json(_paths(run_dir, fb, k))
             for fb in fbs for k in config.ks}
-  learned = {(fb, k, s): checkpoint.read_json(_paths(run_dir, fb, k, s))
+  learned = {(fb, k, s): rundir.read_json(_paths(run_dir, fb, k, s))
              for fb in config.feedbacks for k in config.meta_ks
              for s in range(config.meta_seeds)}
-  from experiments.tasks import meta_report  # pylint: disable=g-import-not-at-top
   return meta_report.write_report(config, prepared, run_dir, command, tests,
                                   tuning, learned)

@@ -1,6 +1,7 @@
 """The report of ``meta_plasticity``: comparisons, kept terms, figures.
 
-Reads the parts that :mod:`experiments.tasks.meta_plasticity` wrote and
+Reads the parts that :mod:`experiments.tasks.meta_plasticity` (which imports
+this module, never the other way round) wrote and
 renders metrics.jsonl, the three figures, section.json and summary.md with
 the one renderer (:mod:`experiments.report`).
 """
@@ -20,7 +21,12 @@ from experiments import analysis
 from experiments import figures
 from experiments import report
 from experiments import stats
-from experiments.tasks import meta_plasticity as mp
+
+CLAIM = ("Meta-learned local plasticity rules that incorporate Oja's "
+         "principle match and surpass standard backpropagation when data are "
+         "scarce.")
+BASE = {"backprop": "bp", "random": "fa"}  # Tuned error-term rule per feedback.
+SHORT = {"backprop": "BP feedback", "random": "random feedback"}
 
 
 def _seed_mean(test, base: str, seeds: int) -> Optional[np.ndarray]:
@@ -44,17 +50,17 @@ def _comparisons(config, tests) -> tuple[list[analysis.Comparison],
   for t in tests:
     acc = {r: np.asarray(v, np.float64) for r, v in t["accuracy"].items()}
     for fb in config.feedbacks:
-      m = _seed_mean(t, mp.BASE[fb], config.meta_seeds)
+      m = _seed_mean(t, BASE[fb], config.meta_seeds)
       if m is None:
         continue
       refs = ["bp", "bp_acc", "bp_oja"] + (["fa"] if fb == "random" else [])
       for ref in refs:
         family.append(analysis.Comparison(
-            f"K={t['k']}", f"meta_{mp.BASE[fb]}", ref,
+            f"K={t['k']}", f"meta_{BASE[fb]}", ref,
             stats.paired_difference(m, acc[ref])))
   family = analysis.adjust(family)
   primary = [c for c in family
-             if c.arm == f"meta_{mp.BASE[main]}" and c.reference == "bp" and
+             if c.arm == f"meta_{BASE[main]}" and c.reference == "bp" and
              int(c.setting[2:]) <= config.scarce_max_k]
   return primary, family
 
@@ -100,7 +106,7 @@ def _plot_curves(config, learned, path: str) -> str:
                           for v in h["val_loss"]], np.float64)
         ax.plot(h["val_step"], val, "o-", color=f"C{s}", ms=3,
                 label=f"seed {s} ({learned[(fb, k, s)]['stopped']})")
-      ax.set_title(f"{mp.SHORT[fb]}, K={k}", fontsize=9)
+      ax.set_title(f"{SHORT[fb]}, K={k}", fontsize=9)
       ax.set_xlabel("meta-step")
       ax.set_ylabel("query cross-entropy")
   return figures.finish(
@@ -112,7 +118,7 @@ def _plot_curves(config, learned, path: str) -> str:
 
 def _plot_accuracy(config, tests, path: str) -> str:
   ks = [t["k"] for t in tests]
-  series = ["bp", "bp_oja", "fa"] + [f"meta_{mp.BASE[fb]}"
+  series = ["bp", "bp_oja", "fa"] + [f"meta_{BASE[fb]}"
                                      for fb in config.feedbacks]
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for i, rule in enumerate(series):
@@ -180,7 +186,7 @@ def _plot_coefficients(config, learned, path: str) -> str:
     ax.set_yscale("symlog", linthresh=line)
     ax.set_xticks(np.arange(len(terms)), terms, rotation=20, fontsize=7)
     ax.set_ylabel("coefficient / step scale")
-    ax.set_title(f"{mp.SHORT[fb]}: coefficient / its term's step scale (bars: "
+    ax.set_title(f"{SHORT[fb]}: coefficient / its term's step scale (bars: "
                  f"mean of {config.meta_seeds} seeds, dots: seeds; dashed: "
                  "keep threshold)", fontsize=8)
   return figures.finish(
@@ -232,8 +238,8 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
     evidence = (f"only {config.test_episodes} held-out episodes per rule; "
                 f"the rule needs at least {analysis.MIN_SEEDS_VERDICT} "
                 "pairs.")
-  verdict_rows = [c for c in family if c.arm == f"meta_{mp.BASE[main]}"]
-  evidence = (f"Main setting ({mp.SHORT[main]}), meta-learned rule (mean over "
+  verdict_rows = [c for c in family if c.arm == f"meta_{BASE[main]}"]
+  evidence = (f"Main setting ({SHORT[main]}), meta-learned rule (mean over "
               f"{config.meta_seeds} meta-training seeds) vs tuned backprop "
               f"at the data-scarce K <= {config.scarce_max_k}: {evidence} "
               "Per K (held-out accuracy difference, 98% CI over episodes, "
@@ -241,12 +247,12 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
                   f"{c.setting} vs {c.reference}: {c.diff} (p {c.p_adj:.3g})"
                   for c in verdict_rows) + ".")
   for fb in config.feedbacks[1:]:
-    other = [c for c in family if c.arm == f"meta_{mp.BASE[fb]}"]
-    evidence += (f" Reported, not counted ({mp.SHORT[fb]}): " + "; ".join(
+    other = [c for c in family if c.arm == f"meta_{BASE[fb]}"]
+    evidence += (f" Reported, not counted ({SHORT[fb]}): " + "; ".join(
         f"{c.setting} vs {c.reference}: {c.diff} (p {c.p_adj:.3g})"
         for c in other) + ".")
 
-  names = ["bp", "bp_oja", "bp_acc", "fa"] + [f"meta_{mp.BASE[fb]}"
+  names = ["bp", "bp_oja", "bp_acc", "fa"] + [f"meta_{BASE[fb]}"
                                               for fb in config.feedbacks]
 
   def per_rule(t, key):
@@ -264,11 +270,11 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
   acc_rows = [[t["k"]] + per_rule(t, "accuracy") for t in tests]
   loss_rows = [[t["k"]] + per_rule(t, "loss") for t in tests]
   seed_rows = [[t["k"], fb, s, str(stats.interval(
-      t["accuracy"][f"meta_{mp.BASE[fb]}_s{s}"])), str(stats.paired_difference(
-          t["accuracy"][f"meta_{mp.BASE[fb]}_s{s}"], t["accuracy"]["bp"]))]
+      t["accuracy"][f"meta_{BASE[fb]}_s{s}"])), str(stats.paired_difference(
+          t["accuracy"][f"meta_{BASE[fb]}_s{s}"], t["accuracy"]["bp"]))]
                for t in tests for fb in config.feedbacks
                for s in range(config.meta_seeds)
-               if f"meta_{mp.BASE[fb]}_s{s}" in t["accuracy"]]
+               if f"meta_{BASE[fb]}_s{s}" in t["accuracy"]]
   tune_rows = []
   for k in config.ks:
     v = tuning[("backprop", k)]
@@ -287,7 +293,7 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
     h = run["history"]
     val = [np.nan if v is None else v for v in h["val_loss"]]
     meta_rows.append([
-        mp.SHORT[fb], k, s, f"{run['theta0']['error']:g}", run["steps"],
+        SHORT[fb], k, s, f"{run['theta0']['error']:g}", run["steps"],
         run["stopped"], run["best_step"],
         f"{val[0]:.3f} -> {np.nanmin(val):.3f}" if val else "-",
         run["skipped_steps"], f"{run['seconds_per_step']:.2f}"])
@@ -295,7 +301,7 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
   for fb in config.feedbacks:
     for k in config.meta_ks:
       kept_tables.append((
-          f"Kept terms, {mp.SHORT[fb]}, K={k} (coefficient per seed; kept: "
+          f"Kept terms, {SHORT[fb]}, K={k} (coefficient per seed; kept: "
           f"|coefficient| > threshold = {config.keep_steps:g} Adam steps of "
           "the term)",
           report.table(["term", "threshold", "per seed", "mean",
@@ -305,7 +311,7 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
   for fb in config.feedbacks:
     for k in config.meta_ks:
       rows_ = _kept(config, learned, fb, k)
-      kept_summary.append([mp.SHORT[fb], k, ", ".join(
+      kept_summary.append([SHORT[fb], k, ", ".join(
           f"{r[0]} ({r[4]})" for r in rows_
           if r[0] != "error" and not r[4].startswith("0/")) or "none",
                            ", ".join(str(learned[(fb, k, s)]["best_step"])
@@ -356,7 +362,7 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
       f"Command: `{command}`" if command else "",
       "Verdict rule (the repo's, experiments.analysis.verdict): at each of "
       f"the N data-scarce K <= {config.scarce_max_k}, the main setting's "
-      f"meta-learned rule (`meta_{mp.BASE[main]}`, {mp.SHORT[main]}) is compared "
+      f"meta-learned rule (`meta_{BASE[main]}`, {SHORT[main]}) is compared "
       "with tuned backprop (`bp`), paired over the held-out episodes "
       f"({stats.LEVEL:.0%} t interval, sign-flip p by Monte Carlo over "
       f"2^{stats.EXACT_MAX} flips, Holm-adjusted over the whole differences "
@@ -398,7 +404,7 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
                      "wall s / meta-step"], meta_rows)),
   ] + kept_tables
   section = report.Section(
-      mp.CLAIM, f"data-scarce K <= {config.scarce_max_k}, {mp.SHORT[main]} "
+      CLAIM, f"data-scarce K <= {config.scarce_max_k}, {SHORT[main]} "
       "(main setting)", tables, [os.path.basename(p) for p in figures],
       verdict, evidence)
   return report.write_section(run_dir, section, config.experiment, preamble)

@@ -1,0 +1,94 @@
+"""The result schema every module shares: job results and report sections.
+
+A leaf: it imports only ``experiments.config`` (for ``Job``), so the runner,
+the analysis, the claims and the report can all use it without importing
+one another.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from experiments import config as config_lib
+from experiments.config import Job
+
+VERDICTS = ("reproduced", "partly reproduced", "mixed", "contradicted",
+            "not reproduced", "no verdict")  # experiments.analysis.RULE
+
+
+class JobResult(NamedTuple):
+  """A finished job: ``history[k]`` has shape ``(E, G, S, ...)``."""
+
+  job: Job
+  grid: list[dict[str, float]]  # The G sweep points (empty dicts if none).
+  history: dict[str, np.ndarray]
+
+
+class Section(NamedTuple):
+  """What a run says about its claim: the unit every report renders."""
+
+  claim: str  # One sentence; empty for runs that test no claim.
+  scope: str  # Which settings the verdict counts.
+  tables: list[tuple[str, str]]  # (title, markdown table)
+  figures: list[str]  # File names in the run directory.
+  verdict: str  # One of VERDICTS, or "" for runs that test no claim.
+  evidence: str  # One line: the counts behind the verdict.
+
+
+def array(values: Any) -> np.ndarray:
+  """A JSON list as an array; ``null`` (a non-finite number in strict JSON,
+  ``experiments.rundir.write_json``) becomes NaN."""
+  out = np.asarray(values)
+  return np.asarray(values, np.float64) if out.dtype == object else out
+
+
+def result_from_json(job: Job, saved: dict[str, Any]) -> JobResult:
+  """The :class:`JobResult` of a ``jobs/<id>.json`` (KeyError, TypeError or
+  ValueError if it is damaged)."""
+  return JobResult(job, saved["grid"],
+                   {k: array(v) for k, v in saved["history"].items()})
+
+
+def result_to_json(result: JobResult, fingerprint: dict[str, Any]
+                   ) -> dict[str, Any]:
+  """What ``jobs/<id>.json`` holds: the job, its fingerprint, grid, history."""
+  job = result.job
+  return {"job": job.id, "axis_value": job.axis_value, "arm": job.arm,
+          "fingerprint": fingerprint, "grid": result.grid,
+          "history": {k: v.tolist() for k, v in result.history.items()}}
+
+
+def merge_splits(results: list[JobResult], splits: int) -> list[JobResult]:
+  """Joins each (axis value, arm)'s ``splits`` split jobs along the seeds
+  (``config.num_splits``).
+
+  ``history["data_split"]`` says which split each seed trained on. A group
+  with a split missing (an unfinished run) is left out, never half-paired.
+  """
+  if splits == 1:
+    return list(results)
+  groups: dict[str, list[JobResult]] = {}
+  for r in results:
+    groups.setdefault(r.job.id.split(config_lib.SPLIT_TAG)[0], []).append(r)
+  out = []
+  for job_id, parts in groups.items():
+    if len(parts) != splits:
+      continue
+    first = parts[0]
+    history = {"samples": first.history["samples"]}
+    for k in first.history:
+      if k != "samples":
+        history[k] = np.concatenate([p.history[k] for p in parts], axis=2)
+    history["data_split"] = np.concatenate(
+        [np.full(p.history["diverged_at"].shape, p.job.config.data_split)
+         for p in parts], axis=2)
+    cfg = copy.deepcopy(first.job.config)
+    with cfg.unlocked():
+      cfg.seeds, cfg.split_per_seed = cfg.seeds * splits, True
+      cfg.seed, cfg.data_split = first.job.config.seed, 0
+    out.append(JobResult(first.job._replace(id=job_id, config=cfg),
+                         first.grid, history))
+  return out
