@@ -12,7 +12,8 @@ export MALLOC_TOP_PAD_ ?= 67108864
 # every step (the generic, unfused step of a batch-1 loop gains the most).
 export XLA_FLAGS ?= --xla_cpu_copy_insertion_use_region_analysis=true
 
-.PHONY: install experiment test test-slow test-min lint bench results tune sweep clean
+.PHONY: install experiment test test-slow test-min lint mutate bench results tune sweep \
+  clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +65,14 @@ test-min:
 	  ojax.__file__, '| jax', jax.__version__, 'flax', flax.__version__, \
 	  'optax', optax.__version__)"
 	$(MIN_VENV)/bin/pytest -q -n 2 -p no:cacheprovider -m "not slow" $(LIB_TESTS)
+
+# Mutation check: plants each bug of tests/mutate.py's table (a sign, a mean,
+# a permutation, a threshold, Holm, a fingerprint field, ...) in a copy of the
+# repository, runs the fast tests that cover it and prints which ones caught
+# it and "mutation score: K/N killed"; fails if a bug goes unnoticed or the
+# table no longer matches the code. Several minutes; ARGS=--only=NAME,...
+mutate: $(VENV)/.installed
+	$(PY) tests/mutate.py $(ARGS)
 
 # ruff (lint and format) and mypy over the library; configured in pyproject.toml.
 lint: $(VENV)/.installed

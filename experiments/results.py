@@ -78,10 +78,20 @@ def machine() -> str:
 
 
 def quick_args(name: str) -> list[str]:
-  """The config's test size (``QUICK_ARGS`` in its module)."""
+  """The config's test size (``QUICK_ARGS`` in its module): the one
+  definition of it, used by ``--quick`` and the tests."""
   import importlib  # pylint: disable=import-outside-toplevel
   module = importlib.import_module(f"experiments.configs.{name}")
   return list(module.QUICK_ARGS)
+
+
+def quick_config(name: str):
+  """The config at its test size: ``get_config()`` with ``QUICK_ARGS``
+  applied by the command line's own parser (``experiments.main.parse``), so
+  the tests run what ``--quick`` runs."""
+  from experiments import main  # pylint: disable=import-outside-toplevel
+  path = os.path.join(CONFIG_DIR, f"{name}.py")
+  return main.parse(["main", f"--config={path}", *quick_args(name)]).config
 
 
 def run_experiment(name: str, run_dir: str, extra: list[str], fresh: bool,

@@ -1,18 +1,17 @@
 """The five feedforward experiments at a tiny size, through the real runner.
 
-Each runs its own config (``experiments/configs/<name>.py``) with a few
-hundred samples, 2 seeds and small networks, in-process via
+Each runs its own config (``experiments/configs/<name>.py``) at its test
+size (the config's ``QUICK_ARGS``: a few hundred samples, 2 seeds, small
+networks and the arms that reach every code path), in-process via
 ``experiments.runner``; the tests check the run directory, the diagnostics
 and the section (section.json / summary.md) built from it.
 """
 
-import importlib
 import json
 import os
 import shutil
 import types
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -22,39 +21,7 @@ from experiments import results
 from experiments import runner
 from experiments import stats
 
-_TINY = {"seeds": 2, "num_samples": 200, "eval_every": 100}
-# A subset of each experiment's arms keeps compilation (most of the time)
-# short; every code path (Oja on all / hidden layers, each trick, FA) runs.
-SIZES = {
-    "online": {**_TINY, "axis_values": ((16,), (24, 16)),
-               "select_arms": "bp,bp_oja_hidden"},
-    "deep_online": {**_TINY, "model.width": 16, "axis_values": (1, 3),
-                    "select_arms": "bp,bp_oja"},
-    "bad_init": {"seeds": 2, "eval_every": 100, "model.hidden": (16,),
-                 "arms.val.num_samples": 200, "arms.test.num_samples": 200,
-                 "axis_values": ("xavier_uniform",),
-                 "sweep.model_gain": (0.1, 1.0), "sweep.lr": (0.01,),
-                 "sweep.oja_lr": (0.0, 0.001)},
-    "tricks": {"seeds": 2, "num_samples": 320, "eval_every": 160,
-               "model.depth": 2, "model.width": 16,
-               "select_arms": "bp,bp_oja,bp_batch16,bp_layernorm,bp_adam"},
-    "feedback_alignment": {**_TINY, "model.hidden": (16, 12),
-                           "select_arms": "bp,fa,fa_oja"},
-    "landscape": {"seeds": 2, "eval_every": 100, "axis_values": (1,),
-                  "model.width": 16, "arms.val.num_samples": 300,
-                  "arms.test.num_samples": 300, "sweep.lr": (0.01, 0.1),
-                  "sweep.oja_lr": (0.0, 0.001, 0.01)},
-}
 VERDICTS = report.VERDICTS
-
-
-def _override(config: ml_collections.ConfigDict, dotted: str, value) -> None:
-  *parents, leaf = dotted.split(".")
-  node = config
-  for part in parents:
-    node = node[part]
-  with node.ignore_type():
-    node[leaf] = value
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +30,8 @@ def run_dirs(tmp_path_factory):
 
   def get(name: str) -> str:
     if name not in cache:
-      config = importlib.import_module(
-          f"experiments.configs.{name}").get_config()
-      with config.unlocked():
-        for field, value in SIZES[name].items():
-          _override(config, field, value)
+      # The config's own test size (its QUICK_ARGS), as --quick runs it.
+      config = results.quick_config(name)
       run_dir = str(tmp_path_factory.mktemp(name))
       runner.run(config, runner.prepare(config), run_dir, f"test {name}")
       cache[name] = run_dir
@@ -165,7 +129,7 @@ def test_landscape_chooses_on_validation_and_pairs_at_the_same_lr(run_dirs,
                                                                    tmp_path):
   run = analysis.load_run(run_dirs("landscape"))
   val, test = analysis.find(run, "val"), analysis.find(run, "test")
-  assert len(test.grid) == 6 and test.history["samples"][-1] == 300
+  assert len(test.grid) == 6 and test.history["samples"][-1] == 3 * 1437
   section = _check_section("landscape", run.run_dir, tmp_path)
   chosen = section.tables[0][1]
   assert chosen.count("| depth=1 |") == 2  # 1 pass and 3 passes.

@@ -10,6 +10,7 @@ import pytest
 
 import ojax
 from experiments import config as config_lib
+from experiments import results
 from experiments import runner as job_runner
 from experiments.configs import meta_plasticity as mp_config
 from experiments.tasks import episodes
@@ -165,13 +166,8 @@ def test_meta_training_lowers_the_query_loss_from_a_poor_rate():
 
 
 def _tiny_config():
-  """The config at QUICK_ARGS size."""
-  c = mp_config.get_config()
-  for arg in mp_config.QUICK_ARGS:
-    field, value = arg.removeprefix("--config.").split("=")
-    c[field] = type(c[field])(eval(value)) if not isinstance(  # pylint: disable=eval-used
-        c[field], tuple) else tuple(eval(value))  # pylint: disable=eval-used
-  return c
+  """The config at its test size (QUICK_ARGS, parsed as --quick does)."""
+  return results.quick_config("meta_plasticity")
 
 
 @pytest.mark.slow

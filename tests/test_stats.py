@@ -69,6 +69,19 @@ def test_paired_difference_detects_a_consistent_shift_that_unpaired_noise_hides(
   assert diff.excludes_zero() and diff.p == pytest.approx(2 / 1024)
 
 
+def test_paired_difference_is_arm_minus_reference_seed_by_seed():
+  # Pairs by index: a shuffled b would give another spread, not this one.
+  est = stats.paired_difference([0.9, 0.7, 0.8], [0.6, 0.5, 0.4])
+  assert est.mean == pytest.approx(0.3) and est.n == 3
+  assert est.low == pytest.approx(stats.interval([0.3, 0.2, 0.4]).low)
+  worse = stats.paired_difference([0.6, 0.5, 0.4], [0.9, 0.7, 0.8])
+  assert worse.mean == pytest.approx(-0.3)
+  assert worse.high == pytest.approx(-est.low)
+  assert worse.p == est.p == pytest.approx(2 / 8)
+  with pytest.raises(ValueError, match="paired samples need equal shapes"):
+    stats.paired_difference([1.0, 2.0], [1.0])
+
+
 def test_nan_values_are_dropped():
   est = stats.interval([1.0, np.nan, 3.0])
   assert est.n == 2 and est.mean == 2.0

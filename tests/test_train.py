@@ -157,6 +157,12 @@ def test_a_diverged_seed_is_one_with_non_finite_parameters():
   assert not bool(train.all_finite(bad))
   assert bool(train.is_diverged(jnp.asarray(train.LOSS_BOUND * 2)))
   assert not bool(train.is_diverged(jnp.asarray(train.LOSS_BOUND / 2)))
+  # A loss that is not a number is divergence too (NaN > bound is False).
+  for loss in (jnp.nan, jnp.inf, -jnp.inf):
+    assert bool(train.is_diverged(jnp.asarray(loss, jnp.float32))), loss
+  np.testing.assert_array_equal(
+      train.is_diverged(jnp.asarray([0.5, jnp.nan, 2e4, -1.0])),
+      [False, True, True, False])
 
 
 def test_resuming_mid_run_gives_the_uninterrupted_numbers():

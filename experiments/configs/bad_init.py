@@ -31,13 +31,15 @@ GAINS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0)
 LRS = (1e-4, 3e-4, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 OJA_LRS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2)
 
+# The test size (tests and `make results ARGS=--quick`).
 QUICK_ARGS = ["--config.seeds=2",
               "--config.arms.val.num_samples=200",
               "--config.arms.test.num_samples=200",
               "--config.eval_every=100",
-              "--config.axis_values=('xavier_uniform','he')",
+              "--config.model.hidden=(16,)",
+              "--config.axis_values=('xavier_uniform',)",
               "--config.sweep.model_gain=(0.1,1.0)",
-              "--config.sweep.lr=(0.01,0.1)",
+              "--config.sweep.lr=(0.01,)",
               "--config.sweep.oja_lr=(0.0,0.001)"]
 
 

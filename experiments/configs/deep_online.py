@@ -30,8 +30,10 @@ INIT_RATES = {
 }
 PASSES = 3
 
-QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=300",
-              "--config.eval_every=100", "--config.axis_values=(2,3)",
+# The test size (tests and `make results ARGS=--quick`).
+QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=200",
+              "--config.eval_every=100", "--config.axis_values=(1,3)",
+              "--config.model.width=16",
               "--config.select_arms=bp,bp_oja,bp_he,bp_oja_he"]
 
 

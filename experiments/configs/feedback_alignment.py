@@ -22,8 +22,10 @@ FA_LR = 0.003
 FA_OJA = {"lr": 0.01, "oja_lr": 0.0003}
 FA_OJA_HIDDEN = {"lr": 0.01, "oja_lr": 0.0003}
 
+# The test size (tests and `make results ARGS=--quick`).
 QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=200",
-              "--config.eval_every=100"]
+              "--config.eval_every=100", "--config.model.hidden=(16,12)",
+              "--config.select_arms=bp,fa,fa_oja"]
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -22,9 +22,12 @@ BP_LR = 0.01
 OJA = {"lr": 0.03, "oja_lr": 1e-5}
 OJA_HIDDEN = {"lr": 0.03, "oja_lr": 1e-5}
 
+# The test size (tests and `make results ARGS=--quick`): every code path
+# (Oja on all layers and on hidden ones), a few seconds of compute.
 QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=200",
               "--config.eval_every=100",
-              "--config.axis_values=((16,),(32,16))"]
+              "--config.axis_values=((16,),(24,16))",
+              "--config.select_arms=bp,bp_oja_hidden"]
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -42,9 +42,12 @@ TRICKS = {
     "bp_orthogonal": {"model": {"kernel_init": "orthogonal"}},
 }
 
+# The test size (tests and `make results ARGS=--quick`): each trick once.
 QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=320",
-              "--config.eval_every=160", "--config.model.depth=3",
-              "--config.model.width=16"]
+              "--config.eval_every=160", "--config.model.depth=2",
+              "--config.model.width=16",
+              "--config.select_arms=bp,bp_oja,bp_batch16,bp_layernorm,"
+              "bp_adam"]
 
 
 def get_config() -> ml_collections.ConfigDict:
