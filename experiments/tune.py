@@ -294,8 +294,7 @@ def main(argv: list[str]) -> None:
       parser.error(f"unknown study {study!r}; studies: {', '.join(STUDIES)}")
     chosen[study] = run_study(study, args.seeds, args.num_samples, args.out,
                               args.timeout)
-    with open(path, "w") as f:
-      json.dump(chosen, f, indent=2)
+    rundir.write_json(path, chosen, indent=2)
   for study in STUDIES:  # Re-read every finished study (doc from files).
     dirs = [os.path.join(args.out, study, g) for g in STUDIES[study]["groups"]]
     if all(os.path.isdir(os.path.join(d, "jobs")) for d in dirs):
@@ -303,8 +302,7 @@ def main(argv: list[str]) -> None:
       chosen[study] = {k: v for d in dirs for k, v in choose(d).items()}
       if notes:
         chosen[study]["_notes"] = notes
-  with open(path, "w") as f:
-    json.dump(chosen, f, indent=2)
+  rundir.write_json(path, chosen, indent=2)
   write_doc(args.doc, chosen, args.seeds, args.num_samples)
   print(json.dumps(chosen, indent=2))
   print(f"command: {' '.join(shlex.quote(a) for a in sys.argv)}")
