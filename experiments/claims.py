@@ -1,24 +1,159 @@
 """The claim each experiment tests, and its evidence from a run.
 
-``section(run) -> Section``: for an experiment in ``SECTIONS``, the claim in
-one sentence, the tables, the figure and the verdict computed by
-``analysis.verdict`` (see ``analysis.RULE``) over the settings the claim is
-about; for any other run (a tuning sweep, a new config), its tables and
-figures without a verdict.
+A verdict config declares its claim as data, ``config.claim``
+(``experiments.configs.base.claim``): the statement, the arm and its
+baseline, the secondary arms of its Holm family, the arms reported beside,
+the metric, the counted settings (``axis_min``, ``gains_below`` /
+``gains_above``) and the evaluation points in passes over the training set
+(one pass = the training samples the job's dataset gives, validation held
+out: ``experiments.data.train_size``) and/or at the end.
+
+``section(run) -> Section``: the claim in one sentence, the tables, the
+figure and the verdict computed by ``analysis.verdict`` (see
+``analysis.RULE``) over the declared settings. An experiment in ``SECTIONS``
+adds its own tables and figures, driven by the declared fields; any other
+config with a claim gets the generic evaluation (:func:`claim_section`); a
+run without one (a tuning sweep, a new config) gets tables and figures
+without a verdict. A declared evaluation point that a run does not have
+(a run shorter than one pass, no evaluation there, a task without passes)
+is named in the section's scope with the reason, never dropped silently.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
-from typing import Callable
+from typing import Any, Callable, NamedTuple, Optional
 
+import ml_collections
 import numpy as np
 
 from experiments import analysis
+from experiments import config as config_lib
+from experiments import data as data_lib
 from experiments import figures
 from experiments import report
 from experiments import stats
 from experiments.report import Section
+
+# --- A declared claim: its arms, settings and evaluation points -----------
+
+
+def declared(config: ml_collections.ConfigDict
+             ) -> Optional[ml_collections.ConfigDict]:
+  """The run's claim: ``config.claim`` (None: the config tests no claim),
+  or, for a run directory written before claims were declared (no field),
+  its experiment config's current one."""
+  if "claim" in config:
+    return config.claim or None
+  name = config.get("experiment", "")
+  if name in SECTIONS:
+    return importlib.import_module(
+        f"experiments.configs.{name}").get_config().claim
+  return None
+
+
+def one_pass(cfg: ml_collections.ConfigDict) -> tuple[Optional[int], str]:
+  """Training samples in one pass of a job (``cfg`` resolved), or None and
+  the reason there is none."""
+  if cfg.get("task", "classifier") != "classifier":
+    return None, f"the {cfg.task} task trains on fresh samples (no passes)"
+  try:
+    return data_lib.train_size(cfg.dataset, data_dir=cfg.data_dir or None,
+                               validation=cfg.validation), ""
+  except (ValueError, ImportError, data_lib.DataUnavailableError):
+    return None, (f"the training set size of {cfg.dataset!r} is not known "
+                  "here (its data is not on disk)")
+
+
+class Point(NamedTuple):
+  """A declared evaluation point: ``passes`` over the training set, or the
+  last evaluation (``passes=None``)."""
+
+  passes: Optional[float]
+
+  @property
+  def label(self) -> str:
+    if self.passes is None:
+      return "end"
+    return f"{self.passes:g} pass" + ("" if self.passes == 1 else "es")
+
+
+class At(NamedTuple):
+  """Where a point falls in one job: its evaluation index (-1: the last)
+  and samples, or ``index=None`` and why."""
+
+  index: Optional[int]
+  samples: int
+  why: str = ""
+
+
+class Claim:
+  """A declared claim over one run: jobs, evaluation points, notes."""
+
+  def __init__(self, run: analysis.Run, claim: ml_collections.ConfigDict):
+    self.run, self.c = run, claim
+    self.points = [Point(float(p)) for p in claim.at_passes] + (
+        [Point(None)] if claim.at_end else [])
+    self._configs = {(j.arm, analysis.label(j.axis_value)): j.config
+                     for j in config_lib.expand(run.config)}
+    self.notes: dict[str, None] = {}  # Ordered, without repeats.
+
+  def job_config(self, r) -> ml_collections.ConfigDict:
+    return self._configs.get((r.job.arm, r.job.axis_value), self.run.config)
+
+  def at(self, r, point: Point) -> At:
+    """Point ``point`` in job ``r``; a missing one is noted with its reason.
+
+    A pass that is the run's last evaluation is the end when the claim
+    counts the end too (noted: one comparison, not two).
+    """
+    samples = r.history["samples"]
+    end = int(samples[-1])
+    if point.passes is None:
+      return At(-1, end)
+    n, why = one_pass(self.job_config(r))
+    if n is None:
+      return self._missing(point, 0, why)
+    want = int(round(point.passes * n))
+    if want > end:
+      who = f"arm {r.job.arm}" if self.c.chosen_on else "the run"
+      return self._missing(point, want, (
+          f"{who} stops at {end / n:.3g} passes ({end:,} samples; one "
+          f"pass is {n:,})"))
+    i = analysis.eval_index(r, want)
+    if i is None:
+      return self._missing(point, want, (
+          f"no evaluation at {want:,} samples (eval_every="
+          f"{self.job_config(r).eval_every})"))
+    if i == len(samples) - 1:
+      if self.c.at_end:
+        self.notes[f"{point.label} is the end ({end:,} samples): compared "
+                   "once"] = None
+        return At(None, want, "the end")
+      return At(-1, want)
+    return At(i, want)
+
+  def _missing(self, point: Point, samples: int, why: str) -> At:
+    self.notes[f"{point.label}: not evaluated: {why}"] = None
+    return At(None, samples, why)
+
+  def counted(self, axis_value: Any) -> bool:
+    """Does the claim count this axis value (``axis_min``)?"""
+    if self.c.axis_min is None:
+      return True
+    return float(axis_value) >= self.c.axis_min
+
+  def counted_gain(self, gain: float) -> bool:
+    below, above = self.c.gains_below, self.c.gains_above
+    if below is None and above is None:
+      return True
+    return ((below is not None and gain <= below) or
+            (above is not None and gain >= above))
+
+  def scope(self) -> str:
+    """The declared scope, then every declared point the run lacks."""
+    return "; ".join([self.c.scope, *self.notes])
 
 
 def _final_tables(run: analysis.Run, keys=("test_accuracy",
@@ -44,30 +179,87 @@ def _family(primary, *others):
   return out
 
 
-def _section(run, claim, scope, primary, secondary, tables, figure_paths):
-  word, evidence = analysis.verdict(primary, secondary)
-  return Section(claim, scope, tables,
+def _section(claim: Claim, primary, secondary, tables, figure_paths,
+             verdict=None):
+  word, evidence = verdict or analysis.verdict(primary, secondary)
+  return Section(claim.c.statement, claim.scope(), tables,
                  [os.path.basename(p) for p in figure_paths], word, evidence)
 
 
-def online(run: analysis.Run) -> Section:
-  figure = _figure(run, 'online')
-  one_pass = 4000
-  primary, secondary, online_rows = [], [], []
-  for arm, out in (("bp_oja", primary), ("bp_oja_hidden", secondary)):
+def _arm_comparisons(claim: Claim, label: Callable[[Any, Point, At], str]
+                     ) -> tuple[list, list]:
+  """``arm`` and each ``secondary`` arm against ``reference`` at every
+  counted axis value and declared point, grid point 0."""
+  c, run = claim.c, claim.run
+  primary, secondary = [], []
+  for arm, out in ((c.arm, primary), *((s, secondary) for s in c.secondary)):
     for r in run.results:
-      if r.job.arm != arm:
+      if r.job.arm != arm or not claim.counted(r.job.axis_value):
         continue
-      base = analysis.find(run, "bp", r.job.axis_value)
-      e1 = analysis.eval_index(r, one_pass)
-      if e1 is not None and e1 != len(r.history["samples"]) - 1:
-        out.append(analysis.compare(r, base, f"hidden={r.job.axis_value}, "
-                                    f"1 pass ({one_pass})", at=e1))
-      n = int(r.history["samples"][-1])
-      out.append(analysis.compare(r, base, f"hidden={r.job.axis_value}, "
-                                  f"end ({n} samples)"))
-      stop = (e1 if e1 is not None else len(r.history["samples"]) - 1) + 1
+      base = analysis.find(run, c.reference, r.job.axis_value)
+      if base is None:  # --config.select_arms left the baseline out.
+        continue
+      for point in claim.points:
+        at = claim.at(r, point)
+        if at.index is not None:
+          out.append(analysis.compare(r, base, label(r.job.axis_value, point,
+                                                     at), c.metric,
+                                      at=at.index))
+  return primary, secondary
 
+
+def claim_section(run: analysis.Run, claim: Claim) -> Section:
+  """Any declared claim: the arms' paired differences, verdict, curves."""
+  axis = run.config.axis.split(".")[-1] if run.config.axis else ""
+
+  def label(value, point, at):
+    where = (f"end ({at.samples} samples)" if point.passes is None else
+             f"{point.label} ({at.samples})")
+    return f"{axis}={value}, {where}" if axis else where
+
+  primary, secondary = _family(*_arm_comparisons(claim, label))
+  c = claim.c
+  beside = [x for arm in c.beside
+            for x in analysis.pairwise(run, arm, c.reference, key=c.metric)]
+  tables = _final_tables(run) + [
+      (f"Paired difference in {c.metric.replace('_', ' ')} against "
+       f"{c.reference}", analysis.comparison_table(primary + secondary)),
+      (f"Paired difference against {c.reference} (reported, their own "
+       "family)", analysis.comparison_table(beside) if beside else "")]
+  passes = [p for p in claim.points if p.passes is not None]
+  ref = next((r for r in run.results if r.job.arm == c.reference), None)
+  mark = (claim.at(ref, passes[0]).samples if passes and ref is not None
+          else 0)
+  keys = tuple(dict.fromkeys(k for k in (c.metric, "online_accuracy")
+                             if k in run.results[0].history))
+  return _section(claim, primary, secondary, tables, [figures.curves(
+      run, _figure(run, run.config.experiment or "curves"), keys,
+      mark_samples=mark)])
+
+
+def online(run: analysis.Run, claim: Claim) -> Section:
+  c = claim.c
+  figure = _figure(run, run.config.experiment)
+  primary, secondary, online_rows = [], [], []
+  for arm, out in ((c.arm, primary), *((s, secondary) for s in c.secondary)):
+    for r in run.results:
+      if r.job.arm != arm or not claim.counted(r.job.axis_value):
+        continue
+      base = analysis.find(run, c.reference, r.job.axis_value)
+      first = None  # The first pass point the run has: where online acc ends.
+      for point in claim.points:
+        at = claim.at(r, point)
+        if point.passes is not None and first is None:
+          first = at.index if at.index is not None or at.why != "the end" \
+              else -1
+        if at.index is None:
+          continue
+        where = (f"end ({at.samples} samples)" if point.passes is None else
+                 f"{point.label} ({at.samples})")
+        out.append(analysis.compare(r, base, f"hidden={r.job.axis_value}, "
+                                    f"{where}", c.metric, at=at.index))
+      stop = (len(r.history["samples"]) if first is None or first == -1
+              else first + 1)
       online_rows.append(analysis.compare(
           r, base, f"hidden={r.job.axis_value}, first pass", at=stop - 1,
           values=lambda res, stop=stop: np.nanmean(
@@ -81,61 +273,65 @@ def online(run: analysis.Run) -> Section:
        analysis.comparison_table(online_rows, "online acc")),
       ("Diagnostics at the end (means over seeds)",
        analysis.diagnostics_table(run))]
-  return _section(
-      run, "Under online (batch-1) learning, adding Oja's rule to backprop "
-      "improves on plain backprop, for the reference network and a wider "
-      "one, over one pass and several passes.",
-      "both widths, after 1 pass and at the end", primary, secondary, tables,
-      [figures.curves(run, figure, mark_samples=one_pass)])
+  passes = [p for p in claim.points if p.passes is not None]
+  ref = analysis.find(run, c.reference)
+  mark = claim.at(ref, passes[0]).samples if passes and ref else 0
+  return _section(claim, primary, secondary, tables,
+                  [figures.curves(run, figure, mark_samples=mark)])
 
 
-def _at_passes(r, passes: int) -> list[tuple[str, int]]:
-  """(label, evaluation index) after one pass and at the end."""
-  end = int(r.history["samples"][-1])
-  one = analysis.eval_index(r, end // passes)
-  out = [("1 pass", one)] if one is not None and one != len(
-      r.history["samples"]) - 1 else []
-  return out + [(f"end ({end} samples)", -1)]
+def _points_of(claim: Claim, r) -> list[tuple[str, int]]:
+  """(label, evaluation index) of each declared point job ``r`` has; the
+  end is labelled with its samples."""
+  out = []
+  for point in claim.points:
+    at = claim.at(r, point)
+    if at.index is not None:
+      out.append((f"end ({at.samples} samples)" if point.passes is None
+                  else point.label, at.index))
+  return out
 
 
-def deep_online(run: analysis.Run) -> Section:
-  figure = _figure(run, "deep_online")
-  passes = 3
-  deep = [r.job.axis_value for r in run.results if r.job.arm == "bp_oja"
-          and float(r.job.axis_value) >= 10]
+def deep_online(run: analysis.Run, claim: Claim) -> Section:
+  c = claim.c
+  figure = _figure(run, run.config.experiment)
+  deep = [r.job.axis_value for r in run.results if r.job.arm == c.arm
+          and claim.counted(r.job.axis_value)]
   primary, secondary, init_rows, good = [], [], [], []
   for value in deep:
-    bp = analysis.find(run, "bp", value)
+    bp = analysis.find(run, c.reference, value)
     if bp is None:  # --config.select_arms left the baseline out.
       continue
-    for label, at in _at_passes(bp, passes):
+    for label, at in _points_of(claim, bp):
       setting = f"depth={value}, {label}"
-      for arm, out in (("bp_oja", primary), ("bp_oja_hidden", secondary)):
+      for arm, out in ((c.arm, primary),
+                       *((s, secondary) for s in c.secondary)):
         r = analysis.find(run, arm, value)
         if r is not None:
-          out.append(analysis.compare(r, bp, setting, at=at))
-      for init in ("he", "orthogonal"):
-        bp_init = analysis.find(run, f"bp_{init}", value)
-        oja_init = analysis.find(run, f"bp_oja_{init}", value)
+          out.append(analysis.compare(r, bp, setting, c.metric, at=at))
+      for init in c.good_inits:
+        bp_init = analysis.find(run, f"{c.reference}_{init}", value)
+        oja_init = analysis.find(run, f"{c.arm}_{init}", value)
         if bp_init is not None:
           good.append(analysis.compare(bp_init, bp, setting, at=at))
         if bp_init is not None and oja_init is not None:
           good.append(analysis.compare(oja_init, bp_init, setting, at=at))
-        oja = analysis.find(run, "bp_oja", value)
+        oja = analysis.find(run, c.arm, value)
         if bp_init is not None and oja is not None:
           gain = good[-2] if oja_init is not None else good[-1]
           frac = (str(analysis.ratio_ci(
               analysis.value(oja, at=at), analysis.value(bp, at=at),
               analysis.value(bp_init, at=at), analysis.value(bp, at=at)))
-                  if gain.better else f"n/a (bp_{init} gains nothing "
-                  "significant over bp)")
+                  if gain.better else f"n/a ({c.reference}_{init} gains "
+                  f"nothing significant over {c.reference})")
           init_rows.append([setting, init, str(gain.diff), frac])
   primary, secondary = _family(primary, secondary)
+  every = [x for arm in (c.arm, *c.secondary)
+           for x in analysis.pairwise(run, arm, c.reference)]
+  depths = tuple(str(d) for d in c.layer_depths)
   tables = _final_tables(run) + [
       ("Paired difference in test accuracy, every depth (its own family)",
-       analysis.comparison_table(analysis.pairwise(run, "bp_oja", "bp") +
-                                 analysis.pairwise(run, "bp_oja_hidden",
-                                                   "bp"))),
+       analysis.comparison_table(every)),
       ("Depth or initialization? A good init against Xavier BP, and Oja on "
        "top of a good init (paired, each arm at its own tuned rates)",
        analysis.comparison_table(good)),
@@ -148,15 +344,10 @@ def deep_online(run: analysis.Run) -> Section:
        "neither vanishes nor explodes with depth)",
        analysis.diagnostics_table(run)),
       ("The mechanism, layer by layer: activation norm ||y_l|| of hidden "
-       "layers at the end (means over seeds that did not diverge), depths 10 "
-       "and 20", _layer_norm_table(run, ("10", "20")))]
-  return _section(
-      run, "In deep networks trained online, Oja's rule lets backprop learn "
-      "where plain backprop does poorly (accuracy against depth); the "
-      "good-init arms tell whether this is a rescue from depth or from "
-      "Xavier initialization.",
-      "depth >= 10 hidden layers, after 1 pass and after 3, Xavier init",
-      primary, secondary, tables, [figures.versus_axis(run, figure)])
+       "layers at the end (means over seeds that did not diverge), depths "
+       + " and ".join(depths), _layer_norm_table(run, depths))]
+  return _section(claim, primary, secondary, tables,
+                  [figures.versus_axis(run, figure)])
 
 
 def _layer_norm_table(run: analysis.Run, depths) -> str:
@@ -175,17 +366,13 @@ def _layer_norm_table(run: analysis.Run, depths) -> str:
                        "last hidden"], rows) if rows else ""
 
 
-def _bad_gain(gain: float) -> bool:
-  """Gains far from 1, 0.5 included (where the effect was largest)."""
-  return gain <= 0.5 or gain >= 2.0
+def _chosen_pairs(claim: Claim, val, test, groups, label, at_val, at_test):
+  """Per group of grid points (a setting): the baseline's and the Oja
+  rule's points chosen on ``val`` (best mean at ``at_val``), compared on
+  ``test`` at ``at_test``.
 
-
-def _chosen_pairs(val, test, groups, label):
-  """Per group of grid points (a setting): BP's and BP + Oja's points
-  chosen on ``val`` (best final mean), compared on ``test``.
-
-  ``groups``: {setting value: [grid indices]}; Oja rate 0 is BP. Yields
-  (setting value, BP point, BP + Oja point, comparison, table row).
+  ``groups``: {setting value: [grid indices]}; Oja rate 0 is the baseline.
+  Yields (setting value, baseline point, Oja point, comparison, table row).
   """
   grid = val.grid
   for value, points in groups.items():
@@ -193,82 +380,106 @@ def _chosen_pairs(val, test, groups, label):
     oja = [g for g in points if grid[g]["oja_lr"] > 0]
     if not bp or not oja:
       continue
-    gb, go = _choose(val, bp, -1), _choose(val, oja, -1)
+    gb, go = _choose(val, bp, at_val), _choose(val, oja, at_val)
     sub = [grid[g] for g in points]
     tuned = lambda p: {k: v for k, v in p.items() if k != "model_gain"}
     setting = f"gain={value:g}"
     row = [label, setting,
-           *_chosen_cells(val, sub, points, gb, -1, tuned),
-           *_chosen_cells(val, sub, points, go, -1, tuned)]
-    yield value, gb, go, _paired_points(test, go, gb, -1,
-                                        f"{label}, {setting}"), row
+           *_chosen_cells(val, sub, points, gb, at_val, tuned),
+           *_chosen_cells(val, sub, points, go, at_val, tuned)]
+    yield value, gb, go, _paired_points(
+        test, go, gb, at_test, f"{label}, {setting}",
+        (claim.c.arm, claim.c.reference)), row
 
 
-def bad_init(run: analysis.Run) -> Section:
+def _val_test_pairs(claim: Claim):
+  """(val job, test job) per axis value of a validation-chosen claim."""
+  run, c = claim.run, claim.c
+  for val in [r for r in run.results if r.job.arm == c.chosen_on]:
+    test = analysis.find(run, c.tested_on, val.job.axis_value)
+    if test is not None:
+      yield val, test
+
+
+def bad_init(run: analysis.Run, claim: Claim) -> Section:
   """BP vs BP + Oja at each (scheme, gain), each tuned there on validation."""
+  c = claim.c
   primary, other, rows, series = [], [], [], {}
-  for val in [r for r in run.results if r.job.arm == "val"]:
-    test = analysis.find(run, "test", val.job.axis_value)
-    if test is None:
-      continue
+  for val, test in _val_test_pairs(claim):
     groups = {gain: [g for g, p in enumerate(val.grid)
                      if p["model_gain"] == gain]
               for gain in sorted({p["model_gain"] for p in val.grid})}
     # {rule: (gains, per-seed test accuracies at the chosen points)}.
-    curves = series[val.job.axis_value] = {"bp": ([], []),
-                                           "bp_oja": ([], [])}
-    for gain, gb, go, comparison, row in _chosen_pairs(
-        val, test, groups, f"init={val.job.axis_value}"):
-      rows.append(row)
-      if _bad_gain(gain):
-        primary.append(comparison)
-      else:  # The good init, reported beside the claim, named as such.
-        other.append(comparison._replace(arm=f"bp_oja at gain {gain:g}"))
-      for rule, g in (("bp", gb), ("bp_oja", go)):
-        curves[rule][0].append(gain)
-        curves[rule][1].append(
-            analysis.value(test, point=g)[~analysis.diverged(test, g)])
+    curves = series[val.job.axis_value] = {c.reference: ([], []),
+                                           c.arm: ([], [])}
+    for point in claim.points:
+      at_val, at_test = claim.at(val, point), claim.at(test, point)
+      if at_val.index is None or at_test.index is None:
+        continue
+      for gain, gb, go, comparison, row in _chosen_pairs(
+          claim, val, test, groups, f"init={val.job.axis_value}",
+          at_val.index, at_test.index):
+        rows.append(row)
+        if claim.counted_gain(gain):
+          primary.append(comparison)
+        else:  # The good init, reported beside the claim, named as such.
+          other.append(comparison._replace(arm=f"{c.arm} at gain {gain:g}"))
+        for rule, g in ((c.reference, gb), (c.arm, go)):
+          curves[rule][0].append(gain)
+          curves[rule][1].append(
+              analysis.value(test, point=g, at=at_test.index)[
+                  ~analysis.diverged(test, g, at_test.index)])
   primary, other = _family(primary, other)
+  grid_gains = sorted({p["model_gain"] for r in run.results for p in r.grid
+                       if "model_gain" in p})
+  reported = [f"{g:g}" for g in grid_gains if not claim.counted_gain(g)]
+  many = len(reported) > 1
+  beside = (f"; gain{'s' * many} {', '.join(reported)} "
+            f"{'are' if many else 'is'} reported" if reported else "")
   tables = [
       ("Operating points chosen on the validation split at each setting"
        + EDGE_NOTE, report.table(["init", "gain", *_chosen_head("BP"),
                                   *_chosen_head("BP + Oja")], rows)),
       ("Test accuracy, BP + Oja - BP, each at its chosen point (gains "
-       "<= 0.5 or >= 2 count; gain 1 is reported)",
+       f"{_counted_gains(c)} count{beside})",
        analysis.comparison_table(primary + other))]
   title = figures.title(run, "claim: BP + Oja beats BP from badly scaled "
                         "inits (each rule tuned at each gain on validation)")
-  return _section(
-      run, "With badly scaled initial weights, backprop plus Oja's rule "
-      "learns better than backprop alone, each tuned at the perturbed "
-      "setting.",
-      "gains 0.1, 0.25, 0.5, 2, 3 for each of three init schemes, each rule "
-      "at its validation-chosen (lr, Oja rate) there", primary, other,
-      tables, [figures.versus_gain(series, _figure(run, "bad_init"), title)])
+  return _section(claim, primary, other, tables, [figures.versus_gain(
+      series, _figure(run, run.config.experiment), title)])
 
 
-def tricks(run: analysis.Run) -> Section:
-  figure = _figure(run, 'tricks')
-  bp = analysis.find(run, "bp")
-  primary = analysis.pairwise(run, "bp_oja", "bp")
-  secondary = analysis.pairwise(run, "bp_oja_hidden", "bp")
+def _counted_gains(c: ml_collections.ConfigDict) -> str:
+  parts = ([f"<= {c.gains_below:g}"] if c.gains_below is not None else []) + (
+      [f">= {c.gains_above:g}"] if c.gains_above is not None else [])
+  return " or ".join(parts) or "all"
+
+
+def tricks(run: analysis.Run, claim: Claim) -> Section:
+  c = claim.c
+  figure = _figure(run, run.config.experiment)
+  bp = analysis.find(run, c.reference)
+  primary = analysis.pairwise(run, c.arm, c.reference, key=c.metric)
+  secondary = [x for arm in c.secondary for x in
+               analysis.pairwise(run, arm, c.reference, key=c.metric)]
   primary, secondary = _family(primary, secondary)
-  tricks_ = [r for r in run.results if r.job.arm not in
-             ("bp", "bp_oja", "bp_oja_hidden")]
+  tricks_ = [r for r in run.results if r.job.arm in c.beside]
   trick_rows = [analysis.compare(r, bp, "-") for r in tricks_]
   lines = ["| trick | trick - bp [98% CI] | oja arm | oja - bp [98% CI] | "
            "recovered fraction [98% CI] |", "|---|---|---|---|---|"]
   acc = lambda r: np.nan_to_num(analysis.value(r))
+  oja_arms = [(c.arm, primary)] + [
+      (arm, [x for x in secondary if x.arm == arm]) for arm in c.secondary]
   for r, t in zip(tricks_, trick_rows):
-    for oja_arm, c in (("bp_oja", primary), ("bp_oja_hidden", secondary)):
+    for oja_arm, cs in oja_arms:
       oja = analysis.find(run, oja_arm)
-      if oja is None or not c:
+      if oja is None or not cs:
         continue
       if t.better:
         frac = str(analysis.ratio_ci(acc(oja), acc(bp), acc(r), acc(bp)))
       else:
         frac = "n/a (trick gives no significant gain)"
-      lines.append(f"| {r.job.arm} | {t.diff} | {oja_arm} | {c[0].diff} | "
+      lines.append(f"| {r.job.arm} | {t.diff} | {oja_arm} | {cs[0].diff} | "
                    f"{frac} |")
   tables = _final_tables(run) + [
       ("Paired differences against online plain BP",
@@ -278,29 +489,26 @@ def tricks(run: analysis.Run) -> Section:
        "\n".join(lines)),
       ("Diagnostics at the end (means over seeds)",
        analysis.diagnostics_table(run))]
-  return _section(
-      run, "Online backprop plus Oja's rule, with no engineering tricks, "
-      "recovers part of the gain that mini-batches, LayerNorm, Adam or a "
-      "well-chosen init give plain online backprop (20 hidden layers, where "
-      "the tricks gain).",
-      "bp_oja vs bp at depth 20 (the recovered fractions are in the table)",
-      primary,
-      secondary, tables, [figures.bars(run, figure)])
+  return _section(claim, primary, secondary, tables,
+                  [figures.bars(run, figure)])
 
 
 def _total_norm(v_SxL: np.ndarray) -> np.ndarray:
   return np.sqrt(np.sum(v_SxL ** 2, axis=-1))
 
 
-def feedback_alignment(run: analysis.Run) -> Section:
-  figure = _figure(run, 'feedback_alignment')
-  primary = analysis.pairwise(run, "fa_oja", "fa")
-  secondary = analysis.pairwise(run, "fa_oja_hidden", "fa")
+def feedback_alignment(run: analysis.Run, claim: Claim) -> Section:
+  c = claim.c
+  figure = _figure(run, run.config.experiment)
+  primary = analysis.pairwise(run, c.arm, c.reference, key=c.metric)
+  secondary = [x for arm in c.secondary for x in
+               analysis.pairwise(run, arm, c.reference, key=c.metric)]
   primary, secondary = _family(primary, secondary)
-  others = analysis.pairwise(run, "bp", "fa")
-  fa = analysis.find(run, "fa")
+  others = [x for arm in c.beside for x in
+            analysis.pairwise(run, arm, c.reference, key=c.metric)]
+  fa = analysis.find(run, c.reference)
   norms = [analysis.compare(r, fa, "end", "weight_norm", reduce=_total_norm)
-           for r in run.results if r.job.arm != "fa"]
+           for r in run.results if r.job.arm != c.reference]
   growth = []
   for r in run.results:
     w = _total_norm(r.history["weight_norm"][:, 0])  # (E, S)
@@ -320,47 +528,45 @@ def feedback_alignment(run: analysis.Run) -> Section:
        "against FA (exploding signals)", analysis.comparison_table(
            [analysis.compare(r, fa, "end", "activation_norm",
                              reduce=lambda v: v[:, -2])
-            for r in run.results if r.job.arm != "fa"],
+            for r in run.results if r.job.arm != c.reference],
            "activation norm", ("higher", "lower"))),
       ("Diagnostics at the end, with fb_cos_hidden = mean over hidden layers "
        "of cos(FA update, true gradient) on 512 test inputs",
        analysis.diagnostics_table(run))]
-  return _section(
-      run, "Feedback alignment (fixed random feedback weights) learns better "
-      "with Oja's rule added (higher accuracy); the paper also argues it "
-      "keeps weights from growing, which the weight- and activation-norm "
-      "tables test separately (the verdict counts accuracy only).",
-      "fa_oja vs fa, final test accuracy", primary, secondary, tables,
-      [figures.feedback(run, figure)])
+  return _section(claim, primary, secondary, tables,
+                  [figures.feedback(run, figure)])
 
 
-def recurrent_memory(run: analysis.Run) -> Section:
-  mc = "memory_capacity"
-  primary = analysis.pairwise(run, "bp_oja", "bp", key=mc)
-  attribution = (analysis.pairwise(run, "bp_oja_rec", "bp", key=mc) +
-                 analysis.pairwise(run, "bp_oja_in", "bp", key=mc))
+def recurrent_memory(run: analysis.Run, claim: Claim) -> Section:
+  c = claim.c
+  mc = c.metric
+  primary = analysis.pairwise(run, c.arm, c.reference, key=mc)
+  attribution = [x for arm in c.secondary for x in
+                 analysis.pairwise(run, arm, c.reference, key=mc)]
   primary, attribution = _family(primary, attribution)
   tables = _final_tables(run, (mc, "test_loss", "spectral_radius",
                                "participation_ratio")) + [
-      ("Paired difference in final memory capacity against bp",
-       analysis.comparison_table(primary + attribution, "memory capacity",
-                                 ("higher", "lower")))]
+      (f"Paired difference in final {mc.replace('_', ' ')} against "
+       f"{c.reference}", analysis.comparison_table(
+           primary + attribution, mc.replace("_", " "),
+           ("higher", "lower")))]
+  # The verdict's family is the primary arm's (the attribution arms are
+  # adjusted with it above, and counted in the evidence apart).
   word, evidence = analysis.verdict(primary)
-  for arm, what in (("bp_oja_rec", "W_rec only"), ("bp_oja_in", "W_in only")):
-    cs = [c for c in attribution if c.arm == arm]
+  for arm in c.secondary:
+    cs = [x for x in attribution if x.arm == arm]
+    what = f"{run.config.arms[arm].get('oja_layers', arm)} only"
     if cs:
       evidence += (f" Attribution, Oja on {what}: higher in "
-                   f"{sum(c.better for c in cs)}/{len(cs)}, lower in "
-                   f"{sum(c.worse for c in cs)}/{len(cs)} settings.")
-  paths = [figures.curves(run, _figure(run, "recurrent_memory_curves"),
+                   f"{sum(x.better for x in cs)}/{len(cs)}, lower in "
+                   f"{sum(x.worse for x in cs)}/{len(cs)} settings.")
+  name = run.config.experiment
+  paths = [figures.curves(run, _figure(run, f"{name}_curves"),
                           keys=(mc, "spectral_radius",
                                 "participation_ratio")),
-           figures.per_delay(run, _figure(run, "recurrent_memory_delays"))]
-  return Section(
-      "Oja's rule improves the short-term memory (memory capacity) of "
-      "recurrent networks trained by backpropagation through time.",
-      "bp_oja vs bp at every (initial radius, SGD rate)", tables,
-      [os.path.basename(p) for p in paths], word, evidence)
+           figures.per_delay(run, _figure(run, f"{name}_delays"))]
+  return _section(claim, primary, attribution, tables, paths,
+                  (word, evidence))
 
 
 def _point_means(r, g: int, key: str, at: int) -> float:
@@ -404,14 +610,13 @@ def _edge(grid, g: int) -> str:
   return ", ".join(edges) or "-"
 
 
-def landscape(run: analysis.Run) -> Section:
+def landscape(run: analysis.Run, claim: Claim) -> Section:
   """Oja vs BP, each at its validation-chosen (lr, Oja rate), and the maps."""
-  passes = 3
+  c = claim.c
+  arms = (c.arm, c.reference)
   primary, same_lr, chosen_rows, early = [], [], [], []
-  for val in [r for r in run.results if r.job.arm == "val"]:
-    test = analysis.find(run, "test", val.job.axis_value)
-    if test is None:
-      continue
+  first_pass = next((p for p in claim.points if p.passes is not None), None)
+  for val, test in _val_test_pairs(claim):
     grid = val.grid
     bp_points = [g for g, p in enumerate(grid) if p["oja_lr"] == 0]
     oja_points = [g for g, p in enumerate(grid) if p["oja_lr"] > 0]
@@ -419,13 +624,13 @@ def landscape(run: analysis.Run) -> Section:
       continue
     net = f"depth={val.job.axis_value}"
     samples = test.history["samples"]
-    for label, at_val, at_test in (
-        ("1 pass", analysis.eval_index(val, int(val.history["samples"][-1])
-                                       // passes),
-         analysis.eval_index(test, int(samples[-1]) // passes)),
-        (f"{passes} passes", -1, -1)):
+    for point in claim.points:
+      at_val, at_test = claim.at(val, point).index, claim.at(
+          test, point).index
       if at_val is None or at_test is None:
         continue
+      label = (f"end ({int(samples[-1])} samples)" if point.passes is None
+               else point.label)
       gb, go = _choose(val, bp_points, at_val), _choose(val, oja_points,
                                                         at_val)
       every = list(range(len(grid)))
@@ -433,19 +638,21 @@ def landscape(run: analysis.Run) -> Section:
           [net, label, *_chosen_cells(val, grid, every, gb, at_val),
            *_chosen_cells(val, grid, every, go, at_val)])
       primary.append(_paired_points(
-          test, go, gb, at_test, f"{net}, {label}: each at its chosen point"))
+          test, go, gb, at_test, f"{net}, {label}: each at its chosen point",
+          arms))
       base = next(g for g in bp_points if grid[g]["lr"] == grid[go]["lr"])
       same_lr.append(_paired_points(test, go, base, at_test,
                                     f"{net}, {label}: at Oja's lr",
-                                    ("bp_oja", "bp at Oja's lr")))
-      if label == "1 pass":  # Early learning, at the 1-pass choices.
+                                    (c.arm, f"{c.reference} at Oja's lr")))
+      if point == first_pass:  # Early learning, at the first pass's choices.
         one = len(samples) - 1 if at_test == -1 else at_test
         early += [
             _paired_points(test, go, gb, at_test, f"{net}: online acc over "
-                           "the first pass", values=lambda r, g, one=one:
+                           "the first pass", arms,
+                           values=lambda r, g, one=one:
                            _first_pass_online(r, g, one)),
             _paired_points(test, go, gb, at_test, f"{net}: area under the "
-                           "test-acc curve", values=_curve_area)]
+                           "test-acc curve", arms, values=_curve_area)]
   primary, same_lr = _family(primary, same_lr)
   tables = [
       ("Operating points chosen on the validation split" + EDGE_NOTE,
@@ -453,16 +660,16 @@ def landscape(run: analysis.Run) -> Section:
                      *_chosen_head("BP + Oja")], chosen_rows)),
       ("Test accuracy, BP + Oja - BP, paired over seeds",
        analysis.comparison_table(primary + same_lr)),
-      ("Early learning, BP + Oja - BP at the points chosen for 1 pass "
-       "(reported, not counted by the verdict)",
+      ("Early learning, BP + Oja - BP at the points chosen for "
+       f"{first_pass.label if first_pass else 'the end'} (reported, not "
+       "counted by the verdict)",
        analysis.comparison_table(early, "early-learning measure"))]
-  paths = [figures.landscape(run, _figure(run, "landscape"), passes)]
-  return _section(
-      run, "Adding Oja's rule to online backprop improves test accuracy "
-      "(reference network and 10 hidden layers), each rule at its best "
-      "operating point.", "each network after 1 and 3 passes, each rule at "
-      "its validation-chosen (lr, Oja rate)", primary, same_lr, tables,
-      paths)
+  # The maps: the first declared point and the last, on the tested arm.
+  shown = [claim.points[0], claim.points[-1]] if claim.points else []
+  panels = [(p.label, lambda r, p=p: claim.at(r, p).index) for p in shown]
+  paths = [figures.landscape(run, _figure(run, run.config.experiment),
+                             panels, c.tested_on)]
+  return _section(claim, primary, same_lr, tables, paths)
 
 
 def _fmt(point) -> str:
@@ -510,7 +717,7 @@ def generic(run: analysis.Run) -> Section:
   return Section("", "", tables, [os.path.basename(p) for p in paths], "", "")
 
 
-SECTIONS: dict[str, Callable[[analysis.Run], Section]] = {
+SECTIONS: dict[str, Callable[[analysis.Run, Claim], Section]] = {
     "online": online,
     "deep_online": deep_online,
     "bad_init": bad_init,
@@ -522,5 +729,9 @@ SECTIONS: dict[str, Callable[[analysis.Run], Section]] = {
 
 
 def section(run: analysis.Run) -> Section:
-  """The run's section: its claim's, or the generic one."""
-  return SECTIONS.get(run.config.experiment, generic)(run)
+  """The run's section: its declared claim's, or the generic one."""
+  claim = declared(run.config)
+  if claim is None:
+    return generic(run)
+  build = SECTIONS.get(run.config.experiment, claim_section)
+  return build(run, Claim(run, claim))

@@ -40,7 +40,7 @@ MAX_SEED = 2**31 - 1  # PRNGKey keeps 32 bits: larger seeds would collide.
 # Fields that do not change a job's numbers (the rest make its fingerprint).
 NOT_NUMERIC = ("experiment", "select_arms", "reference_arm", "arms",
                "checkpoint_every", "eval_batch_size", "download", "data_dir",
-               "axis", "axis_values", "sweep", "processes")
+               "axis", "axis_values", "sweep", "processes", "claim")
 
 
 # Fields a resumed run may raise: meta-training that ran out of steps goes
@@ -124,7 +124,8 @@ def _set(cfg: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
 def flat_fields(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
   out = []
   for k, v in cfg.items():
-    if isinstance(v, ml_collections.ConfigDict) and k not in ("arms", "sweep"):
+    if isinstance(v, ml_collections.ConfigDict) and k not in (
+        "arms", "sweep", "claim"):
       out += flat_fields(v, f"{prefix}{k}.")
     else:
       out.append(prefix + k)
@@ -453,6 +454,24 @@ def _check_overrides(config: ml_collections.ConfigDict,
           f"({', '.join(setters)}); set --config.arms.<arm>.{field} instead.")
 
 
+def check_claim(config: ml_collections.ConfigDict) -> None:
+  """The arms a declared claim (``config.claim``) compares are arms."""
+  claim = config.get("claim")
+  if not claim:
+    return
+  roles = (("chosen_on", "tested_on") if claim.get("chosen_on") else
+           ("arm", "reference", "secondary", "beside"))
+  for role in roles:
+    names = claim.get(role, ())
+    for name in (names,) if isinstance(names, str) else names:
+      if name not in (config.arms or {}):
+        raise ConfigError(
+            f"claim.{role} names {name!r}, which is not an arm; arms are "
+            f"{', '.join(config.arms or ())}.")
+  for p in claim.get("at_passes", ()):
+    check_number("claim.at_passes", p)
+
+
 def validate(config: ml_collections.ConfigDict,
              cli_fields: Sequence[str] = ()) -> list[Job]:
   """Checks every job of ``config``; raises ``ConfigError`` on a bad value.
@@ -470,6 +489,7 @@ def validate(config: ml_collections.ConfigDict,
   if config.arms and config.reference_arm not in config.arms:
     raise ConfigError(f"reference_arm={config.reference_arm!r} is not an arm; "
                       f"arms are {', '.join(config.arms)}.")
+  check_claim(config)
   _check_overrides(config, cli_fields)
   jobs = expand(config)
   for job in [Job("base", None, "", config)] + jobs:

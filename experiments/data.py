@@ -115,6 +115,25 @@ def _to_arrays(source) -> tuple[np.ndarray, np.ndarray]:
   return x.reshape(len(x), -1).astype(np.float32) / 255.0, y
 
 
+def train_size(name: str, *, data_dir: Optional[str] = None,
+               validation: int = 0) -> int:
+  """Training samples that ``load(name, validation=...)`` gives: one pass.
+
+  Embedded sets are counted from their arrays (every split has the same
+  size); a TFDS set from its train split on disk (``DataUnavailableError``
+  if it is not there).
+  """
+  if name in EMBEDDED:
+    _, y, test_per_class = _embedded_arrays(name)
+    n = len(y) - test_per_class * len(np.unique(y))
+  elif name in TFDS:
+    n = len(_tfds_split(name, "train", data_dir, download=False))
+  else:
+    raise ValueError(f"dataset={name!r} is not known; choose one of "
+                     f"{', '.join(DATASETS)}.")
+  return n - validation
+
+
 def load(name: str = "embedded_mnist", *, data_dir: Optional[str] = None,
          download: bool = True, split_seed: int = 0,
          validation: int = 0) -> Dataset:

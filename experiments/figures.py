@@ -248,22 +248,26 @@ def _heat(ax, xs, ys, values, title, cmap="viridis", center=False):
   plt.colorbar(im, ax=ax)
 
 
-def landscape(run: analysis.Run, path: str, passes: int) -> str:
-  """Maps over (lr, Oja rate) of the ``test`` arm, a row per network.
+def landscape(run: analysis.Run, path: str, points, arm: str = "test"
+              ) -> str:
+  """Maps over (lr, Oja rate) of the ``arm`` arm, a row per network.
 
-  Panels: test accuracy after one pass and after all passes, the paired gain
-  over BP at the same lr (Oja rate 0 row) after each, online accuracy over the first
-  pass, and the area under the test-accuracy curve (its mean over
-  evaluations). Means over seeds that did not diverge.
+  ``points``: two (label, ``result -> evaluation index or None``), the
+  claim's first evaluation point (one pass) and its last. Panels: test
+  accuracy at each, the paired gain over BP at the same lr (Oja rate 0 row)
+  at each, online accuracy over the first pass, and the area under the
+  test-accuracy curve (its mean over evaluations). Means over seeds that did
+  not diverge; a point the run lacks leaves its maps empty.
   """
-  rs = [r for r in run.results if r.job.arm == "test"]
+  (first_label, first), (last_label, last) = points
+  rs = [r for r in run.results if r.job.arm == arm]
   fig, axes = plt.subplots(len(rs), 6, squeeze=False,
                            figsize=(24, 3.6 * len(rs)))
   for row, r in zip(axes, rs):
     xs = sorted({p["lr"] for p in r.grid})
     ys = sorted({p["oja_lr"] for p in r.grid})
     samples = r.history["samples"]
-    one = analysis.eval_index(r, int(samples[-1]) // passes)
+    one, end = first(r), last(r)
     maps = {k: np.full((len(ys), len(xs)), np.nan) for k in range(6)}
     for g, p in enumerate(r.grid):
       i, j = ys.index(p["oja_lr"]), xs.index(p["lr"])
@@ -272,21 +276,23 @@ def landscape(run: analysis.Run, path: str, passes: int) -> str:
         continue
       acc = r.history["test_accuracy"][:, g][:, ok]  # (E, S)
       maps[0][i, j] = acc[one].mean() if one is not None else np.nan
-      maps[1][i, j] = acc[-1].mean()
+      maps[1][i, j] = acc[end].mean() if end is not None else np.nan
       base = next(b for b, q in enumerate(r.grid)
                   if q["lr"] == p["lr"] and q["oja_lr"] == 0)
       both = ok & ~analysis.diverged(r, base)
       if one is not None:
         maps[2][i, j] = np.mean(analysis.value(r, point=g, at=one)[both] -
                                 analysis.value(r, point=base, at=one)[both])
-      maps[3][i, j] = np.mean(analysis.value(r, point=g)[both] -
-                              analysis.value(r, point=base)[both])
-      first = slice(1, (one or len(samples) - 1) + 1)
-      maps[4][i, j] = np.nanmean(r.history["online_accuracy"][first, g][:, ok])
+      if end is not None:
+        maps[3][i, j] = np.mean(analysis.value(r, point=g, at=end)[both] -
+                                analysis.value(r, point=base, at=end)[both])
+      stop = len(samples) if one is None or one == -1 else one + 1
+      maps[4][i, j] = np.nanmean(
+          r.history["online_accuracy"][1:stop, g][:, ok])
       maps[5][i, j] = acc.mean()
-    titles = ("test acc, 1 pass", f"test acc, {passes} passes",
-              "gain over BP at same lr, 1 pass",
-              f"gain over BP at same lr, {passes} passes",
+    titles = (f"test acc, {first_label}", f"test acc, {last_label}",
+              f"gain over BP at same lr, {first_label}",
+              f"gain over BP at same lr, {last_label}",
               "online acc, first pass", "area under test-acc curve")
     for k, ax in enumerate(row):
       _heat(ax, xs, ys, maps[k], f"depth={r.job.axis_value}: {titles[k]}",

@@ -218,6 +218,11 @@ CASES = [
     Case("unknown reference arm", [DEEP, "--config.reference_arm=zz"],
          "reference_arm='zz' is not an arm; arms are bp, bp_he, bp_oja, "
          "bp_oja_he, bp_oja_hidden, bp_oja_orthogonal, bp_orthogonal."),
+    Case("a claim naming an arm the config lacks",
+         [DEEP, "--config.claim.secondary=('bp_oja_hiden',)"],
+         "claim.secondary names 'bp_oja_hiden', which is not an arm; arms "
+         "are bp, bp_he, bp_oja, bp_oja_he, bp_oja_hidden, "
+         "bp_oja_orthogonal, bp_orthogonal."),
     Case("meta_plasticity: meta_ks not in ks", [META,
                                                 "--config.meta_ks=(7,)"],
          "meta_ks=(7,) must be a non-empty subset of ks=(5, 10, 20, 50)."),

@@ -37,6 +37,7 @@ def tiny_config(**overrides):
   c.axis_values = (1, 2)
   c.model.width = 16
   c.arms = {"bp": {"oja_lr": 0.0}, "bp_oja": {"oja_lr": 0.003}}
+  c.claim.secondary, c.claim.good_inits = (), ()  # Its arms: these two.
   for k, v in overrides.items():
     config_lib._set(c, k, v)  # pylint: disable=protected-access
   return c
@@ -80,6 +81,7 @@ def test_arms_share_initialization_and_sample_order_per_seed(tmp_path):
   # Two jobs with the same numbers (without Oja, oja_layers does nothing).
   config.arms = {"bp": {"oja_lr": 0.0},
                  "bp_again": {"oja_lr": 0.0, "oja_layers": "hidden"}}
+  config.claim = None  # No bp_oja arm: no claim.
   _run(config, tmp_path)
   rows = _rows(tmp_path)
   assert {r["job"] for r in rows} == {"depth=1-bp", "depth=1-bp_again"}
@@ -167,6 +169,7 @@ def test_an_interrupted_checkpoint_write_never_replaces_the_last_good_one(
     tmp_path):
   config = tiny_config(axis_values=(1,), checkpoint_every=100)
   config.arms = {"bp": {"oja_lr": 0.0}}
+  config.claim = None  # No bp_oja arm: no claim.
   _run(config, tmp_path)
   job_dir = tmp_path / "checkpoints" / "depth=1-bp"
   partial = job_dir / "300.orbax-checkpoint-tmp-1234"

@@ -175,6 +175,7 @@ def tiny_run(tmp_path_factory, fast_runs):  # pylint: disable=unused-argument
   c.dataset, c.seeds, c.num_samples, c.eval_every = "digits", 2, 100, 50
   c.axis_values, c.model.width = (1,), 8
   c.arms = {"bp": {"oja_lr": 0.0}}
+  c.claim = None  # No bp_oja arm: no claim.
   config_lib._set(c, "sweep.lr", (0.01, 0.03))  # pylint: disable=protected-access
   run_dir = str(tmp_path_factory.mktemp("run"))
   prepared = runner.prepare(c)

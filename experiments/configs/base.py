@@ -6,12 +6,67 @@ A config may define ``QUICK_ARGS``: the flags of its small test size, used by
 the tests and ``make results ARGS=--quick``.
 """
 
+from __future__ import annotations
+
 import ml_collections
 
 # Seeds of every verdict-bearing config: at least the rule's 10, and enough
 # that the exact sign-flip test (smallest p = 2 / 2^n) can pass Holm over a
 # family of up to 40 comparisons (40 * 2 / 4096 < 0.02).
 VERDICT_SEEDS = 12
+
+
+def claim(statement: str, scope: str, arm: str, reference: str, *,
+          secondary: tuple[str, ...] = (), beside: tuple[str, ...] = (),
+          metric: str = "test_accuracy",
+          at_passes: tuple[float, ...] = (), at_end: bool = True,
+          axis_min: float | None = None,
+          gains_below: float | None = None, gains_above: float | None = None,
+          chosen_on: str = "", tested_on: str = "",
+          good_inits: tuple[str, ...] = (),
+          layer_depths: tuple[int, ...] = ()) -> ml_collections.ConfigDict:
+  """The claim a verdict config tests, as data (``config.claim``).
+
+  ``experiments.claims`` evaluates it; ``experiments.config.validate``
+  refuses a claim naming an arm the config does not have.
+
+  Args:
+    statement: the claim in one sentence.
+    scope: the settings the verdict counts, in words.
+    arm: the Oja arm whose comparisons decide the verdict (with
+      ``chosen_on``: the rule, ``bp_oja``, chosen on a sweep's Oja rates > 0).
+    reference: its baseline (with ``chosen_on``: ``bp``, Oja rate 0).
+    secondary: arms compared with ``reference`` at the same settings and
+      evaluation points, reported beside the verdict. The Holm family is
+      ``arm``'s and ``secondary``'s comparisons together.
+    beside: arms compared with ``reference`` in tables of their own (their
+      own family), e.g. the tricks, or BP next to feedback alignment.
+    metric: the history key the claim compares.
+    at_passes: evaluation points, in passes over the training set (one
+      pass = the training samples the dataset gives the job, validation
+      held out). A point a run does not reach, or has no evaluation at, is
+      named in the section's scope with the reason.
+    at_end: also compare at the last evaluation.
+    axis_min: count only the axis values >= this (None: every value).
+    gains_below, gains_above: with ``model_gain`` swept, count the gains
+      <= ``gains_below`` or >= ``gains_above``; the others are reported in
+      the family.
+    chosen_on, tested_on: the arms of a validation-chosen comparison: each
+      rule at its best grid point of ``chosen_on``, compared on
+      ``tested_on`` ("": arms compared as they are).
+    good_inits: init schemes whose arms ``{reference}_{init}`` and
+      ``{arm}_{init}`` tell depth from initialization (deep_online).
+    layer_depths: axis values of the per-layer activation table.
+  """
+  return ml_collections.ConfigDict({
+      "statement": statement, "scope": scope, "arm": arm,
+      "reference": reference, "secondary": tuple(secondary),
+      "beside": tuple(beside), "metric": metric,
+      "at_passes": tuple(float(p) for p in at_passes), "at_end": at_end,
+      "axis_min": axis_min, "gains_below": gains_below,
+      "gains_above": gains_above, "chosen_on": chosen_on,
+      "tested_on": tested_on, "good_inits": tuple(good_inits),
+      "layer_depths": tuple(layer_depths)})
 
 
 def _training(c: ml_collections.ConfigDict) -> None:

@@ -29,6 +29,7 @@ INIT_RATES = {
     "bp_oja_orthogonal": {"lr": 0.003, "oja_lr": 0.003},
 }
 PASSES = 3
+DEEP = 10  # The claim counts depths >= DEEP.
 
 # The test size (tests and `make results ARGS=--quick`).
 QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=200",
@@ -56,4 +57,13 @@ def get_config() -> ml_collections.ConfigDict:
                "model": {"kernel_init": arm.split("_")[-1]}}
          for arm, rates in INIT_RATES.items()},
   })
+  c.claim = base.claim(
+      "In deep networks trained online, Oja's rule lets backprop learn "
+      "where plain backprop does poorly (accuracy against depth); the "
+      "good-init arms tell whether this is a rescue from depth or from "
+      "Xavier initialization.",
+      f"depth >= {DEEP} hidden layers, after 1 pass and after {PASSES}, "
+      "Xavier init", "bp_oja", "bp", secondary=("bp_oja_hidden",),
+      at_passes=(1,), at_end=True, axis_min=DEEP,
+      good_inits=("he", "orthogonal"), layer_depths=(10, 20))
   return c

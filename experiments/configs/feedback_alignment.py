@@ -43,4 +43,11 @@ def get_config() -> ml_collections.ConfigDict:
       "fa_oja": {**fa, **FA_OJA, "oja_layers": "all"},
       "fa_oja_hidden": {**fa, **FA_OJA_HIDDEN, "oja_layers": "hidden"},
   })
+  c.claim = base.claim(
+      "Feedback alignment (fixed random feedback weights) learns better "
+      "with Oja's rule added (higher accuracy); the paper also argues it "
+      "keeps weights from growing, which the weight- and activation-norm "
+      "tables test separately (the verdict counts accuracy only).",
+      "fa_oja vs fa, final test accuracy", "fa_oja", "fa",
+      secondary=("fa_oja_hidden",), beside=("bp",), at_end=True)
   return c

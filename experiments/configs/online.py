@@ -44,4 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
       "bp_oja": {**OJA, "oja_layers": "all"},
       "bp_oja_hidden": {**OJA_HIDDEN, "oja_layers": "hidden"},
   })
+  c.claim = base.claim(
+      "Under online (batch-1) learning, adding Oja's rule to backprop "
+      "improves on plain backprop, for the reference network and a wider "
+      "one, over one pass and several passes.",
+      "both widths, after 1 pass and at the end", "bp_oja", "bp",
+      secondary=("bp_oja_hidden",), at_passes=(1,), at_end=True)
   return c

@@ -38,4 +38,11 @@ def get_config() -> ml_collections.ConfigDict:
       "bp_oja_rec": {"oja_lr": OJA_LR, "oja_layers": "W_rec"},
       "bp_oja_in": {"oja_lr": OJA_LR, "oja_layers": "W_in"},
   })
+  # The attribution arms (Oja on one matrix) are reported, in the family.
+  c.claim = base.claim(
+      "Oja's rule improves the short-term memory (memory capacity) of "
+      "recurrent networks trained by backpropagation through time.",
+      "bp_oja vs bp at every (initial radius, SGD rate)", "bp_oja", "bp",
+      secondary=("bp_oja_rec", "bp_oja_in"), metric="memory_capacity",
+      at_end=True)
   return c

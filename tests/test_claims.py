@@ -1,0 +1,176 @@
+"""Claims as data: a declared claim evaluated on hand-built runs.
+
+A config declares its claim (``experiments.configs.base.claim``); these tests
+build job results with known per-seed accuracies, so the paired differences
+and the verdict are known by hand, and check what ``experiments.claims``
+makes of them: evaluation points in passes over the dataset the run trained
+on, a point the run does not reach named with the reason, and a claim that
+names an arm the config lacks refused at validation.
+"""
+
+import importlib
+import os
+import re
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from experiments import analysis
+from experiments import claims
+from experiments import config as config_lib
+from experiments import data as data_lib
+from experiments import runner
+from experiments.configs import base
+
+SEEDS = 12
+DIGITS_PASS = 1437  # sklearn's 1,797 digits less 36 test images per class.
+VERDICT_CONFIGS = ("online", "deep_online", "bad_init", "tricks",
+                   "feedback_alignment", "recurrent_memory", "landscape")
+
+
+def _config(dataset="digits", **claim_fields):
+  c = base.get_base_config()
+  c.experiment = "synthetic"  # No experiment-specific section: generic.
+  c.dataset = dataset
+  c.seeds = SEEDS
+  c.arms = {"bp": {"oja_lr": 0.0}, "bp_oja": {"oja_lr": 0.001}}
+  fields = {"at_passes": (1,), "at_end": True, **claim_fields}
+  c.claim = base.claim("Oja helps.", "the one network", "bp_oja", "bp",
+                       **fields)
+  return c
+
+
+def _result(config, arm, samples, acc_ExS):
+  acc = np.asarray(acc_ExS, np.float64)[:, None, :]  # (E, G=1, S)
+  job = runner.Job(arm, None, arm, config)
+  return runner.JobResult(job, [{}], {
+      "samples": np.asarray(samples, np.float64),
+      "test_accuracy": acc,
+      "online_accuracy": np.full_like(acc, 0.5),
+      "diverged_at": np.full(acc.shape, -1.0)})
+
+
+# Per seed: BP's accuracies, and BP + Oja's differences at each evaluation.
+BP = 0.3 + 0.01 * np.arange(SEEDS)
+SIGNS = np.where(np.arange(SEEDS) % 2, 1.0, -1.0)
+DIFF_FIRST = 0.05 * SIGNS  # Mean 0: no difference after the first pass.
+DIFF_END = 0.1 + 0.01 * SIGNS  # Every seed better: mean 0.1.
+
+
+def _run(tmp_path, config, samples):
+  bp = np.stack([BP] * len(samples))
+  oja = bp.copy()
+  oja[1], oja[-1] = bp[1] + DIFF_FIRST, bp[-1] + DIFF_END
+  return analysis.from_results(str(tmp_path), config, [
+      _result(config, "bp", samples, bp),
+      _result(config, "bp_oja", samples, oja)])
+
+
+def _t_interval(d) -> str:
+  """Mean and 98% Student-t interval of differences ``d``, by the formula."""
+  half = scipy_stats.t.ppf(0.99, len(d) - 1) * np.std(d, ddof=1) / np.sqrt(
+      len(d))
+  return f"{d.mean():.4f} [{d.mean() - half:.4f}, {d.mean() + half:.4f}]"
+
+
+def _rows(table: str) -> dict[str, list[str]]:
+  """A comparison table's rows by setting: the cells after the setting."""
+  rows = {}
+  for line in table.splitlines()[2:]:
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    rows[cells[0]] = cells[1:]
+  return rows
+
+
+def test_train_size_is_one_pass_of_the_loaded_data():
+  assert data_lib.train_size("digits") == DIGITS_PASS == len(
+      data_lib.load("digits").train_y)
+  assert data_lib.train_size("embedded_mnist", validation=1000) == 3000
+
+
+def test_a_declared_claim_on_a_synthetic_run(tmp_path):
+  # digits: one pass is 1,437 samples; the run evaluates after 1 and 2.
+  run = _run(tmp_path, _config(), [0, DIGITS_PASS, 2 * DIGITS_PASS])
+  section = claims.section(run)
+  rows = _rows(dict(section.tables)[
+      "Paired difference in test accuracy against bp"])
+  assert list(rows) == ["1 pass (1437)", "end (2874 samples)"]
+  first, end = rows["1 pass (1437)"], rows["end (2874 samples)"]
+  assert first[0] == end[0] == "bp_oja - bp"
+  # By hand: the mean of the per-seed differences, and the exact sign-flip
+  # p: at the end all 12 differences are positive, p = 2 / 2^12, Holm over
+  # the family's 2 comparisons doubles it (< 0.02: significant, better).
+  assert first[1] == _t_interval(DIFF_FIRST) == "0.0000 [-0.0410, 0.0410]"
+  assert end[1] == _t_interval(DIFF_END)
+  assert float(end[2]) == pytest.approx(2 / 2**SEEDS, rel=1e-3)
+  assert float(end[3]) == pytest.approx(2 * 2 / 2**SEEDS, rel=1e-3)
+  assert end[4] == "yes, better" and first[4] == "no"
+  # 1 of 2 settings better, none worse: reproduced (B >= N/2, W = 0).
+  assert section.verdict == "reproduced"
+  assert section.evidence.startswith(
+      "`bp_oja` significantly better in 1/2 claim settings, significantly "
+      "worse in 0/2")
+  assert section.claim == "Oja helps."
+  assert section.scope == "the one network"  # Every point evaluated.
+
+
+def test_one_pass_follows_the_dataset(tmp_path):
+  # The same samples on embedded_mnist (4,000 per pass) never reach a pass:
+  # the section says so, and only the end is compared.
+  run = _run(tmp_path, _config("embedded_mnist"),
+             [0, DIGITS_PASS, 2 * DIGITS_PASS])
+  section = claims.section(run)
+  assert section.scope == (
+      "the one network; 1 pass: not evaluated: the run stops at 0.719 "
+      "passes (2,874 samples; one pass is 4,000)")
+  rows = _rows(section.tables[1][1])
+  assert list(rows) == ["end (2874 samples)"]
+  assert section.verdict == "reproduced"  # 1/1 better.
+
+
+def test_a_point_with_no_evaluation_there_says_why(tmp_path):
+  run = _run(tmp_path, _config(), [0, 1000, 3000])
+  section = claims.section(run)
+  assert section.scope.endswith(
+      "1 pass: not evaluated: no evaluation at 1,437 samples "
+      "(eval_every=500)")
+  assert list(_rows(section.tables[1][1])) == ["end (3000 samples)"]
+
+
+def test_a_shorter_run_evaluates_nothing_it_does_not_reach(tmp_path):
+  run = _run(tmp_path, _config(at_end=False), [0, 500, 1000])
+  section = claims.section(run)
+  assert section.scope.endswith(
+      "1 pass: not evaluated: the run stops at 0.696 passes (1,000 "
+      "samples; one pass is 1,437)")
+  assert section.verdict == "no verdict"
+  assert section.evidence == "no claim settings in this run."
+
+
+def test_a_claim_naming_an_arm_the_config_lacks_is_refused():
+  config = _config()
+  config.claim.secondary = ("bp_oja_hidden",)
+  with pytest.raises(config_lib.ConfigError) as err:
+    config_lib.validate(config)
+  assert str(err.value) == ("claim.secondary names 'bp_oja_hidden', which "
+                            "is not an arm; arms are bp, bp_oja.")
+  assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", VERDICT_CONFIGS)
+def test_every_verdict_config_declares_a_valid_claim(name):
+  config = importlib.import_module(f"experiments.configs.{name}").get_config()
+  assert config.claim.statement and config.claim.scope
+  config_lib.check_claim(config)
+  assert name in claims.SECTIONS
+
+
+def test_claims_py_holds_no_sizes_passes_or_thresholds():
+  path = os.path.join(os.path.dirname(claims.__file__), "claims.py")
+  with open(path) as f:
+    code = "\n".join(line.split("#")[0] for line in f)
+  assert not re.search(r"\b(4000|12000|3000)\b", code)
+  assert not re.search(r"passes = \d|>= 10\b|<= 0\.5|>= 2\.0", code)
+  for arm in ("bp_oja_hidden", "fa_oja", "bp_oja_rec", "bp_oja_in"):
+    assert f'"{arm}"' not in code, arm
