@@ -46,6 +46,18 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                           "configs")
 PREVIOUS = "4136eac"  # The last RESULTS.md made before the records.
 RUN_RECORD = "results_run.json"  # What results.py ran, in the run directory.
+# Which statistics code made the records' numbers (experiments/stats.py).
+STATISTICS = (
+    "Statistics: t intervals, sign-flip p-values and bootstrap resampling "
+    "come from scipy.stats (ttest_1samp, permutation_test, bootstrap) and "
+    "give the records' numbers exactly (the records were made by the "
+    "earlier hand-written versions: intervals equal to 1e-15, exact p "
+    "identical, ratio intervals identical), except the Monte Carlo "
+    "sign-flip p-values of meta_plasticity (100 held-out episodes, more "
+    "pairs than the exact test enumerates): scipy draws its random flips "
+    "differently, so rendered again they would move by Monte Carlo noise "
+    "(about +-0.0002 at p ~ 0.002; the closest significance call, Holm p "
+    "0.00714, stays below 0.02).")
 
 
 class Outcome(NamedTuple):
@@ -223,7 +235,7 @@ def render(outcomes: list[Outcome],
       "paper. Experiments without a record have not been run on this code.",
       "", analysis.RULE,
       "Learning rates and Oja rates were chosen on a validation split, "
-      "never on the test set (docs/tuning.md).", "",
+      "never on the test set (docs/tuning.md).", "", STATISTICS, "",
       "| experiment | verdict | evidence |", "|---|---|---|"]
   for o in outcomes:
     s = sections[o.name]
