@@ -91,6 +91,7 @@ def test_arms_share_initialization_and_sample_order_per_seed(tmp_path):
   assert by[("bp", 0, 200)] != by[("bp", 1, 200)]
 
 
+@pytest.mark.slow  # End to end (make test-slow): keeps make test under 3 min.
 def test_splits_give_each_seed_its_own_train_test_split(tmp_path):
   config = tiny_config(axis_values=(1,), split_per_seed=True)
   for d in ("split", "alone", "other"):

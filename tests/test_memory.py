@@ -98,6 +98,7 @@ def test_perfect_recall_has_memory_capacity_k_and_noise_has_about_zero():
       "memory_capacity"] < 0.1
 
 
+@pytest.mark.slow  # End to end (make test-slow): keeps make test under 3 min.
 def test_zero_oja_rate_is_plain_sgd_and_runs_are_paired():
   model = models.RNN(hidden=6, outputs=2)
   cfg = _cfg(lr=0.1, oja_lr=0.0, **{"model.hidden": 6, "memory.delays": 2})

@@ -121,7 +121,8 @@ def test_explicit_errors_equal_autodiff_through_the_model(feedback):
     assert not np.allclose(bp["layer_0"]["kernel"], ours["layer_0"]["kernel"])
 
 
-@pytest.mark.parametrize("feedback", ["backprop", "random"])
+@pytest.mark.parametrize("feedback", [
+    "backprop", pytest.param("random", marks=pytest.mark.slow)])  # Time.
 def test_meta_gradient_matches_finite_differences(feedback):
   with _enable_x64(True):
     pool = _pool(dtype=np.float64)

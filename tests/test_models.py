@@ -89,6 +89,7 @@ def test_orthogonal_init_gives_orthonormal_columns_or_rows():
     np.testing.assert_allclose(gram, np.eye(min(shape)), atol=1e-5)
 
 
+@pytest.mark.slow  # End to end (make test-slow): keeps make test under 3 min.
 def test_orthogonal_init_of_a_deep_mlp_compiles_and_finishes_under_jit_vmap():
   # Several LAPACK QR calls in one jit(vmap) program deadlocked XLA:CPU; run
   # in a subprocess so a regression fails on its timeout instead of hanging.

@@ -325,6 +325,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(
 # --- Run directories ---------------------------------------------------------
 
 
+@pytest.mark.slow  # End to end (make test-slow): keeps make test under 3 min.
 def test_a_second_process_on_a_busy_workdir_exits_2_at_once(tmp_path):
   workdir = tmp_path / "run"
   held = rundir.open_workdir(str(workdir), "deep_online")  # A running run.
