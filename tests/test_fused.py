@@ -159,24 +159,14 @@ def test_the_loop_leaves_the_generic_paths_state_after_each_chunk():
   _assert_same(reference, (done.states, reference[1]), states)
 
 
-def test_a_schedule_is_read_from_the_state_each_step():
+@pytest.mark.parametrize("tx", [
+    # A schedule: read from the state each step.
+    ojax.sgd_oja(optax.linear_schedule(0.3, 0.01, 20), 0.05),
+    # Arrays, as optax.inject_hyperparams passes them: used as given.
+    ojax.sgd_oja(jnp.asarray(0.1), jnp.asarray(0.05)),
+], ids=["schedule", "arrays"])
+def test_the_fused_step_reads_each_steps_rates_as_the_generic_one(tx):
   model = models.MLP(features=FEATURES)
-  tx = ojax.sgd_oja(optax.linear_schedule(0.3, 0.01, 20), 0.05)
-  fast = train.classifier_task(model, tx)
-  assert isinstance(fast.step, fused.FusedStep)
-  generic = train.classifier_task(model, tx, fast=False)
-  params, keys = _params()
-  states = train.TrainState(params, jax.vmap(tx.init)(params), {}, keys,
-                            jnp.full(3, -1, jnp.int32))
-  both = _compiled(lambda s: (_train(generic, s, 24), _train(fast, s, 24)),
-                   states)
-  _assert_same(*both(states), states)
-
-
-def test_rates_given_as_arrays_are_used_as_given():
-  """As optax.inject_hyperparams passes them: not kept in a state."""
-  model = models.MLP(features=FEATURES)
-  tx = ojax.sgd_oja(jnp.asarray(0.1), jnp.asarray(0.05))
   fast = train.classifier_task(model, tx)
   assert isinstance(fast.step, fused.FusedStep)
   generic = train.classifier_task(model, tx, fast=False)
