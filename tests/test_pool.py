@@ -1,0 +1,114 @@
+"""The worker pool (experiments/pool.py): its size, cores, flags and order.
+
+No JAX program is compiled; one test starts a pool of two spawned workers
+(each imports the harness and JAX: about two seconds of CPU apiece).
+"""
+
+import io
+import os
+import time
+
+import pytest
+
+from experiments import pool
+from experiments import progress
+
+FLAG = "--xla_cpu_multi_thread_eigen=false"
+
+
+def _echo(value, delay):
+  """Returns ``value`` after ``delay`` seconds (a worker's call)."""
+  time.sleep(delay)
+  return value
+
+
+def _fail(name):
+  raise ValueError(f"job {name} failed")
+
+
+def _done(tracker):
+  """Which of the tracker's items are marked complete."""
+  return tracker._complete.tolist()  # pylint: disable=protected-access
+
+
+def _tracker(n):
+  return progress.Tracker([progress.Item(1)] * n, stream=io.StringIO(),
+                          tty=False)
+
+
+@pytest.mark.parametrize("workers,calls,expected", [
+    (0, 10, 4), (0, 3, 3), (0, 1, 1), (2, 10, 2), (8, 5, 5), (1, 1, 1),
+    (6, 6, 6)])
+def test_size_is_workers_or_one_per_core_at_most_one_per_call(
+    monkeypatch, workers, calls, expected):
+  monkeypatch.setattr(pool, "cores", lambda: [0, 2, 5, 7])
+  assert pool.size(workers, calls) == expected
+
+
+def test_cores_follow_the_affinity(monkeypatch):
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5, 1, 3},
+                      raising=False)
+  assert pool.cores() == [1, 3, 5]
+  monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+  monkeypatch.setattr(os, "cpu_count", lambda: 3)
+  assert pool.cores() == [0, 1, 2]
+  monkeypatch.setattr(os, "cpu_count", lambda: None)
+  assert pool.cores() == [0]
+
+
+def test_cores_of_this_process():
+  if hasattr(os, "sched_getaffinity"):
+    assert pool.cores() == sorted(os.sched_getaffinity(0))
+  assert pool.cores() and all(isinstance(c, int) for c in pool.cores())
+
+
+@pytest.mark.parametrize("before,after", [
+    ({}, FLAG),
+    ({"XLA_FLAGS": "--xla_foo=1"}, f"--xla_foo=1 {FLAG}"),
+    ({"XLA_FLAGS": ""}, FLAG),
+    # The user's choice (or an earlier call) stands.
+    ({"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=true"},
+     "--xla_cpu_multi_thread_eigen=true"),
+    ({"XLA_FLAGS": FLAG}, FLAG),
+])
+def test_single_threaded_sets_the_given_environment(monkeypatch, before,
+                                                    after):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_untouched=1")
+  env = dict(before, OTHER="x")
+  pool.single_threaded(env)
+  assert env == {"XLA_FLAGS": after, "OTHER": "x"}
+  assert os.environ["XLA_FLAGS"] == "--xla_untouched=1"
+
+
+def test_in_process_runs_in_order_and_counts_each_item():
+  calls = [pool.Call(_echo, ("a", 0), 2), pool.Call(_echo, ("b", 0), 0),
+           pool.Call(_echo, ("c", 0), 1)]
+  with _tracker(3) as t:
+    assert pool.run(calls, t, in_process=True) == ["a", "b", "c"]
+    assert _done(t) == [True, True, True]
+  with _tracker(0) as t:
+    assert pool.run([], t) == []
+
+
+def test_in_process_raises_the_call_s_exception():
+  calls = [pool.Call(_echo, ("a", 0), 0), pool.Call(_fail, ("x",), 1),
+           pool.Call(_echo, ("never", 0), 2)]
+  with _tracker(3) as t:
+    with pytest.raises(ValueError, match="^job x failed$"):
+      pool.run(calls, t, in_process=True)
+    assert _done(t) == [True, False, False]
+
+
+def test_workers_return_results_in_call_order(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1")
+  # The first call finishes last: results still come in call order.
+  calls = [pool.Call(_echo, ("slow", 1.0), 0),
+           pool.Call(_echo, ("fast", 0.0), 1),
+           pool.Call(_echo, ("faster", 0.0), 2)]
+  with _tracker(3) as t:
+    assert pool.run(calls, t, workers=2) == ["slow", "fast", "faster"]
+    assert _done(t) == [True, True, True]
+  assert os.environ["XLA_FLAGS"] == "--xla_foo=1"  # Restored after the run.
+  # A worker's exception comes back through progress.Tracker.wait, tested
+  # with a spawned worker in test_progress.py; a second pool here would cost
+  # two more worker starts.
