@@ -48,8 +48,11 @@ def array(values: Any) -> np.ndarray:
 def result_from_json(job: Job, saved: dict[str, Any]) -> JobResult:
   """The :class:`JobResult` of a ``jobs/<id>.json`` (KeyError, TypeError or
   ValueError if it is damaged)."""
+  history = saved["history"]
+  if not isinstance(history, dict):
+    raise TypeError(f"history is a {type(history).__name__}, not a mapping")
   return JobResult(job, saved["grid"],
-                   {k: array(v) for k, v in saved["history"].items()})
+                   {k: array(v) for k, v in history.items()})
 
 
 def result_to_json(result: JobResult, fingerprint: dict[str, Any]
