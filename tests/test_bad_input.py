@@ -226,6 +226,10 @@ CASES = [
     Case("meta_plasticity: meta_ks not in ks", [META,
                                                 "--config.meta_ks=(7,)"],
          "meta_ks=(7,) must be a non-empty subset of ks=(5, 10, 20, 50)."),
+    Case("meta_plasticity: claim names an unknown rule",
+         [META, "--config.claim.reference=bp_sgd"],
+         "claim names 'bp_sgd', which is not a rule of meta_plasticity; "
+         "rules are bp, bp_oja, bp_acc, fa."),
     # --- Overrides that would change nothing.
     Case("a field every arm sets", [DEEP, "--config.lr=0.5"],
          "--config.lr changes nothing: every arm sets lr (bp, bp_he, bp_oja, "

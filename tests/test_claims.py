@@ -174,3 +174,31 @@ def test_claims_py_holds_no_sizes_passes_or_thresholds():
   assert not re.search(r"passes = \d|>= 10\b|<= 0\.5|>= 2\.0", code)
   for arm in ("bp_oja_hidden", "fa_oja", "bp_oja_rec", "bp_oja_in"):
     assert f'"{arm}"' not in code, arm
+
+
+def test_meta_plasticity_claim_comes_from_its_config():
+  from experiments.configs import meta_plasticity as meta_config  # pylint: disable=g-import-not-at-top
+  from experiments.tasks import meta_report  # pylint: disable=g-import-not-at-top
+  config = meta_config.get_config()
+  config.feedbacks, config.meta_seeds = ("random",), 2
+  rng = np.random.default_rng(0)
+  episodes = 12
+  accuracy = {name: rng.uniform(0.2, 0.4, episodes).tolist()
+              for name in ("bp", "bp_acc", "bp_oja", "fa")}
+  accuracy["meta_fa_s0"] = [a + 0.3 for a in accuracy["bp"]]
+  accuracy["meta_fa_s1"] = [a + 0.1 for a in accuracy["bp"]]
+  tests = [{"k": 5, "accuracy": accuracy}, {"k": 50, "accuracy": accuracy}]
+  primary, family = meta_report._comparisons(config, tests)  # pylint: disable=protected-access
+  # Declared: every rule in compared_with plus the feedback's own base (fa).
+  assert [(c.setting, c.reference) for c in family] == [
+      (f"K={k}", r) for k in (5, 50) for r in ("bp", "bp_acc", "bp_oja", "fa")]
+  # The verdict: the declared reference at K <= scarce_max_k only; the
+  # learned rule is the mean of its meta-seeds (+0.2 over bp here).
+  assert [(c.setting, c.reference) for c in primary] == [("K=5", "bp")]
+  assert primary[0].diff.mean == pytest.approx(0.2)
+  config.claim.reference, config.claim.compared_with = "bp_oja", ("bp_oja",)
+  primary, family = meta_report._comparisons(config, tests)  # pylint: disable=protected-access
+  assert [c.reference for c in family] == ["bp_oja", "fa"] * 2
+  assert [(c.setting, c.reference) for c in primary] == [("K=5", "bp_oja")]
+  del config.claim  # A run directory from before claims: the config file's.
+  assert meta_report.claim(config) == meta_config.get_config().claim

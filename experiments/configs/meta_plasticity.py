@@ -130,4 +130,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.processes = 0  # worker processes (0: one per core)
   # Verdict: K values counted as data-scarce.
   c.scarce_max_k = 20
+  # The claim, as data (experiments/tasks/meta_report.py evaluates it): the
+  # main feedback's meta-learned rule (mean over meta-seeds) against
+  # `reference` at each K <= scarce_max_k decides the verdict; the Holm
+  # family adds, per feedback, the learned rule against every rule in
+  # `compared_with` and against that feedback's tuned error-term rule.
+  c.claim = ml_collections.ConfigDict(dict(
+      statement=("Meta-learned local plasticity rules that incorporate "
+                 "Oja's principle match and surpass standard backpropagation "
+                 "when data are scarce."),
+      reference="bp",
+      compared_with=("bp", "bp_acc", "bp_oja")))
   return c

@@ -69,7 +69,7 @@ from experiments.tasks import episodes
 from experiments.tasks import meta
 from experiments.tasks import meta_report
 # The rule names and labels, public here too.
-from experiments.tasks.meta_report import BASE, CLAIM, SHORT  # noqa: F401
+from experiments.tasks.meta_report import BASE, SHORT  # noqa: F401
 from ojax import models
 
 FEEDBACKS = ("random", "backprop")
@@ -127,6 +127,12 @@ def prepare(config: ml_collections.ConfigDict, cli_fields: Sequence[str] = (),
   if not fbs or len(set(fbs)) != len(fbs) or not set(fbs) <= set(FEEDBACKS):
     raise ConfigError(f"feedbacks={fbs!r} must list distinct values from "
                      f"{FEEDBACKS}; the first is the main setting.")
+  declared = meta_report.claim(config)
+  for name in (declared.reference, *declared.compared_with):
+    if name not in meta_report.BASELINES:
+      raise ConfigError(
+          f"claim names {name!r}, which is not a rule of meta_plasticity; "
+          f"rules are {', '.join(meta_report.BASELINES)}.")
   if config.dataset not in ("embedded_mnist",):
     raise ConfigError(f"dataset={config.dataset!r}: meta_plasticity builds "
                      "rotated-digit classes from 28x28 images; use "

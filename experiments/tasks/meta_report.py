@@ -21,12 +21,18 @@ from experiments import analysis
 from experiments import figures
 from experiments import report
 from experiments import stats
+from experiments.configs import meta_plasticity as meta_config
 
-CLAIM = ("Meta-learned local plasticity rules that incorporate Oja's "
-         "principle match and surpass standard backpropagation when data are "
-         "scarce.")
 BASE = {"backprop": "bp", "random": "fa"}  # Tuned error-term rule per feedback.
 SHORT = {"backprop": "BP feedback", "random": "random feedback"}
+# The tuned rules every learned rule is tested against (what a claim names).
+BASELINES = ("bp", "bp_oja", "bp_acc", "fa")
+
+
+def claim(config) -> Any:
+  """The config's declared claim (``config.claim``); a run directory made
+  before claims were declared gets the meta_plasticity config's."""
+  return config.get("claim") or meta_config.get_config().claim
 
 
 def _seed_mean(test, base: str, seeds: int) -> Optional[np.ndarray]:
@@ -42,10 +48,12 @@ def _comparisons(config, tests) -> tuple[list[analysis.Comparison],
                                          list[analysis.Comparison]]:
   """(primary, family), Holm-adjusted together over the family.
 
-  Primary: main-setting meta rule - bp at each data-scarce K. The family
+  Primary: main-setting meta rule - the claim's reference at each
+  data-scarce K (``config.claim``, declared in the config). The family
   adds every other meta - baseline comparison in the table.
   """
   main = config.feedbacks[0]
+  declared = claim(config)
   family = []
   for t in tests:
     acc = {r: np.asarray(v, np.float64) for r, v in t["accuracy"].items()}
@@ -53,14 +61,16 @@ def _comparisons(config, tests) -> tuple[list[analysis.Comparison],
       m = _seed_mean(t, BASE[fb], config.meta_seeds)
       if m is None:
         continue
-      refs = ["bp", "bp_acc", "bp_oja"] + (["fa"] if fb == "random" else [])
+      refs = list(declared.compared_with)
+      refs += [BASE[fb]] if BASE[fb] not in refs else []
       for ref in refs:
         family.append(analysis.Comparison(
             f"K={t['k']}", f"meta_{BASE[fb]}", ref,
             stats.paired_difference(m, acc[ref])))
   family = analysis.adjust(family)
   primary = [c for c in family
-             if c.arm == f"meta_{BASE[main]}" and c.reference == "bp" and
+             if c.arm == f"meta_{BASE[main]}" and
+             c.reference == declared.reference and
              int(c.setting[2:]) <= config.scarce_max_k]
   return primary, family
 
@@ -252,7 +262,7 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
         f"{c.setting} vs {c.reference}: {c.diff} (p {c.p_adj:.3g})"
         for c in other) + ".")
 
-  names = ["bp", "bp_oja", "bp_acc", "fa"] + [f"meta_{BASE[fb]}"
+  names = list(BASELINES) + [f"meta_{BASE[fb]}"
                                               for fb in config.feedbacks]
 
   def per_rule(t, key):
@@ -404,7 +414,8 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
                      "wall s / meta-step"], meta_rows)),
   ] + kept_tables
   section = report.Section(
-      CLAIM, f"data-scarce K <= {config.scarce_max_k}, {SHORT[main]} "
+      claim(config).statement,
+      f"data-scarce K <= {config.scarce_max_k}, {SHORT[main]} "
       "(main setting)", tables, [os.path.basename(p) for p in figures],
       verdict, evidence)
   return report.write_section(run_dir, section, config.experiment, preamble)
