@@ -152,6 +152,17 @@ MUTANTS = (
            "[p.history[k] for p in parts[::-1]]",
            ("tests/test_schema.py",),
            "merge_splits joins the seeds in reverse split order"),
+    Mutant("grid_point_zero_everywhere", "experiments/runner.py",
+           "rates = {name: np.repeat([g[field] for g in grid], num_seeds)",
+           "rates = {name: np.repeat([grid[0][field] for g in grid], "
+           "num_seeds)",
+           ("tests/test_runner.py",),
+           "every sweep point trains at grid point 0's rates"),
+    Mutant("adam_two_copies", "experiments/runner.py",
+           'copies = 4 if cfg.optimizer == "adam" else 2',
+           "copies = 2",
+           ("tests/test_runner.py",),
+           "the size estimate forgets Adam's two moments"),
 )
 
 

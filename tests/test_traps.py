@@ -506,3 +506,24 @@ def test_library_modules_declare_their_public_names(module):
   scope = {}
   exec(f"from {module.__name__} import *", scope)  # pylint: disable=exec-used
   assert {k for k in scope if not k.startswith("__")} == set(module.__all__)
+
+
+@pytest.mark.parametrize("mask", [None, models.hidden_mask,
+                                  {"layer_0": {"kernel": True},
+                                   "layer_1": {"kernel": False}}])
+def test_sgd_oja_survives_a_pytree_round_trip(mask):
+  """flax.nnx (and jax.tree) rebuild a transform from its leaves: the mask
+  and the fused step's recognition must survive it (flax 0.12.0's
+  nnx.Optimizer failed with 'missing 3 required keyword-only arguments')."""
+  tx = ojax.sgd_oja(0.1, 0.01, mask=mask)
+  leaves, treedef = jax.tree.flatten(tx)
+  back = jax.tree.unflatten(treedef, leaves)
+  assert isinstance(back, ojax.SgdOja) and back.mask is tx.mask
+  assert back.oja == tx.oja and repr(back) == repr(tx)
+  assert jax.tree.flatten(back)[1] == treedef
+  model = models.MLP(features=(3, 2))
+  assert isinstance(fused.select_step(model, back), fused.FusedStep)
+  if mask is None:  # The masks above name an MLP's layers.
+    opt = nnx.Optimizer(nnx.Linear(4, 2, rngs=nnx.Rngs(0)), tx,
+                        wrt=nnx.Param)
+    assert isinstance(opt.tx, ojax.SgdOja) and opt.tx.mask is tx.mask

@@ -374,6 +374,46 @@ class SgdOja(optax.GradientTransformationExtraArgs):
     return _common.full_mask(self.mask, params, fn="ojax.sgd_oja")
 
 
+class _Static:
+  """A pytree node's static data, equal when it holds the same objects (a
+  mask may be an unhashable tree, so it is compared by identity)."""
+
+  __slots__ = ("value",)
+
+  def __init__(self, value: tuple[Any, ...]):
+    self.value = value
+
+  def __eq__(self, other: object) -> bool:
+    return (
+      isinstance(other, _Static)
+      and len(other.value) == len(self.value)
+      and all(a is b for a, b in zip(self.value, other.value, strict=True))
+    )
+
+  def __hash__(self) -> int:
+    return hash(tuple(id(v) for v in self.value))
+
+
+# A NamedTuple is a pytree whose unflatten calls the class with its fields
+# alone; SgdOja's static attributes travel as the node's static data, so a
+# tree round trip (as flax.nnx does with an optimizer's transform) gives the
+# same SgdOja back.
+jax.tree_util.register_pytree_node(
+  SgdOja,
+  lambda tx: (
+    (tx.init, tx.update),
+    _Static((tx.mask, tx.oja, tx._text, tx._fixed)),
+  ),
+  lambda aux, children: SgdOja(
+    *children,
+    mask=aux.value[0],
+    oja=aux.value[1],
+    text=aux.value[2],
+    fixed=aux.value[3],
+  ),
+)
+
+
 def sgd_oja(
   learning_rate: _common.ScalarOrSchedule,
   oja_learning_rate: Optional[_common.ScalarOrSchedule],
