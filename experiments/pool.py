@@ -11,9 +11,12 @@ the run stops (Ctrl-C, an error): see ``experiments.progress``.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from experiments import progress
@@ -48,13 +51,35 @@ def single_threaded(environ=None) -> None:
   train.single_threaded_cpu(os.environ if environ is None else environ)
 
 
+def die_with_parent(parent: int) -> None:
+  """On Linux, has the kernel SIGKILL this process when its parent dies.
+
+  A SIGKILL or SIGTERM of the main process (what ``timeout`` and schedulers
+  send) otherwise leaves the spawned workers running, reparented to init,
+  writing checkpoints into a run directory whose lock is gone. ``parent``:
+  the parent's pid, to catch a parent that died before this call.
+  """
+  if not sys.platform.startswith("linux"):
+    return
+  pr_set_pdeathsig = 1
+  if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig,
+                                             signal.SIGKILL) != 0:
+    return
+  if os.getppid() != parent:
+    os._exit(1)  # pylint: disable=protected-access
+
+
 def init_worker(counter, cpus: list[int], label: str = "worker",
-                shared: Any = None) -> None:
+                shared: Any = None, parent: Optional[int] = None) -> None:
   """Pins a fresh worker process to its own core; logs progress.
 
   The initializer of every pool (:func:`run`); ``shared``: the run's
-  ``progress.Tracker.shared``, fed by the worker.
+  ``progress.Tracker.shared``, fed by the worker; ``parent``: the pid of
+  the process that made the pool: the worker dies with it
+  (:func:`die_with_parent`).
   """
+  if parent is not None:
+    die_with_parent(parent)
   progress.attach(shared)
   with counter.get_lock():
     index = counter.value
@@ -94,7 +119,7 @@ def run(calls: Sequence[Call], tracker: progress.Tracker, workers: int = 0,
     with concurrent.futures.ProcessPoolExecutor(
         size(workers, len(calls)), mp_context=ctx, initializer=init_worker,
         initargs=(ctx.Value("i", 0), cores(), label,
-                  tracker.shared)) as pool:
+                  tracker.shared, os.getpid())) as pool:
       return tracker.wait([pool.submit(c.fn, *c.args) for c in calls],
                           [c.item for c in calls])
   finally:

@@ -6,6 +6,8 @@ No JAX program is compiled; one test starts a pool of two spawned workers
 
 import io
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -112,3 +114,63 @@ def test_workers_return_results_in_call_order(monkeypatch):
   # A worker's exception comes back through progress.Tracker.wait, tested
   # with a spawned worker in test_progress.py; a second pool here would cost
   # two more worker starts.
+
+
+_ORPHAN_PARENT = """
+import io, sys, time
+from experiments import pool, progress
+calls = [pool.Call(time.sleep, (120,), i) for i in range(2)]
+with progress.Tracker([progress.Item(1)] * 2, stream=io.StringIO(),
+                      tty=False) as t:
+  pool.run(calls, t, workers=2)
+"""
+
+
+def _children(pid: int) -> list[int]:
+  out = []
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        with open(f"/proc/{entry}/stat") as f:
+          fields = f.read().rsplit(")", 1)[1].split()
+      except OSError:
+        continue
+      if int(fields[1]) == pid and fields[0] != "Z":
+        out.append(int(entry))
+  return out
+
+
+def _alive(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl")
+def test_workers_die_with_a_killed_parent():
+  """SIGKILL of the main process (a scheduler's, `timeout -s KILL`) used to
+  leave its pinned workers running, reparented to init."""
+  parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_PARENT],
+                            cwd=os.path.dirname(os.path.dirname(
+                                os.path.abspath(__file__))))
+  try:
+    deadline = time.time() + 60
+    workers = []
+    while time.time() < deadline and len(workers) < 2:
+      time.sleep(0.5)  # Spawned workers start a Python of their own.
+      workers = [c for c in _children(parent.pid)
+                 if "spawn_main" in open(f"/proc/{c}/cmdline").read()]
+    assert len(workers) == 2, workers
+    time.sleep(3)  # Past their initializer, inside time.sleep(120).
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(map(_alive, workers)):
+      time.sleep(0.2)
+    assert not any(map(_alive, workers)), workers
+  finally:
+    if parent.poll() is None:
+      parent.kill()
