@@ -39,13 +39,6 @@ from experiments import report
 from experiments import rundir
 from experiments import schema
 from experiments.config import ConfigError, Job
-# Public here too: the names of the run directory, pool and schema that
-# callers of the runner use.
-from experiments.pool import cores, init_worker  # noqa: F401
-from experiments.pool import single_threaded  # noqa: F401
-from experiments.rundir import check_resume, check_workdir  # noqa: F401
-from experiments.rundir import open_workdir, RESTART_KEEPS  # noqa: F401
-from experiments.rundir import where_stopped, Workdir  # noqa: F401
 from experiments.schema import JobResult, merge_splits
 from experiments.tasks import memory
 from ojax import metrics as metrics_lib
@@ -424,7 +417,7 @@ def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
   Nothing is written before the resume check has passed. ``tensorboard``:
   also write TensorBoard event files (``experiments.events``).
   """
-  check_resume(run_dir, prepared.jobs, restart)
+  rundir.check_resume(run_dir, prepared.jobs, restart)
   lead = jax.process_index() == 0  # One host writes; all of them compute.
   if lead:
     report.write_config(run_dir, config)

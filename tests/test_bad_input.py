@@ -27,6 +27,7 @@ import pytest
 from experiments import config as config_lib
 from experiments import data as data_lib
 from experiments import main
+from experiments import rundir
 from experiments import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +65,7 @@ def _file(tmp):
 
 def _hold_lock(tmp):
   os.makedirs(tmp / "run")
-  return runner.open_workdir(str(tmp / "run"), "deep_online")
+  return rundir.open_workdir(str(tmp / "run"), "deep_online")
 
 
 def _stored_fingerprint(*changed: str, damage: bool = False):
@@ -297,7 +298,7 @@ CASES = [
     Case("workdir in use by another process", [*SMALL, "--workdir={tmp}/run"],
          f"--workdir={{tmp}}/run is in use by pid {os.getpid()}; wait for it"
          " to finish or choose another --workdir.", _hold_lock),
-    # --- Resuming under another config (runner.check_resume).
+    # --- Resuming under another config (rundir.check_resume).
     Case("resume with another lr on an arm",
          [*SMALL, "--workdir={tmp}/run"],
          "--workdir={tmp}/run holds job depth=2-bp from another config "

@@ -11,7 +11,7 @@ import pytest
 import ojax
 from experiments import config as config_lib
 from experiments import results
-from experiments import runner as job_runner
+from experiments import rundir
 from experiments.configs import meta_plasticity as mp_config
 from experiments.tasks import episodes
 from experiments.tasks import meta
@@ -228,7 +228,7 @@ def test_a_resume_may_raise_meta_steps_and_nothing_else(tmp_path):
                                 ("meta_lr", 0.01, False)):
     changed = _tiny_config()
     changed[field] = value
-    check = lambda c=changed: job_runner.check_resume(  # pylint: disable=unnecessary-lambda-assignment
+    check = lambda c=changed: rundir.check_resume(  # pylint: disable=unnecessary-lambda-assignment
         str(tmp_path), [job._replace(config=c)], restart=False)
     if allowed:
       check()
