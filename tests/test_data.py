@@ -27,11 +27,34 @@ def test_digits_is_available_offline():
   assert len(d.train_y) + len(d.test_y) == 1797
 
 
-def test_validation_split_is_carved_from_training_data_only():
-  full = data.load("embedded_mnist")
-  val = data.load("embedded_mnist", validation=1000)
+def _rows(x):
+  return [r.tobytes() for r in x]
+
+
+@pytest.mark.parametrize("split", [0, 7])
+def test_validation_is_held_out_of_the_splits_training_data(split):
+  full = data.load("embedded_mnist", split_seed=split)
+  val = data.load("embedded_mnist", split_seed=split, validation=1000)
   assert val.train_x.shape[0] == 3000 and val.test_x.shape[0] == 1000
-  np.testing.assert_array_equal(val.test_x, full.train_x[3000:])
+  assert np.all(np.bincount(val.test_y) == 100)  # Stratified.
+  train, held = _rows(full.train_x), set(_rows(val.test_x))
+  # The split's training set, less the held-out samples, in its order.
+  assert _rows(val.train_x) == [r for r in train if r not in held]
+  assert held <= set(train)
+
+
+def test_no_validation_sample_is_in_any_splits_test_set():
+  held = set(_rows(data.load("embedded_mnist", validation=1000).test_x))
+  for split in range(12):
+    d = data.load("embedded_mnist", split_seed=split)
+    assert not held & set(_rows(d.test_x)), split
+    # Every split holds out the same samples (the pool), in its own order.
+    again = data.load("embedded_mnist", split_seed=split, validation=1000)
+    assert set(_rows(again.test_x)) == held
+  # Splits still draw different test sets.
+  a, b = (set(_rows(data.load("embedded_mnist", split_seed=s).test_x))
+          for s in (0, 1))
+  assert len(a & b) < 500
 
 
 def test_tfds_sets_are_read_with_data_source_and_scaled_to_unit_range():
@@ -56,7 +79,8 @@ def test_missing_tfds_data_fails_in_seconds_with_instructions(tmp_path,
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"name": "imagenet"}, "dataset='imagenet' is not known"),
-    ({"validation": 4000}, "validation=4000 must be between 1 and 3999"),
+    ({"validation": 1001}, "validation=1001 must be between 1 and 1000 for "
+     "embedded_mnist: its validation samples come from a fixed pool"),
 ])
 def test_bad_dataset_arguments_are_named(kwargs, message):
   with pytest.raises(ValueError, match=message):
