@@ -320,8 +320,8 @@ def deep_online(run: analysis.Run, claim: Claim) -> Section:
         if bp_init is not None and oja is not None:
           gain = good[-2] if oja_init is not None else good[-1]
           frac = (str(analysis.ratio_ci(
-              analysis.value(oja, at=at), analysis.value(bp, at=at),
-              analysis.value(bp_init, at=at), analysis.value(bp, at=at)))
+              analysis.scored(oja, at=at), analysis.scored(bp, at=at),
+              analysis.scored(bp_init, at=at), analysis.scored(bp, at=at)))
                   if gain.better else f"n/a ({c.reference}_{init} gains "
                   f"nothing significant over {c.reference})")
           init_rows.append([setting, init, str(gain.diff), frac])
@@ -467,7 +467,7 @@ def tricks(run: analysis.Run, claim: Claim) -> Section:
   trick_rows = [analysis.compare(r, bp, "-") for r in tricks_]
   lines = ["| trick | trick - bp [98% CI] | oja arm | oja - bp [98% CI] | "
            "recovered fraction [98% CI] |", "|---|---|---|---|---|"]
-  acc = lambda r: np.nan_to_num(analysis.value(r))
+  acc = analysis.scored  # A diverged seed scores 0, as in the pairs.
   oja_arms = [(c.arm, primary)] + [
       (arm, [x for x in secondary if x.arm == arm]) for arm in c.secondary]
   for r, t in zip(tricks_, trick_rows):
@@ -678,17 +678,16 @@ def _fmt(point) -> str:
 
 def _paired_points(r, ga: int, gb: int, at: int, setting: str,
                    arms=("bp_oja", "bp"), values=None) -> analysis.Comparison:
-  """Grid point ``ga`` minus ``gb`` of one job, paired over seeds.
+  """Grid point ``ga`` minus ``gb`` of one job, paired over seeds (a seed
+  diverged by evaluation ``at`` scores 0: ``analysis.paired``).
 
-  ``values(r, g) -> (S,)`` replaces the test accuracy at evaluation ``at``.
+  ``values(r, g) -> (S,)`` replaces the test accuracy at evaluation ``at``
+  (a measure of accuracy, e.g. a mean over evaluations).
   """
-  da, db = analysis.diverged(r, ga, at), analysis.diverged(r, gb, at)
-  keep = ~da & ~db
   get = values or (lambda r, g: analysis.value(r, point=g, at=at))
-  return analysis.Comparison(
-      setting, *arms, stats.paired_difference(get(r, ga)[keep],
-                                              get(r, gb)[keep]),
-      (int(da.sum()), int(db.sum())))
+  return analysis.paired(setting, *arms, get(r, ga), get(r, gb),
+                         analysis.diverged(r, ga, at),
+                         analysis.diverged(r, gb, at))
 
 
 def _first_pass_online(r, g: int, one: int) -> np.ndarray:

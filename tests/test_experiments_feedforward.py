@@ -197,7 +197,7 @@ def test_holm_adjustment_can_remove_significance():
   assert three[0].p_adj == pytest.approx(0.045)
 
 
-def test_diverged_seeds_are_left_out_of_the_pairs():
+def test_a_diverged_seed_scores_zero_in_its_pair():
   def result(arm, acc, diverged):
     job = runner.Job(arm, None, arm, None)
     return runner.JobResult(job, [{}], {
@@ -206,8 +206,12 @@ def test_diverged_seeds_are_left_out_of_the_pairs():
   a = result("bp_oja", [0.9, 0.1, 0.8, 0.7], [-1, 30, -1, -1])
   b = result("bp", [0.5, 0.6, 0.4, 0.3], [-1, -1, -1, -1])
   c = analysis.compare(a, b, "s")
-  assert c.diverged == (1, 0) and c.diff.n == 3
-  assert c.diff.mean == pytest.approx(0.4)
+  # Seed 1 diverged: bp_oja scores 0 there, all 4 seeds stay paired.
+  # Differences 0.4, -0.6, 0.4, 0.4: mean 0.15; of the 16 sign flips, 10
+  # reach |sum| >= 0.6 (p = 10/16).
+  assert c.diverged == (1, 0) and c.diff.n == 4 and c.scored
+  assert c.diff.mean == pytest.approx(0.15)
+  assert c.diff.p == pytest.approx(10 / 16)
 
 
 def test_ratio_ci_by_hand():
