@@ -272,7 +272,7 @@ def verdict(primary: Sequence[Comparison],
     return "no verdict", (f"only {seeds} seed(s) per arm; the rule needs at "
                           f"least {MIN_SEEDS_VERDICT}.")
   total = sum(c.diff.n for c in primary)
-  failed = (f"diverged seeds over the {n} settings: `{arm}` "
+  failed = (f"diverged seeds over {n} setting{'s' * (n > 1)}: `{arm}` "
             f"{sum(c.diverged[0] for c in primary)}/{total}, `{ref}` "
             f"{sum(c.diverged[1] for c in primary)}/{total}")
   if all(c.scored for c in primary) and all(

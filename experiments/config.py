@@ -391,8 +391,16 @@ def _check_top(cfg: ml_collections.ConfigDict) -> None:
   fields = ["seeds", "num_samples", "eval_every", "batch_size"]
   if cfg.task == "classifier":
     one_of("dataset", cfg.dataset, data_lib.DATASETS)
+    hidden = cfg.model.hidden
+    if cfg.model.depth == 0 and isinstance(hidden, (tuple, list)) and (
+        not hidden):
+      raise ConfigError(
+          f"model.hidden={tuple(hidden)} has no hidden layer (with "
+          "model.depth=0); the reports compare hidden layers: give at least "
+          "one width, e.g. (100,).")
     fields.append("eval_batch_size")
-    check_number("validation", cfg.validation, integer=True, zero=True)
+    if cfg.validation != data_lib.TEST_SIZE:  # -1: a test set's worth.
+      check_number("validation", cfg.validation, integer=True, zero=True)
     check_number("data_split", cfg.get("data_split", 0), integer=True,
                  zero=True)
     if (cfg.get("data_split", 0) or cfg.get("split_per_seed")) and (
@@ -432,6 +440,17 @@ def _check_overrides(config: ml_collections.ConfigDict,
   """A field given on the command line that the axis, the sweep or every arm
   overrides is an error: it would change nothing."""
   arms = selected_arms(config)
+  if "reference_arm" in cli_fields and config.get("claim"):
+    claim = config.claim
+    chosen = bool(claim.get("chosen_on"))
+    names = (f"rules chosen on arm {claim.chosen_on!r}, compared on arm "
+             f"{claim.tested_on!r}" if chosen else
+             f"{claim.get('arm')!r} against {claim.get('reference')!r}")
+    raise ConfigError(
+        "--config.reference_arm changes nothing: it is the baseline of a "
+        f"run without a claim, and this config's claim names its arms "
+        f"({names}); set --config.claim."
+        f"{'tested_on' if chosen else 'reference'} instead.")
   for field in cli_fields:
     if field.split(".")[0] in ("arms", "sweep", "select_arms"):
       continue
@@ -470,6 +489,106 @@ def check_claim(config: ml_collections.ConfigDict) -> None:
             f"{', '.join(config.arms or ())}.")
   for p in claim.get("at_passes", ()):
     check_number("claim.at_passes", p)
+  if claim.get("chosen_on"):
+    _check_chosen_sweep(config)
+
+
+def _check_chosen_sweep(config: ml_collections.ConfigDict) -> None:
+  """A validation-chosen claim picks each rule's point of the sweep: it
+  needs learning rates, Oja rate 0 (backprop) and a rate > 0 (the Oja
+  rule), and the gains its ``gains_below``/``gains_above`` count."""
+  sweep, claim = config.sweep, config.claim
+  oja = tuple(sweep.get("oja_lr") or ())
+  need = [("lr", "the learning rates each rule is tuned over",
+           "(0.01, 0.1)", bool(sweep.get("lr"))),
+          ("oja_lr", "0 (backprop) and a rate > 0 (backprop + Oja)",
+           "(0.0, 0.001)", 0 in oja and any(
+               isinstance(v, (int, float)) and v > 0 for v in oja))]
+  if claim.get("gains_below") is not None or claim.get(
+      "gains_above") is not None:
+    need.append(("model_gain", "the gains the claim counts", "(0.1, 1.0)",
+                 bool(sweep.get("model_gain"))))
+  for field, what, example, ok in need:
+    if not ok:
+      raise ConfigError(
+          f"sweep.{field}={tuple(sweep.get(field) or ())} does not hold "
+          f"{what}: the claim chooses each rule's point of the sweep on arm "
+          f"{claim.chosen_on!r}; give e.g. --config.sweep.{field}="
+          f"'{example}'.")
+
+
+# Fields that cannot be the axis: the seeds every comparison pairs over,
+# and the task (a job of another task is another experiment).
+NOT_AXIS = ("seed", "seeds", "data_split", "split_per_seed", "task")
+
+
+def _check_axis(config: ml_collections.ConfigDict) -> None:
+  """The axis is a field that changes a job's numbers (not the seeds), and
+  its values are distinct; ``axis_values`` need an axis."""
+  axis, values = config.get("axis"), tuple(config.get("axis_values") or ())
+  if not axis:
+    if values:
+      raise ConfigError(
+          f"axis_values={values} change nothing without an axis; set "
+          "--config.axis=FIELD too (e.g. model.depth), or drop them.")
+    return
+  if not isinstance(axis, str):
+    raise ConfigError(f"axis={axis!r} must be a field name.")
+  allowed = [f for f in flat_fields(config)
+             if f.split(".")[0] not in NOT_NUMERIC + NOT_AXIS]
+  top = axis.split(".")[0]
+  why = ("the seeds are what every comparison pairs over" if top in NOT_AXIS
+         and top != "task" else "a job has one task" if top == "task" else
+         "it changes no job's numbers" if top in NOT_NUMERIC else
+         "it is a group of fields" if isinstance(get(config, axis),
+                                                  ml_collections.ConfigDict)
+         else "")
+  if why:
+    raise ConfigError(f"axis={axis!r} cannot be the axis: {why}; choose one "
+                      f"of {', '.join(allowed)}.")
+  for i, v in enumerate(values):
+    if v in values[:i]:
+      raise ConfigError(f"axis_values={values} repeats {v!r}; give each "
+                        "value once.")
+
+
+def _check_unused(jobs: Sequence[Job], cli_fields: Sequence[str]) -> None:
+  """A field given on the command line that no job reads is an error."""
+  def unused(field: str, cfg) -> bool:
+    if cfg.task != "classifier":
+      return False
+    return {"model.width": cfg.model.depth == 0,
+            "model.hidden": cfg.model.depth != 0,
+            "oja_layers": cfg.oja_lr == 0 and not any(
+                v > 0 for v in (cfg.sweep.get("oja_lr") or ())),
+            "data_dir": cfg.dataset in data_lib.EMBEDDED,
+            "download": cfg.dataset in data_lib.EMBEDDED}.get(field, False)
+  why = {"model.width": "every job has model.depth=0, which takes the "
+                        "widths from model.hidden",
+         "model.hidden": "every job has model.depth > 0, which takes "
+                         "model.width",
+         "oja_layers": "no job has an Oja term (oja_lr=0 and no Oja rate "
+                       "swept)",
+         "data_dir": "every job's dataset is embedded in the package",
+         "download": "every job's dataset is embedded in the package"}
+  for field in cli_fields:
+    if jobs and all(unused(field, job.config) for job in jobs):
+      raise ConfigError(f"--config.{field} changes nothing: {why[field]}.")
+
+
+def _check_tuning(config: ml_collections.ConfigDict) -> None:
+  """With ``tune``: tuning seeds that are not the verdict's seeds."""
+  if not config.get("tune"):
+    return
+  check_number("tuning_seeds", config.tuning_seeds, integer=True)
+  check_number("tuning_seed", config.tuning_seed, integer=True, zero=True)
+  first, last = config.tuning_seed, config.tuning_seed + config.tuning_seeds
+  if first < config.seed + config.seeds and config.seed < last:
+    raise ConfigError(
+        f"tuning seeds {first}..{last - 1} overlap the verdict's seeds "
+        f"{config.seed}..{config.seed + config.seeds - 1}: rates chosen on a "
+        "seed must not be tested on it; set --config.tuning_seed="
+        f"{config.seed + config.seeds} or higher.")
 
 
 def validate(config: ml_collections.ConfigDict,
@@ -490,6 +609,8 @@ def validate(config: ml_collections.ConfigDict,
     raise ConfigError(f"reference_arm={config.reference_arm!r} is not an arm; "
                       f"arms are {', '.join(config.arms)}.")
   check_claim(config)
+  _check_axis(config)
+  _check_tuning(config)
   _check_overrides(config, cli_fields)
   jobs = expand(config)
   for job in [Job("base", None, "", config)] + jobs:
@@ -505,4 +626,5 @@ def validate(config: ml_collections.ConfigDict,
       if job.arm in ("", "default"):
         raise
       raise ConfigError(f"{where}: {err}") from None
+  _check_unused(jobs, cli_fields)
   return jobs

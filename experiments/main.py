@@ -70,9 +70,10 @@ def _define_flags(flag_values: flags.FlagValues,
           "(--distributed).", **kw),
       "num_processes": flags.DEFINE_integer(
           "num_processes", None, "Number of processes (--distributed).",
-          **kw),
+          lower_bound=1, **kw),
       "process_id": flags.DEFINE_integer(
-          "process_id", None, "This process's index (--distributed).", **kw),
+          "process_id", None, "This process's index (--distributed).",
+          lower_bound=0, **kw),
       "workers": flags.DEFINE_integer(
           "workers", 0, "Run the jobs in this many worker processes, each "
           "pinned to its own core with single-threaded XLA (0: one per core; "
@@ -217,11 +218,82 @@ def _program(argv0: str) -> str:
   return shlex.quote(os.path.basename(argv0))
 
 
+def _config_paths(args: Sequence[str]) -> list[str]:
+  """The config files named by ``--config=PATH`` or ``--config PATH``."""
+  paths = []
+  for i, a in enumerate(args):
+    if a.startswith(("--config=", "-config=")):
+      paths.append(a.split("=", 1)[1])
+    elif a in ("--config", "-config") and i + 1 < len(args):
+      paths.append(args[i + 1])
+  return paths
+
+
+# Seconds --distributed waits for the other processes (jax's default).
+DISTRIBUTED_TIMEOUT_S = 300
+
+
+def _check_flags(v: dict[str, Any], given: set[str], task: str) -> None:
+  """Refuses program flags that would change nothing, or clash."""
+  if not v["distributed"]:
+    for name in ("coordinator_address", "num_processes", "process_id"):
+      if name in given:
+        raise UserError(f"--{name} changes nothing without --distributed; "
+                        "add --distributed or drop it.")
+  elif v["num_processes"] is not None and v["process_id"] is not None and (
+      v["process_id"] >= v["num_processes"]):
+    raise UserError(f"--process_id={v['process_id']} must be below "
+                    f"--num_processes={v['num_processes']} (0 is the "
+                    "coordinator).")
+  if v["restart"] and not v["workdir"]:
+    raise UserError("--restart changes nothing without --workdir: a run "
+                    "without one starts in a fresh directory.")
+  xla = os.environ.get("XLA_FLAGS", "")
+  if v["cpu_devices"] is not None and (
+      "xla_force_host_platform_device_count" in xla):
+    raise UserError(f"--cpu_devices={v['cpu_devices']} changes nothing: "
+                    "XLA_FLAGS already sets "
+                    "--xla_force_host_platform_device_count; drop one of "
+                    "them.")
+  if task == "meta":
+    why = {"workers": "its worker count is --config.processes",
+           "tensorboard": "it writes no TensorBoard curves",
+           "cpu_devices": "each of its workers computes on one device",
+           "distributed": "it runs on one host",
+           "allow_large": "it has no size estimate to override"}
+    for name, reason in why.items():
+      if name in given:
+        flag = f"--{'no' * (name == 'tensorboard' and not v[name])}{name}"
+        raise UserError(f"{flag} changes nothing for task 'meta' "
+                        f"(meta_plasticity): {reason}; drop it.")
+
+
+def _check_workdir_name(workdir: Optional[str]) -> None:
+  """A --workdir whose name is not UTF-8 (the checkpoints' and reports'
+  file names must be) is refused."""
+  if workdir is None:
+    return
+  try:
+    workdir.encode("utf-8")
+  except UnicodeEncodeError as err:
+    bad = os.fsencode(workdir)[err.start:err.start + 1] if (
+        0xDC80 <= ord(workdir[err.start]) <= 0xDCFF) else None
+    what = f"byte {bad.hex()}" if bad else (
+        f"character {ascii(workdir[err.start])[1:-1]}")
+    raise UserError(
+        f"--workdir={ascii(workdir)[1:-1]} is not a UTF-8 name ({what} at "
+        f"position {err.start}); checkpoints and reports need UTF-8 file "
+        "names: choose another --workdir.") from None
+
+
 def _parse(argv: Sequence[str], flag_values: flags.FlagValues,
            holders: dict[str, Any]) -> Parsed:
   argv = list(argv)
-  path = next((a.split("=", 1)[1] for a in argv[1:]
-               if a.startswith(("--config=", "-config="))), None)
+  paths = _config_paths(argv[1:])
+  if len(paths) > 1:
+    raise UserError(f"--config is given {len(paths)} times "
+                    f"({', '.join(paths)}); give one config file.")
+  path = paths[0] if paths else None
   fields = config_fields(argv[1:])
   if path is not None:
     unknown = _unknown_field(load_config_file(path), fields)
@@ -243,6 +315,9 @@ def _parse(argv: Sequence[str], flag_values: flags.FlagValues,
   if v["distributed"] and not v["workdir"]:
     raise UserError("--distributed needs --workdir on a file system every "
                     "host shares.")
+  _check_workdir_name(v["workdir"])
+  _check_flags(v, {k for k, h in holders.items() if h.present},
+               v["config"].get("task", "classifier"))
   return Parsed(v["config"], fields, v["workdir"], v["restart"],
                 v["allow_large"],
                 (v["coordinator_address"], v["num_processes"],
@@ -294,12 +369,28 @@ def setup(parsed: Parsed) -> Setup:
     rundir.check_workdir(parsed.workdir)
     import jax  # pylint: disable=g-import-not-at-top
     if parsed.distributed:
+      from experiments import config as config_lib  # pylint: disable=g-import-not-at-top
+      config_lib.validate(config, parsed.cli_fields)  # Before waiting.
       # Cross-process collectives for CPU devices (GPUs, TPUs ignore this).
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
-      jax.distributed.initialize(*parsed.distributed)
+      logging.info("%s", distributed_wait(parsed.distributed))
+      try:
+        jax.distributed.initialize(
+            *parsed.distributed,
+            initialization_timeout=DISTRIBUTED_TIMEOUT_S)
+      except ValueError:
+        raise
+      except Exception as err:  # pylint: disable=broad-except
+        raise UserError(f"--distributed failed: {one_line(err)[:300]}"
+                        ) from None
     task = harness(config)
     prepared = task.prepare(config, parsed.cli_fields, parsed.allow_large)
     jobs = task.jobs_of(config, prepared)
+    if config.get("task") != "meta":
+      warning = padding_warning(jobs, len(jax.devices()),
+                                parsed.cpu_devices)
+      if warning:
+        print(f"ojax: warning: {warning}", file=sys.stderr, flush=True)
     lead = not parsed.distributed or jax.process_index() == 0
     # Hosts of a --distributed run share the lead host's directory and lock.
     workdir = rundir.open_workdir(parsed.workdir, config.experiment,
@@ -317,6 +408,55 @@ def setup(parsed: Parsed) -> Setup:
     multihost_utils.sync_global_devices("ojax: run directory ready")
   return Setup(parsed, prepared, jobs, workdir,
                _resume_command(parsed, workdir.path))
+
+
+def distributed_wait(distributed: tuple[Any, Any, Any]) -> str:
+  """The line --distributed logs before it waits for the other processes."""
+  address, processes, index = distributed
+  wait = f"waits up to {DISTRIBUTED_TIMEOUT_S} s"
+  if address is None:
+    return (f"--distributed: this process {wait} for the cluster's "
+            "coordinator and processes (address, count and index from the "
+            "environment: SLURM, Open MPI or Kubernetes).")
+  who = (f"process {index}" if index is not None else "this process") + (
+      f" of {processes}" if processes is not None else "")
+  if index == 0:
+    others = (f"the other {processes - 1} processes" if processes else
+              "the other processes")
+    return (f"--distributed: {who} starts the coordinator at {address} and "
+            f"{wait} for {others} to connect.")
+  return (f"--distributed: {who} {wait} for the coordinator at {address} "
+          "(process 0) and the other processes.")
+
+
+def padding_warning(jobs: Sequence[Any], devices: int,
+                    cpu_devices: Optional[int] = None) -> str:
+  """Why the jobs' device padding wastes work ("" if it wastes little).
+
+  A job's (grid point, seed) pairs are padded to a multiple of the device
+  count (``ojax.train.shard``); padded pairs are computed and dropped.
+  """
+  from experiments import config as config_lib  # pylint: disable=g-import-not-at-top
+  pairs = [len(config_lib.sweep_grid(j.config)) * j.config.seeds
+           for j in jobs]
+
+  def work(d):
+    return sum(-(-p // d) * d for p in pairs)
+  if not pairs or devices <= 1 or work(devices) < 1.5 * sum(pairs):
+    return ""
+  best = max(d for d in range(1, devices + 1) if work(d) == sum(pairs))
+  lo, hi = min(pairs), max(pairs)
+  flag = (f"--cpu_devices={cpu_devices} pads" if cpu_devices is not None
+          else f"the {devices} devices pad")
+  advice = ("leave --cpu_devices off" if best == 1 else
+            f"use --cpu_devices={best} (no padding)") if (
+                cpu_devices is not None) else (
+                    f"use {best} device{'s' * (best > 1)} (no padding)")
+  return (f"{flag} each job's {lo if lo == hi else f'{lo}-{hi}'} "
+          f"(grid point x seed) pairs to a multiple of {devices} devices: "
+          f"{work(devices) / sum(pairs):.1f}x the work ({work(devices)} pairs "
+          f"computed for {sum(pairs)}); {advice}, or give each job more "
+          "pairs (seeds, sweep).")
 
 
 def check(argv: Sequence[str]) -> Setup:

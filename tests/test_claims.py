@@ -5,7 +5,11 @@ build job results with known per-seed accuracies, so the paired differences
 and the verdict are known by hand, and check what ``experiments.claims``
 makes of them: evaluation points in passes over the dataset the run trained
 on, a point the run does not reach named with the reason, and a claim that
-names an arm the config lacks refused at validation.
+names an arm the config lacks refused at validation; and divergence in the
+verdict: a diverged seed scores 0 in its arm, every seed stays paired, the
+verdict line names the diverged seeds of each arm, and a withheld verdict
+gives its true cause (table-driven, expected values by hand and by
+enumerating the sign flips).
 """
 
 import importlib
@@ -202,3 +206,168 @@ def test_meta_plasticity_claim_comes_from_its_config():
   assert [(c.setting, c.reference) for c in primary] == [("K=5", "bp_oja")]
   del config.claim  # A run directory from before claims: the config file's.
   assert meta_report.claim(config) == meta_config.get_config().claim
+
+
+# --- Divergence in the verdict: a diverged seed is its arm's failure --------
+
+
+def _sign_flip_p(d) -> float:
+  """The exact two-sided sign-flip p of differences ``d``, by enumeration."""
+  d = np.asarray(d, np.float64)
+  signs = 1 - 2 * ((np.arange(2**len(d))[:, None] >> np.arange(len(d))) & 1)
+  means = np.abs(signs @ d) / len(d)
+  return float(np.mean(means >= abs(d.mean()) - 1e-12))
+
+
+def _diverging_run(tmp_path, bp_div, oja_div, oja_gain=0.2, passes=(),
+                   metric="test_accuracy"):
+  """BP at 0.3 + 0.01 s, BP + Oja ``oja_gain`` (+-0.01) above it; the seeds
+  flagged in ``*_div`` diverged from the first sample on, their accuracy a
+  meaningless 0.1. Evaluations at 0, 1 and 2 passes of digits."""
+  n = len(bp_div)
+  config = _config(at_passes=passes, metric=metric)
+  config.seeds = n
+  samples = [0, DIGITS_PASS, 2 * DIGITS_PASS]
+  bp = 0.3 + 0.01 * np.arange(n)
+  oja = bp + oja_gain + 0.01 * np.where(np.arange(n) % 2, 1.0, -1.0)
+
+  def job(arm, acc, div):
+    div = np.asarray(div, bool)
+    acc_S = np.where(div, 0.1, acc)
+    full = np.tile(acc_S, (len(samples), 1))[:, None, :]  # (E, 1, S)
+    return runner.JobResult(runner.Job(arm, None, arm, config), [{}], {
+        "samples": np.asarray(samples, np.float64),
+        "test_accuracy": full, "test_loss": 1 - full,
+        "online_accuracy": np.full_like(full, 0.5),
+        "diverged_at": np.tile(np.where(div, 1.0, -1.0),
+                               (len(samples), 1))[:, None, :]})
+  run = analysis.from_results(str(tmp_path), config, [
+      job("bp", bp, bp_div), job("bp_oja", oja, oja_div)])
+  # By hand: a diverged seed scores 0 in its arm (both diverged: 0 - 0).
+  d = np.where(oja_div, 0.0, oja) - np.where(bp_div, 0.0, bp)
+  return run, d
+
+
+@pytest.fixture
+def no_figures(monkeypatch):
+  """The figure is not under test here: skip drawing it (~0.5 s each)."""
+  monkeypatch.setattr(claims.figures, "curves",
+                      lambda run, path, *args, **kwargs: path)
+
+
+def _flags(n, *seeds):
+  return np.isin(np.arange(n), seeds)
+
+
+NONE = ()
+COUNTS = "diverged seeds over {}: `bp_oja` {}, `bp` {} (a diverged seed "
+RULE_NOTE = ("(a diverged seed scores 0, a failure of its arm; both "
+             "diverged: a tie).")
+DIVERGENCE_CASES = {
+    # name: (seeds, bp diverged, bp_oja diverged, passes, verdict, counts)
+    "no divergence": (12, NONE, NONE, (), "reproduced", ("1 setting", "0/12",
+                                                         "0/12")),
+    # The issue's case: 5 of 12 BP + Oja seeds diverged, +0.2 in the rest.
+    # Left out, the 7 others gave p = 2 / 2^7 < 0.02: "reproduced". Scored
+    # 0 they are 5 losses of about -0.32: no significant difference.
+    "5 of 12 diverged in one arm": (12, NONE, (0, 1, 2, 3, 4), (),
+                                    "not reproduced",
+                                    ("1 setting", "5/12", "0/12")),
+    # With 2 settings the old rule withheld it ("the family needs at least
+    # 8 seeds", with 12 run); every seed counts now.
+    "5 of 12 diverged, 2 settings": (12, NONE, (0, 1, 2, 3, 4), (1,),
+                                     "not reproduced",
+                                     ("2 settings", "10/24", "0/24")),
+    # Seeds 0, 1 diverged in both arms (ties), seed 2 in BP only (a win).
+    "diverged in both arms of a pair": (12, (0, 1, 2), (0, 1), (),
+                                        "reproduced",
+                                        ("1 setting", "2/12", "3/12")),
+    "every BP seed diverged": (12, tuple(range(12)), NONE, (), "reproduced",
+                               ("1 setting", "0/12", "12/12")),
+    "every BP + Oja seed diverged": (12, NONE, tuple(range(12)), (),
+                                     "contradicted",
+                                     ("1 setting", "12/12", "0/12")),
+}
+
+
+@pytest.mark.parametrize("name", list(DIVERGENCE_CASES))
+def test_a_diverged_seed_counts_against_its_arm(tmp_path, no_figures, name):
+  seeds, bp_div, oja_div, passes, word, counts = DIVERGENCE_CASES[name]
+  run, d = _diverging_run(tmp_path, _flags(seeds, *bp_div),
+                          _flags(seeds, *oja_div), passes=passes)
+  section = claims.section(run)
+  table = section.tables[1][1]
+  rows = _rows(table)
+  assert len(rows) == len(passes) + 1
+  # Every seed is paired: the differences by hand, the interval by the
+  # t formula, the p by enumerating all 2^12 sign flips; Holm over the
+  # family's settings multiplies the one p by their number here.
+  p = _sign_flip_p(d)
+  for cells in rows.values():
+    assert cells[1] == _t_interval(d)
+    assert cells[2] == f"{p:.3g}"
+    assert cells[3] == f"{min(1.0, len(rows) * p):.3g}"
+    assert cells[5] == f"{len(oja_div)} / {len(bp_div)}"
+  assert section.verdict == word
+  assert COUNTS.format(*counts) + RULE_NOTE[len("(a diverged seed "):] in (
+      section.evidence)
+  assert section.evidence.endswith(RULE_NOTE)
+
+
+def test_the_issue_case_no_longer_reads_reproduced(tmp_path):
+  # What dropping the 5 diverged seeds gave: 7 pairs of +0.2 (+-0.01).
+  seeds = 12
+  _, d = _diverging_run(tmp_path, _flags(seeds), _flags(seeds, 0, 1, 2, 3, 4))
+  kept = d[5:]
+  assert _sign_flip_p(kept) == 2 / 2**7 < 0.02  # Old: "reproduced".
+  assert _sign_flip_p(d) > 0.5 and d.mean() < 0  # Now: 7 wins, 5 losses.
+
+
+WITHHELD = {
+    # name: (seeds, bp diverged, bp_oja diverged, passes, metric, evidence)
+    "too few seeds": (
+        5, NONE, (0, 1), (), "test_accuracy",
+        "only 5 seed(s) per arm; the rule needs at least 10."),
+    "every seed of both arms diverged": (
+        12, tuple(range(12)), tuple(range(12)), (1,), "test_accuracy",
+        "every seed of both arms diverged at every claim setting (diverged "
+        "seeds over 2 settings: `bp_oja` 24/24, `bp` 24/24): nothing was "
+        "compared."),
+    "divergence in a metric with no worst value": (
+        12, (3,), (0, 1), (1,), "test_loss",
+        "seeds diverged at 2/2 claim settings (`bp_oja` 4, `bp` 2) in a "
+        "metric with no worst value to score them, so they were left out "
+        "of the pairs; compare on one that has one (test_accuracy, "
+        "online_accuracy, memory_capacity)."),
+}
+
+
+@pytest.mark.parametrize("name", list(WITHHELD))
+def test_a_withheld_verdict_gives_its_true_cause(tmp_path, no_figures,
+                                                name):
+  seeds, bp_div, oja_div, passes, metric, evidence = WITHHELD[name]
+  run, _ = _diverging_run(tmp_path, _flags(seeds, *bp_div),
+                          _flags(seeds, *oja_div), passes=passes,
+                          metric=metric)
+  section = claims.section(run)
+  assert (section.verdict, section.evidence) == ("no verdict", evidence)
+
+
+def test_too_few_seeds_for_the_family_names_the_seeds_run():
+  # 10 seeds, 4 diverged in BP + Oja at each of 6 settings x 2 arms: Holm
+  # over 12 comparisons needs p < 0.02 / 12, below 2 / 2^10 (the smallest
+  # p of 10 pairs); 11 seeds would do (12 * 2 / 2^11 < 0.02). The cause
+  # names the 10 seeds run, not the 6 that did not diverge.
+  seeds = 10
+  div = _flags(seeds, 0, 1, 2, 3)
+  ok = _flags(seeds)
+  good = np.linspace(0.5, 0.6, seeds)
+  family = analysis.adjust([
+      analysis.paired(f"s{i}", "bp_oja", "bp", good + 0.1, good, div, ok)
+      for i in range(12)])
+  word, why = analysis.verdict(family[:6], family[6:])
+  assert word == "no verdict"
+  assert why == (
+      "with 10 seeds the sign-flip test cannot reach p < 0.02 after Holm "
+      f"over 12 comparisons (smallest possible p: {12 * 2 / 2**10:.3g}); "
+      "the family needs at least 11 seeds.")

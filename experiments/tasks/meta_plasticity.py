@@ -137,11 +137,11 @@ def prepare(config: ml_collections.ConfigDict, cli_fields: Sequence[str] = (),
     raise ConfigError(f"dataset={config.dataset!r}: meta_plasticity builds "
                      "rotated-digit classes from 28x28 images; use "
                      "embedded_mnist.")
-  if set(config.train_digits) & set(config.test_digits):
-    raise ConfigError("train_digits and test_digits must not overlap.")
-  for r in config.rotations:
-    if r not in (0, 1, 2, 3):
-      raise ConfigError(f"rotations has {r!r}; use quarter turns 0..3.")
+  if config.n_way < 2:
+    raise ConfigError(f"n_way={config.n_way} must be at least 2: an episode "
+                      "of one class is answered right by every rule, so "
+                      "every difference would be 0.")
+  _check_classes(config)
   for name, digits in (("train_digits", config.train_digits),
                        ("test_digits", config.test_digits)):
     if len(digits) * len(config.rotations) < config.n_way:
@@ -159,6 +159,48 @@ def prepare(config: ml_collections.ConfigDict, cli_fields: Sequence[str] = (),
     raise ConfigError(f"max(ks) + q_query = {need} exceeds the "
                      f"{train_pool.shape[1]} images per class.")
   return Prepared(train_pool, test_pool)
+
+
+# Digits that are another class turned 180 degrees: a 6 is a 9 (and the
+# reverse), and 0, 1 and 8 are themselves.
+_HALF_TURN = {6: 9, 9: 6, 0: 0, 1: 1, 8: 8}
+
+
+def _check_classes(config: ml_collections.ConfigDict) -> None:
+  """The classes, (digit, rotation) pairs, are distinct: none is listed
+  twice or is another class turned 180 degrees, and no test class is a
+  meta-training class."""
+  for name in ("train_digits", "test_digits", "rotations"):
+    values = tuple(config[name])
+    top = 3 if name == "rotations" else 9
+    for i, v in enumerate(values):
+      if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= top:
+        what = "quarter turns 0..3" if name == "rotations" else "digits 0..9"
+        raise ConfigError(f"{name}={values} has {v!r}; use {what}.")
+      if v in values[:i]:
+        raise ConfigError(f"{name}={values} repeats {v}; list each once.")
+  shared = sorted(set(config.train_digits) & set(config.test_digits))
+  if shared:
+    raise ConfigError(
+        f"train_digits and test_digits must not overlap (both have "
+        f"{', '.join(map(str, shared))}): the test classes are unseen in "
+        "meta-training.")
+  seen = {}
+  for name in ("train_digits", "test_digits"):
+    for d in config[name]:
+      for r in config.rotations:
+        same = ((_HALF_TURN[d], (r + 2) % 4) if d in _HALF_TURN else None)
+        if same in seen:
+          where = seen[same]
+          raise ConfigError(
+              f"digit {d} turned {r} quarter turns ({name}) is digit "
+              f"{same[0]} turned {same[1]} ({where}): a 6 turned 180 degrees "
+              "is a 9, and 0, 1 and 8 are themselves, so "
+              + ("a test class would be a meta-training class" if where !=
+                 name else "an episode could hold one class twice")
+              + "; use rotations 90 degrees apart, e.g. (0, 1), not "
+              f"rotations={tuple(config.rotations)}.")
+        seen[(d, r)] = name
 
 
 def jobs_of(config: ml_collections.ConfigDict, prepared: Prepared
