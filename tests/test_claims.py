@@ -24,6 +24,7 @@ from experiments import analysis
 from experiments import claims
 from experiments import config as config_lib
 from experiments import data as data_lib
+from experiments import report
 from experiments import runner
 from experiments.configs import base
 
@@ -314,13 +315,21 @@ def test_a_diverged_seed_counts_against_its_arm(tmp_path, no_figures, name):
   assert section.evidence.endswith(RULE_NOTE)
 
 
-def test_the_issue_case_no_longer_reads_reproduced(tmp_path):
+def test_the_issue_case_no_longer_reads_reproduced(tmp_path, no_figures):
   # What dropping the 5 diverged seeds gave: 7 pairs of +0.2 (+-0.01).
   seeds = 12
-  _, d = _diverging_run(tmp_path, _flags(seeds), _flags(seeds, 0, 1, 2, 3, 4))
+  run, d = _diverging_run(tmp_path, _flags(seeds),
+                          _flags(seeds, 0, 1, 2, 3, 4))
   kept = d[5:]
   assert _sign_flip_p(kept) == 2 / 2**7 < 0.02  # Old: "reproduced".
   assert _sign_flip_p(d) > 0.5 and d.mean() < 0  # Now: 7 wins, 5 losses.
+  # The rendered verdict line names the diverged seeds and the rule.
+  text = report.render(claims.section(run), "synthetic")
+  assert ("**Verdict: not reproduced.** `bp_oja` significantly better in "
+          "0/1 claim settings, significantly worse in 0/1 (Holm-adjusted "
+          "sign-flip tests); diverged seeds over 1 setting: `bp_oja` 5/12, "
+          "`bp` 0/12 (a diverged seed scores 0, a failure of its arm; both "
+          "diverged: a tie).") in text.splitlines()
 
 
 WITHHELD = {
@@ -351,6 +360,9 @@ def test_a_withheld_verdict_gives_its_true_cause(tmp_path, no_figures,
                           metric=metric)
   section = claims.section(run)
   assert (section.verdict, section.evidence) == ("no verdict", evidence)
+  if metric not in analysis.FAILED:  # The table marks the pairs left out.
+    cells = [c[5] for c in _rows(section.tables[1][1]).values()]
+    assert cells == [f"{len(oja_div)} / {len(bp_div)}, left out"] * 2
 
 
 def test_too_few_seeds_for_the_family_names_the_seeds_run():
