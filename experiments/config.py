@@ -517,9 +517,15 @@ def _check_chosen_sweep(config: ml_collections.ConfigDict) -> None:
           f"'{example}'.")
 
 
-# Fields that cannot be the axis: the seeds every comparison pairs over,
-# and the task (a job of another task is another experiment).
+# Fields that cannot be the axis: the seeds every comparison pairs over
+# (and every field named for seeds), and the task (a job of another task
+# is another experiment).
 NOT_AXIS = ("seed", "seeds", "data_split", "split_per_seed", "task")
+
+
+def _not_axis(field: str) -> bool:
+  top = field.split(".")[0]
+  return top in NOT_AXIS or "seed" in top
 
 
 def _check_axis(config: ml_collections.ConfigDict) -> None:
@@ -535,11 +541,11 @@ def _check_axis(config: ml_collections.ConfigDict) -> None:
   if not isinstance(axis, str):
     raise ConfigError(f"axis={axis!r} must be a field name.")
   allowed = [f for f in flat_fields(config)
-             if f.split(".")[0] not in NOT_NUMERIC + NOT_AXIS]
+             if f.split(".")[0] not in NOT_NUMERIC and not _not_axis(f)]
   top = axis.split(".")[0]
-  why = ("the seeds are what every comparison pairs over" if top in NOT_AXIS
-         and top != "task" else "a job has one task" if top == "task" else
-         "it changes no job's numbers" if top in NOT_NUMERIC else
+  why = ("a job has one task" if top == "task" else
+         "the seeds are what every comparison pairs over" if _not_axis(top)
+         else "it changes no job's numbers" if top in NOT_NUMERIC else
          "it is a group of fields" if isinstance(get(config, axis),
                                                   ml_collections.ConfigDict)
          else "")

@@ -248,12 +248,13 @@ def _check_flags(v: dict[str, Any], given: set[str], task: str) -> None:
   if v["restart"] and not v["workdir"]:
     raise UserError("--restart changes nothing without --workdir: a run "
                     "without one starts in a fresh directory.")
-  xla = os.environ.get("XLA_FLAGS", "")
-  if v["cpu_devices"] is not None and (
-      "xla_force_host_platform_device_count" in xla):
+  key = "xla_force_host_platform_device_count="
+  count = next((f.split("=", 1)[1] for f in os.environ.get(
+      "XLA_FLAGS", "").split() if key in f), None)
+  if v["cpu_devices"] is not None and count is not None and count != str(
+      v["cpu_devices"] or _cores()):
     raise UserError(f"--cpu_devices={v['cpu_devices']} changes nothing: "
-                    "XLA_FLAGS already sets "
-                    "--xla_force_host_platform_device_count; drop one of "
+                    f"XLA_FLAGS already sets --{key}{count}; drop one of "
                     "them.")
   if task == "meta":
     why = {"workers": "its worker count is --config.processes",
@@ -368,9 +369,10 @@ def setup(parsed: Parsed) -> Setup:
   try:
     rundir.check_workdir(parsed.workdir)
     import jax  # pylint: disable=g-import-not-at-top
-    if parsed.distributed:
+    if config.get("task") != "meta":  # Before the runner's imports, a wait.
       from experiments import config as config_lib  # pylint: disable=g-import-not-at-top
-      config_lib.validate(config, parsed.cli_fields)  # Before waiting.
+      config_lib.validate(config, parsed.cli_fields)
+    if parsed.distributed:
       # Cross-process collectives for CPU devices (GPUs, TPUs ignore this).
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
       logging.info("%s", distributed_wait(parsed.distributed))
@@ -545,6 +547,12 @@ def main(argv: list[str]) -> None:
     print(f"run directory: {s.workdir.path}")
 
 
+def _cores() -> int:
+  """The cores this process may use."""
+  return len(os.sched_getaffinity(0)) if hasattr(
+      os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def split_cpu(devices: int = 0, environ=None) -> None:
   """Makes XLA see ``devices`` single-threaded CPU devices (0: one per core).
 
@@ -554,9 +562,7 @@ def split_cpu(devices: int = 0, environ=None) -> None:
   """
   environ = os.environ if environ is None else environ
   current = environ.get("XLA_FLAGS", "")
-  if not devices:
-    devices = len(os.sched_getaffinity(0)) if hasattr(
-        os, "sched_getaffinity") else os.cpu_count() or 1
+  devices = devices or _cores()
   if "xla_force_host_platform_device_count" not in current:
     environ["XLA_FLAGS"] = (
         current + f" --xla_force_host_platform_device_count={devices}").strip()

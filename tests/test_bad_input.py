@@ -22,6 +22,7 @@ import subprocess
 import sys
 from typing import Callable, NamedTuple, Optional
 
+import ml_collections
 import pytest
 
 from experiments import config as config_lib
@@ -36,6 +37,11 @@ DEEP = f"--config={CONFIGS}/deep_online.py"
 MEMORY = f"--config={CONFIGS}/recurrent_memory.py"
 TRICKS = f"--config={CONFIGS}/tricks.py"
 META = f"--config={CONFIGS}/meta_plasticity.py"
+ONLINE = f"--config={CONFIGS}/online.py"
+LANDSCAPE = f"--config={CONFIGS}/landscape.py"
+BAD_INIT = f"--config={CONFIGS}/bad_init.py"
+FA = f"--config={CONFIGS}/feedback_alignment.py"
+NO_WORKDIR = "{no workdir}"  # In a case's args: do not add --workdir.
 # A deep_online run small enough to set up quickly (for workdir cases).
 SMALL = [DEEP, "--config.seeds=2", "--config.num_samples=200",
          "--config.eval_every=100", "--config.axis_values=(2,)",
@@ -319,6 +325,143 @@ CASES = [
          "checkpoints/depth=2-bp/fingerprint.json is missing or damaged, so "
          "they cannot be checked against this config",
          _stored_fingerprint(damage=True)),
+    # --- Checked up front (issue 18): each once trained for minutes first.
+    Case("a network with no hidden layer on the axis",
+         [ONLINE, "--config.axis_values=((),)"],
+         "arm 'bp' at model.hidden=(): model.hidden=() has no hidden layer "
+         "(with model.depth=0); the reports compare hidden layers: give at "
+         "least one width, e.g. (100,)."),
+    Case("no learning rates for a validation-chosen claim",
+         [LANDSCAPE, "--config.sweep.lr=()"],
+         "sweep.lr=() does not hold the learning rates each rule is tuned "
+         "over: the claim chooses each rule's point of the sweep on arm "
+         "'val'; give e.g. --config.sweep.lr='(0.01, 0.1)'."),
+    Case("no Oja rates for a validation-chosen claim",
+         [BAD_INIT, "--config.sweep.oja_lr=()"],
+         "sweep.oja_lr=() does not hold 0 (backprop) and a rate > 0 (backprop"
+         " + Oja): the claim chooses each rule's point of the sweep on arm "
+         "'val'; give e.g. --config.sweep.oja_lr='(0.0, 0.001)'."),
+    Case("no backprop point for a validation-chosen claim",
+         [LANDSCAPE, "--config.sweep.oja_lr=(0.001,0.01)"],
+         "sweep.oja_lr=(0.001, 0.01) does not hold 0 (backprop) and a rate > "
+         "0"),
+    Case("no gains for a claim counting gains",
+         [BAD_INIT, "--config.sweep.model_gain=()"],
+         "sweep.model_gain=() does not hold the gains the claim counts"),
+    Case("the seeds as the axis",
+         [MEMORY, "--config.axis=seeds", "--config.axis_values=(2,3)"],
+         "axis='seeds' cannot be the axis: the seeds are what every "
+         "comparison pairs over; choose one of batch_size, diagnostics, "
+         "eval_every, lr, memory.delays, memory.eval_batch, "
+         "memory.eval_length, memory.length, model.activation, model.beta, "
+         "model.hidden, model.input_scale, model.radius, num_samples, "
+         "oja_layers, oja_lr, optimizer"),
+    Case("a field that changes no number as the axis",
+         [MEMORY, "--config.axis=checkpoint_every"],
+         "axis='checkpoint_every' cannot be the axis: it changes no job's "
+         "numbers; choose one of batch_size,"),
+    Case("a group as the axis", [MEMORY, "--config.axis=memory"],
+         "axis='memory' cannot be the axis: it is a group of fields; choose "
+         "one of batch_size,"),
+    Case("an axis value twice", [MEMORY, "--config.axis_values=(1.0,0.5,1.0)"],
+         "axis_values=(1.0, 0.5, 1.0) repeats 1.0; give each value once."),
+    Case("axis values without an axis", [FA, "--config.axis_values=(2,3)"],
+         "axis_values=(2, 3) change nothing without an axis; set "
+         "--config.axis=FIELD too (e.g. model.depth), or drop them."),
+    Case("reference_arm where the claim names its arms",
+         [MEMORY, "--config.reference_arm=bp_oja"],
+         "--config.reference_arm changes nothing: it is the baseline of a run "
+         "without a claim, and this config's claim names its arms ("),
+    Case("reference_arm where a validation-chosen claim names its arms",
+         [LANDSCAPE, "--config.reference_arm=val"],
+         "--config.reference_arm changes nothing: it is the baseline of a run "
+         "without a claim, and this config's claim names its arms (rules "
+         "chosen on arm 'val', compared on arm 'test'); set "
+         "--config.claim.tested_on instead."),
+    Case("model.width where every job takes model.hidden",
+         [ONLINE, "--config.model.width=64"],
+         "--config.model.width changes nothing: every job has model.depth=0, "
+         "which takes the widths from model.hidden."),
+    Case("oja_layers where no job has Oja",
+         [ONLINE, "--config.select_arms=bp", "--config.oja_layers=hidden"],
+         "--config.oja_layers changes nothing: no job has an Oja term "
+         "(oja_lr=0 and no Oja rate swept)."),
+    Case("data_dir for an embedded dataset",
+         [ONLINE, "--config.data_dir=/data/tfds"],
+         "--config.data_dir changes nothing: every job's dataset is embedded "
+         "in the package."),
+    Case("--config given twice", [ONLINE, MEMORY],
+         f"--config is given 2 times ({ONLINE[9:]}, {MEMORY[9:]}); give one "
+         "config file."),
+    Case("--config given twice, once with a space",
+         [ONLINE, "--config", MEMORY[9:]], "--config is given 2 times"),
+    Case("--num_processes without --distributed",
+         [MEMORY, "--num_processes=2"],
+         "--num_processes changes nothing without --distributed; add "
+         "--distributed or drop it."),
+    Case("--coordinator_address without --distributed",
+         [MEMORY, "--coordinator_address=host:1234"],
+         "--coordinator_address changes nothing without --distributed"),
+    Case("--process_id without --distributed", [MEMORY, "--process_id=1"],
+         "--process_id changes nothing without --distributed"),
+    Case("--process_id not below --num_processes",
+         [MEMORY, "--distributed", "--num_processes=2", "--process_id=2",
+          "--workdir={tmp}/run"],
+         "--process_id=2 must be below --num_processes=2 (0 is the "
+         "coordinator)."),
+    Case("--restart without --workdir", [MEMORY, "--restart", NO_WORKDIR],
+         "--restart changes nothing without --workdir: a run without one "
+         "starts in a fresh directory."),
+    Case("a workdir name that is not UTF-8",
+         [MEMORY, "--workdir={tmp}/run\udcffx"],
+         "--workdir={tmp}/run\\udcffx is not a UTF-8 name (byte ff at "
+         "position"),
+    Case("a workdir name with a lone surrogate",
+         [MEMORY, "--workdir={tmp}/run\ud800"],
+         "--workdir={tmp}/run\\ud800 is not a UTF-8 name (character "
+         "\\ud800 at position"),
+    Case("meta_plasticity: one class per episode", [META, "--config.n_way=1"],
+         "n_way=1 must be at least 2: an episode of one class is answered "
+         "right by every rule, so every difference would be 0."),
+    Case("meta_plasticity: test digits that are training digits",
+         [META, "--config.test_digits=(4,5)"],
+         "train_digits and test_digits must not overlap (both have 4): the "
+         "test classes are unseen in meta-training."),
+    Case("meta_plasticity: a test class that is a training class turned",
+         [META, "--config.train_digits=(2,6)", "--config.test_digits=(3,9)",
+          "--config.rotations=(0,2)"],
+         "digit 9 turned 0 quarter turns (test_digits) is digit 6 turned 2 "
+         "(train_digits): a 6 turned 180 degrees is a 9, and 0, 1 and 8 are "
+         "themselves, so a test class would be a meta-training class; use "
+         "rotations 90 degrees apart, e.g. (0, 1), not rotations=(0, 2)."),
+    Case("meta_plasticity: one class twice in an episode",
+         [META, "--config.rotations=(1,3)"],
+         "digit 0 turned 3 quarter turns (train_digits) is digit 0 turned 1 "
+         "(train_digits): a 6 turned 180 degrees is a 9, and 0, 1 and 8 are "
+         "themselves, so an episode could hold one class twice"),
+    Case("meta_plasticity: a digit twice",
+         [META, "--config.train_digits=(0,1,1)"],
+         "train_digits=(0, 1, 1) repeats 1; list each once."),
+    Case("meta_plasticity: a rotation twice", [META, "--config.rotations=(0,0)"],
+         "rotations=(0, 0) repeats 0; list each once."),
+    Case("meta_plasticity: not a digit", [META, "--config.test_digits=(5,10)"],
+         "test_digits=(5, 10) has 10; use digits 0..9."),
+    Case("meta_plasticity: --workers", [META, "--workers=2"],
+         "--workers changes nothing for task 'meta' (meta_plasticity): its "
+         "worker count is --config.processes; drop it."),
+    Case("meta_plasticity: --notensorboard", [META, "--notensorboard"],
+         "--notensorboard changes nothing for task 'meta' (meta_plasticity): "
+         "it writes no TensorBoard curves; drop it."),
+    Case("meta_plasticity: --cpu_devices", [META, "--cpu_devices=4"],
+         "--cpu_devices changes nothing for task 'meta' (meta_plasticity): "
+         "each of its workers computes on one device; drop it."),
+    Case("meta_plasticity: --allow_large", [META, "--allow_large"],
+         "--allow_large changes nothing for task 'meta' (meta_plasticity): it"
+         " has no size estimate to override; drop it."),
+    Case("meta_plasticity: --distributed",
+         [META, "--distributed", "--workdir={tmp}/run"],
+         "--distributed changes nothing for task 'meta' (meta_plasticity): it"
+         " runs on one host; drop it."),
 ]
 
 def _fill(text: str, tmp) -> str:
@@ -326,9 +469,9 @@ def _fill(text: str, tmp) -> str:
 
 
 def _argv(case: Case, tmp) -> list[str]:
-  args = [_fill(a, tmp) for a in case.args]
+  args = [_fill(a, tmp) for a in case.args if a != NO_WORKDIR]
   if not any(a.startswith("--workdir") for a in args) and (
-      "--distributed" not in args):
+      "--distributed" not in args) and NO_WORKDIR not in case.args:
     args.append(f"--workdir={tmp}/run")
   return ["ojax", *args]
 
@@ -402,6 +545,149 @@ def test_the_cli_prints_one_ojax_line_exits_2_and_leaves_no_run_dir(
     assert expected in lines[0], lines
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / f"run{i}").exists()
+
+
+# (arguments, the whole first line of stderr); "{tmp}" as in CASES. The
+# workdir's name is bytes: not UTF-8, as a shell passes it.
+FIRST_LINES = [
+    ([ONLINE, MEMORY, "--workdir={tmp}/run"],
+     f"ojax: error: --config is given 2 times ({ONLINE[9:]}, {MEMORY[9:]}); "
+     "give one config file."),
+    ([MEMORY, b"--workdir={tmp}/run\xff"],
+     "ojax: error: --workdir={tmp}/run\\udcff is not a UTF-8 name (byte ff "
+     "at position {n}); checkpoints and reports need UTF-8 file names: "
+     "choose another --workdir."),
+    ([META, "--config.n_way=1", "--workdir={tmp}/run"],
+     "ojax: error: n_way=1 must be at least 2: an episode of one class is "
+     "answered right by every rule, so every difference would be 0."),
+]
+
+
+def test_up_front_refusals_print_their_line_first_and_exit_2(tmp_path):
+  def fill(a):
+    if isinstance(a, bytes):
+      return a.replace(b"{tmp}", os.fsencode(tmp_path))
+    return _fill(a, tmp_path)
+
+  def run(args):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.main", *map(fill, args)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+  with concurrent.futures.ThreadPoolExecutor(len(FIRST_LINES)) as pool:
+    procs = list(pool.map(run, [args for args, _ in FIRST_LINES]))
+  n = len(f"{tmp_path}/run")  # Where the byte is, in characters.
+  for (args, expected), proc in zip(FIRST_LINES, procs):
+    assert proc.returncode == 2, (args, proc.stderr[-2000:])
+    assert proc.stderr.splitlines()[0] == _fill(expected, tmp_path).replace(
+        "{n}", str(n))
+    assert "Traceback" not in proc.stderr
+  assert os.listdir(tmp_path) == []
+
+
+# --- Warnings and lines that are not refusals -------------------------------
+
+
+def _job(seeds: int, lrs: tuple = ()) -> config_lib.Job:
+  """A job with ``seeds`` x ``len(lrs) or 1`` (grid point, seed) pairs."""
+  cfg = ml_collections.ConfigDict(
+      {"seeds": seeds, "task": "classifier",
+       "sweep": {"lr": lrs, "oja_lr": (), "model_gain": ()}})
+  return config_lib.Job("j", None, "bp", cfg)
+
+
+# (pairs of each job as (seeds, lrs), devices, --cpu_devices, the warning).
+# The work is counted by hand: each job's pairs rounded up to a multiple of
+# the devices.
+PADDING = [
+    ([(1, ())], 64, 64, "--cpu_devices=64 pads each job's 1 (grid point x "
+     "seed) pairs to a multiple of 64 devices: 64.0x the work (64 pairs "
+     "computed for 1); leave --cpu_devices off, or give each job more pairs "
+     "(seeds, sweep)."),
+    ([(12, ())] * 5, 64, 0, "--cpu_devices=0 pads each job's 12 (grid point "
+     "x seed) pairs to a multiple of 64 devices: 5.3x the work (320 pairs "
+     "computed for 60); use --cpu_devices=12 (no padding), or give each job "
+     "more pairs (seeds, sweep)."),
+    ([(4, (0.1, 0.2)), (4, (0.1,) * 6)], 64, None, "the 64 devices pad each "
+     "job's 8-24 (grid point x seed) pairs to a multiple of 64 devices: 4.0x"
+     " the work (128 pairs computed for 32); use 8 devices (no padding), or "
+     "give each job more pairs (seeds, sweep)."),
+    ([(3, ())], 2, 2, ""),  # 4 pairs for 3: 1.33x, not worth a line.
+    ([(16, ())], 6, 6, ""),  # 18 for 16.
+    ([(1, ())], 1, None, ""),  # One device pads nothing.
+]
+
+
+@pytest.mark.parametrize("jobs, devices, flag, expected", PADDING)
+def test_device_padding_is_named_with_its_cost(jobs, devices, flag,
+                                               expected):
+  jobs = [_job(seeds, lrs) for seeds, lrs in jobs]
+  assert main.padding_warning(jobs, devices, flag) == expected
+
+
+def test_cpu_devices_padding_warns_in_one_line_before_compiling(
+    tmp_path, monkeypatch, capsys):
+  import jax  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("XLA_FLAGS", "")  # split_cpu appends to it.
+  monkeypatch.setattr(jax, "devices", lambda *a: [None] * 64)
+  s = main.check(["ojax", MEMORY, "--cpu_devices=64", "--config.seeds=2",
+                  "--config.select_arms=bp", "--config.axis_values=(1.0,)",
+                  f"--workdir={tmp_path}/run"])
+  s.workdir.close()
+  err = capsys.readouterr().err.splitlines()
+  assert err == [  # 2 seeds x 2 rates (the config's sweep.lr) = 4 pairs.
+      "ojax: warning: --cpu_devices=64 pads each job's 4 (grid point x seed)"
+      " pairs to a multiple of 64 devices: 16.0x the work (64 pairs computed "
+      "for 4); use --cpu_devices=4 (no padding), or give each job more pairs"
+      " (seeds, sweep)."]
+
+
+def test_cpu_devices_that_xla_flags_override_are_refused(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+  with pytest.raises(main.UserError, match=re.escape(
+      "--cpu_devices=8 changes nothing: XLA_FLAGS already sets "
+      "--xla_force_host_platform_device_count=4; drop one of them.")):
+    main.parse(["ojax", MEMORY, "--cpu_devices=8"])
+  assert main.parse(["ojax", MEMORY, "--cpu_devices=4"]).cpu_devices == 4
+
+
+@pytest.mark.parametrize("distributed, expected", [
+    (("10.0.0.1:1234", 4, 0), "--distributed: process 0 of 4 starts the "
+     "coordinator at 10.0.0.1:1234 and waits up to 300 s for the other 3 "
+     "processes to connect."),
+    (("10.0.0.1:1234", 4, 2), "--distributed: process 2 of 4 waits up to "
+     "300 s for the coordinator at 10.0.0.1:1234 (process 0) and the other "
+     "processes."),
+    ((None, None, None), "--distributed: this process waits up to 300 s for"
+     " the cluster's coordinator and processes (address, count and index "
+     "from the environment: SLURM, Open MPI or Kubernetes)."),
+])
+def test_distributed_says_what_it_waits_for(distributed, expected):
+  assert main.distributed_wait(distributed) == expected
+
+
+def test_distributed_logs_before_waiting_and_a_timeout_is_one_line(
+    tmp_path, monkeypatch, caplog):
+  import jax  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def initialize(*args, **kwargs):
+    calls.append((args, kwargs, [r.getMessage() for r in caplog.records]))
+    raise RuntimeError("DEADLINE_EXCEEDED: Barrier timed out.\n  more")
+  monkeypatch.setattr(jax.distributed, "initialize", initialize)
+  monkeypatch.setattr(jax.config, "update", lambda *a: None)
+  with caplog.at_level("INFO"), pytest.raises(
+      main.UserError, match=r"^--distributed failed: DEADLINE_EXCEEDED: "
+      r"Barrier timed out. more$"):
+    main.check(["ojax", MEMORY, "--distributed", "--num_processes=2",
+                "--coordinator_address=127.0.0.1:9", "--process_id=1",
+                f"--workdir={tmp_path}/run"])
+  (args, kwargs, logged), = calls
+  assert args == ("127.0.0.1:9", 2, 1)
+  assert kwargs == {"initialization_timeout": 300}
+  assert logged[-1] == ("--distributed: process 1 of 2 waits up to 300 s "
+                        "for the coordinator at 127.0.0.1:9 (process 0) and "
+                        "the other processes.")
+  assert not (tmp_path / "run").exists()
 
 
 def table() -> str:

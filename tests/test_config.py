@@ -120,6 +120,27 @@ REFUSALS = [
      "'model.gain' does not exist"),
     ({"task": "memory", "model.activation": "relu"}, r"model.activation="
      "'relu' is not known"),
+    # Checked up front (issue 18 item 4).
+    ({"model.hidden": ()}, r"model.hidden=\(\) has no hidden layer \(with "
+     r"model.depth=0\)"),
+    ({"axis": "seeds", "axis_values": (2, 3)}, r"axis='seeds' cannot be the "
+     "axis: the seeds are what every comparison pairs over; choose one of "
+     "batch_size, dataset, diagnostics, eval_every, lr, model.activation,"),
+    ({"axis": "data_split", "axis_values": (0, 1)}, r"axis='data_split' "
+     "cannot be the axis: the seeds are what every comparison pairs over"),
+    ({"axis": "split_per_seed", "axis_values": (True, False)},
+     r"axis='split_per_seed' cannot be the axis: the seeds"),
+    ({"axis": "task", "axis_values": ("memory",)}, r"axis='task' cannot be "
+     "the axis: a job has one task"),
+    ({"axis": "eval_batch_size", "axis_values": (10, 20)},
+     r"axis='eval_batch_size' cannot be the axis: it changes no job's "
+     "numbers"),
+    ({"axis": "model", "axis_values": (1,)}, r"axis='model' cannot be the "
+     "axis: it is a group of fields"),
+    ({"axis": "model.depth", "axis_values": (1, 2, 1)}, r"axis_values=\(1, "
+     r"2, 1\) repeats 1; give each value once."),
+    ({"axis_values": (1, 2)}, r"axis_values=\(1, 2\) change nothing without "
+     "an axis"),
 ]
 
 
@@ -140,12 +161,68 @@ def test_bad_value_is_refused_in_one_line(overrides, message):
     ("oja_lr", r"--config.oja_lr changes nothing: every arm sets oja_lr"),
     ("model.depth", r"--config.model.depth changes nothing: the axis sets"),
     ("lr", r"--config.lr changes nothing: sweep.lr=\(0.01,\) sets it"),
+    ("model.hidden", r"--config.model.hidden changes nothing: every job has "
+     r"model.depth > 0, which takes model.width.$"),
+    ("download", r"--config.download changes nothing: every job's dataset is "
+     "embedded in the package.$"),
 ])
 def test_a_flag_that_would_change_nothing_is_refused(field, message):
   config = _small(axis="model.depth", axis_values=(1,))
   config.sweep.lr = (0.01,)
   with pytest.raises(config_lib.ConfigError, match=f"^{message}"):
     config_lib.validate(config, cli_fields=[field])
+
+
+def _claimed(chosen: bool = False, **sweep) -> ml_collections.ConfigDict:
+  """_small with a declared claim (validation-chosen if ``chosen``)."""
+  config = _small()
+  with config.unlocked():
+    config.claim = base.claim(
+        "s", "scope", "bp_oja", "bp", gains_below=0.5 if chosen else None,
+        chosen_on="bp" if chosen else "", tested_on="bp_oja" if chosen else "")
+  for k, v in sweep.items():
+    config.sweep[k] = v
+  return config
+
+
+def test_reference_arm_on_the_command_line_is_refused_under_a_claim():
+  message = (r"--config.reference_arm changes nothing: it is the baseline of "
+             r"a run without a claim, and this config's claim names its arms "
+             r"\({}\); set --config.claim.{} instead.$")
+  with pytest.raises(config_lib.ConfigError, match=message.format(
+      "'bp_oja' against 'bp'", "reference")):
+    config_lib.validate(_claimed(), cli_fields=["reference_arm"])
+  with pytest.raises(config_lib.ConfigError, match=message.format(
+      "rules chosen on arm 'bp', compared on arm 'bp_oja'", "tested_on")):
+    config_lib.validate(_claimed(True, lr=(0.1,), oja_lr=(0.0, 0.1),
+                                 model_gain=(1.0,)),
+                        cli_fields=["reference_arm"])
+  # Without a claim it picks the generic tables' baseline: accepted.
+  config_lib.validate(_small(reference_arm="bp_oja"),
+                      cli_fields=["reference_arm"])
+
+
+@pytest.mark.parametrize("sweep, message", [
+    (dict(lr=(0.1,), oja_lr=(0.0, 0.01), model_gain=(0.5, 1.0)), None),
+    (dict(lr=(), oja_lr=(0.0, 0.01), model_gain=(1.0,)), r"sweep.lr=\(\) "
+     "does not hold the learning rates each rule is tuned over"),
+    (dict(lr=(0.1,), oja_lr=(), model_gain=(1.0,)), r"sweep.oja_lr=\(\) "
+     r"does not hold 0 \(backprop\) and a rate > 0"),
+    (dict(lr=(0.1,), oja_lr=(0.0,), model_gain=(1.0,)), r"sweep.oja_lr="
+     r"\(0.0,\) does not hold 0"),
+    (dict(lr=(0.1,), oja_lr=(0.01, 0.1), model_gain=(1.0,)), r"sweep.oja_lr="
+     r"\(0.01, 0.1\) does not hold 0"),
+    (dict(lr=(0.1,), oja_lr=(0.0, 0.1), model_gain=()), r"sweep.model_gain="
+     r"\(\) does not hold the gains the claim counts: the claim chooses "
+     "each rule's point of the sweep on arm 'bp'"),
+])
+def test_a_validation_chosen_claim_needs_its_sweep(sweep, message):
+  config = _claimed(True, **sweep)
+  if message is None:
+    assert config_lib.validate(config)
+    return
+  with pytest.raises(config_lib.ConfigError, match=f"^{message}"):
+    config_lib.validate(config)
 
 
 # --- The fingerprint -----------------------------------------------------
