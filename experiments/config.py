@@ -154,8 +154,45 @@ def _slug(value: Any) -> str:
   return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(value)).strip("_")
 
 
+TUNING_PREFIX = "val_"  # An arm's tuning arm (config.tune): PREFIX + arm.
+
+
+def tuning_overrides(config: ml_collections.ConfigDict,
+                     overrides: Any) -> dict[str, Any]:
+  """An arm's overrides as its tuning arm has them (``config.tune``): the
+  tuning seeds ``tuning_seed`` .. ``tuning_seed + tuning_seeds - 1`` (their
+  own splits, with ``split_per_seed``) and, for a classifier, validation
+  held out of each seed's training data (``validation=-1``: as many samples
+  as a test set has; for the embedded sets, the pool no test set contains)."""
+  out = {**dict(overrides), "seed": config.tuning_seed,
+         "seeds": config.tuning_seeds}
+  if "validation" in config:
+    out.update(validation=-1, data_split=config.tuning_seed)
+  return out
+
+
+def _with_tuning(config: ml_collections.ConfigDict,
+                 arms: dict[str, Any]) -> dict[str, Any]:
+  """``arms`` and, with ``config.tune``, each one's tuning arm after it."""
+  if not config.get("tune"):
+    return arms
+  out = {}
+  for arm, overrides in arms.items():
+    if arm.startswith(TUNING_PREFIX):
+      raise ConfigError(f"arm {arm!r}: with tune=True, names starting with "
+                        f"{TUNING_PREFIX!r} are the tuning arms'; rename it.")
+    out[arm] = overrides
+    out[TUNING_PREFIX + arm] = tuning_overrides(config, overrides)
+  return out
+
+
 def selected_arms(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The arms to run (all, or those ``select_arms`` names)."""
+  """The arms to run (all, or those ``select_arms`` names), with their
+  tuning arms if ``config.tune``."""
+  return _with_tuning(config, _selected(config))
+
+
+def _selected(config: ml_collections.ConfigDict) -> dict[str, Any]:
   arms = dict(config.arms) if config.arms else {"default": {}}
   if not config.get("select_arms"):
     return arms
@@ -197,10 +234,11 @@ def expand(config: ml_collections.ConfigDict) -> list[Job]:
         cfg.arms, cfg.sweep = ml_collections.ConfigDict(), config.sweep
       if config.axis:
         _set(cfg, config.axis, value)
-      _apply_overrides(cfg, overrides)
-      for field in config.sweep:  # A swept field overrides the arms' values.
-        if config.sweep[field]:
-          _set(cfg, field.replace("model_", "model."), config.sweep[field][0])
+      _apply_overrides(cfg, overrides)  # An arm may set its own sweep.
+      for field in cfg.sweep:  # A swept field overrides the arms' values.
+        if cfg.sweep[field]:
+          _set(cfg, field.replace("model_", "model."), cfg.sweep[field][0])
+      resolve_passes(cfg)
       key = cfg.to_json_best_effort(sort_keys=True)
       if key in seen:  # Arms that differ only in swept fields.
         continue
@@ -209,6 +247,27 @@ def expand(config: ml_collections.ConfigDict) -> list[Job]:
           config.axis) else ""
       jobs += _split_jobs(Job(prefix + _slug(arm), value, arm, cfg))
   return jobs
+
+
+def resolve_passes(cfg: ml_collections.ConfigDict) -> None:
+  """With ``passes`` > 0: ``num_samples`` = that many passes over the job's
+  training set (validation held out), a multiple of ``batch_size``."""
+  passes = cfg.get("passes", 0)
+  if not passes:
+    return
+  if cfg.task != "classifier":
+    raise ConfigError(f"passes={passes} is for the classifier task; the "
+                      f"{cfg.task} task trains on fresh samples: set "
+                      "num_samples.")
+  check_number("passes", passes)
+  from experiments import data  # pylint: disable=g-import-not-at-top
+  n = data.train_size(cfg.dataset, data_dir=cfg.data_dir or None,
+                      validation=cfg.validation)
+  samples = int(round(passes * n)) // cfg.batch_size * cfg.batch_size
+  if samples < cfg.batch_size:
+    raise ConfigError(f"passes={passes} is less than one batch of the "
+                      f"{n} training samples of {cfg.dataset}.")
+  cfg.num_samples = samples
 
 
 SPLIT_TAG = "-split="  # Job id suffix of one train/test split's seeds.

@@ -36,6 +36,9 @@ _TFDS_HOST = ("storage.googleapis.com", 443)
 
 # Seed of the embedded sets' validation pool (the same for every split).
 POOL_SEED = 20_241_208
+# ``load(validation=TEST_SIZE)``: hold out as many samples as the test set
+# has (for an embedded set: its whole validation pool).
+TEST_SIZE = -1
 
 
 class DataUnavailableError(RuntimeError):
@@ -113,6 +116,7 @@ def _embedded(name: str, seed: int, validation: int) -> Dataset:
   if not validation:
     return Dataset(train_x, train_y, test_x, test_y, 10, name)
   pool = np.flatnonzero(in_pool)
+  validation = len(pool) if validation == TEST_SIZE else validation
   if not 0 < validation <= len(pool):
     raise ValueError(
         f"validation={validation} must be between 1 and {len(pool)} for "
@@ -170,12 +174,14 @@ def train_size(name: str, *, data_dir: Optional[str] = None,
   if name in EMBEDDED:
     _, y, test_per_class = _embedded_arrays(name)
     n = len(y) - test_per_class * len(np.unique(y))
+    test = test_per_class * len(np.unique(y))
   elif name in TFDS:
     n = len(_tfds_split(name, "train", data_dir, download=False))
+    test = len(_tfds_split(name, "test", data_dir, download=False))
   else:
     raise ValueError(f"dataset={name!r} is not known; choose one of "
                      f"{', '.join(DATASETS)}.")
-  return n - validation
+  return n - (test if validation == TEST_SIZE else validation)
 
 
 def load(name: str = "embedded_mnist", *, data_dir: Optional[str] = None,
@@ -193,6 +199,7 @@ def load(name: str = "embedded_mnist", *, data_dir: Optional[str] = None,
       set): for an embedded set, samples of the validation pool (which no
       split's test set contains), at most one test set's size; for a TFDS
       set, the last ones of the train set (its test set is separate).
+      ``TEST_SIZE`` (-1): as many as the test set has.
 
   Returns:
     A :class:`Dataset`.
@@ -209,6 +216,7 @@ def load(name: str = "embedded_mnist", *, data_dir: Optional[str] = None,
   data = Dataset(train_x, train_y, test_x, test_y, num_classes, name)
   if validation:
     n = len(data.train_y)
+    validation = len(data.test_y) if validation == TEST_SIZE else validation
     if not 0 < validation < n:
       raise ValueError(f"validation={validation} must be between 1 and "
                        f"{n - 1} (the training set has {n} samples).")

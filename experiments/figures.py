@@ -140,6 +140,28 @@ def versus_gain(series: dict, path: str, title: str) -> str:
   return finish(fig, axes, title, path)
 
 
+def chosen(panels: dict, path: str, title: str, xlabel: str,
+           ylabel: str = "test accuracy", log_x: bool = False) -> str:
+  """Each rule at its validation-chosen points, a panel per budget or
+  setting (``experiments.tuned``).
+
+  ``panels``: {panel title: {rule: (xs, [per-seed values per x])}}; a
+  diverged seed's value is its failure score, as in the tests.
+  """
+  fig, axes = plt.subplots(1, len(panels), squeeze=False,
+                           figsize=(3.6 * len(panels), 3.0))
+  rules = list(dict.fromkeys(r for p in panels.values() for r in p))
+  for ax, (name, lines) in zip(axes[0], panels.items()):
+    for rule, (xs, per_seed) in lines.items():
+      _errorbars(ax, xs, per_seed, f"C{rules.index(rule)}", rule)
+    if log_x:
+      ax.set_xscale("log")
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+  return finish(fig, axes, title, path)
+
+
 def bars(run: analysis.Run, path: str) -> str:
   """Final test accuracy per arm, horizontal bars with CI error bars."""
   rs = run.results

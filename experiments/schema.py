@@ -36,6 +36,10 @@ class Section(NamedTuple):
   figures: list[str]  # File names in the run directory.
   verdict: str  # One of VERDICTS, or "" for runs that test no claim.
   evidence: str  # One line: the counts behind the verdict.
+  # The same rule against the best non-plastic control ("" where the claim
+  # declares no controls): "beyond a norm control".
+  control_verdict: str = ""
+  control_evidence: str = ""
 
 
 def array(values: Any) -> np.ndarray:

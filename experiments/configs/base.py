@@ -24,7 +24,11 @@ def claim(statement: str, scope: str, arm: str, reference: str, *,
           gains_below: float | None = None, gains_above: float | None = None,
           chosen_on: str = "", tested_on: str = "",
           good_inits: tuple[str, ...] = (),
-          layer_depths: tuple[int, ...] = ()) -> ml_collections.ConfigDict:
+          layer_depths: tuple[int, ...] = (),
+          controls: tuple[str, ...] = (), versus: tuple[str, ...] = (),
+          margin: float = 0.0,
+          pairs: tuple[tuple[str, str], ...] = ()
+          ) -> ml_collections.ConfigDict:
   """The claim a verdict config tests, as data (``config.claim``).
 
   ``experiments.claims`` evaluates it; ``experiments.config.validate``
@@ -57,6 +61,16 @@ def claim(statement: str, scope: str, arm: str, reference: str, *,
     good_inits: init schemes whose arms ``{reference}_{init}`` and
       ``{arm}_{init}`` tell depth from initialization (deep_online).
     layer_depths: axis values of the per-layer activation table.
+    controls: non-plastic arms that keep weight or activity scale (a
+      unit-norm projection, a good init). With ``config.tune``, a second
+      verdict line, by the same rule, compares ``arm`` with the best of them
+      (on validation) at each counted setting: "beyond a norm control".
+    versus: with ``config.tune``, the arms ``arm`` is compared with in the
+      verdict (default: ``reference``), e.g. each trick.
+    margin: a non-inferiority margin: the verdict's comparisons test
+      ``arm + margin - other`` (0: superiority).
+    pairs: (arm, base) comparisons reported in the family beside
+      ``secondary``, e.g. a trick with Oja against the trick.
   """
   return ml_collections.ConfigDict({
       "statement": statement, "scope": scope, "arm": arm,
@@ -66,7 +80,9 @@ def claim(statement: str, scope: str, arm: str, reference: str, *,
       "axis_min": axis_min, "gains_below": gains_below,
       "gains_above": gains_above, "chosen_on": chosen_on,
       "tested_on": tested_on, "good_inits": tuple(good_inits),
-      "layer_depths": tuple(layer_depths)})
+      "layer_depths": tuple(layer_depths), "controls": tuple(controls),
+      "versus": tuple(versus), "margin": float(margin),
+      "pairs": tuple(tuple(p) for p in pairs)})
 
 
 def _training(c: ml_collections.ConfigDict) -> None:
@@ -75,6 +91,7 @@ def _training(c: ml_collections.ConfigDict) -> None:
   c.seed = 0
   c.seeds = 5
   c.num_samples = 4000
+  c.passes = 0.0  # > 0: train this many passes over the training set instead.
   c.eval_every = 500
   c.batch_size = 1
   c.checkpoint_every = 0  # Samples between orbax checkpoints; 0: at the end.
@@ -95,6 +112,13 @@ def _training(c: ml_collections.ConfigDict) -> None:
   c.sweep.lr = ()
   c.sweep.oja_lr = ()
   c.sweep.model_gain = ()
+  # tune: every arm also runs as val_<arm> (same grid) on tuning_seeds seeds
+  # from tuning_seed on, never the verdict's, with validation held out of
+  # each seed's training data; a claim compares each arm at its grid point
+  # chosen there, per setting and budget (experiments.tuned).
+  c.tune = False
+  c.tuning_seeds = 4
+  c.tuning_seed = 1000
 
 
 def get_base_config() -> ml_collections.ConfigDict:
