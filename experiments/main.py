@@ -30,6 +30,7 @@ import importlib.util
 import logging as logging_std
 import os
 import shlex
+import signal
 import sys
 from typing import Any, NamedTuple, Optional, Sequence
 
@@ -84,8 +85,9 @@ def _define_flags(flag_values: flags.FlagValues,
           "cpu_devices", None, "Split the CPU into this many single-threaded "
           "XLA devices (0: one per core) and spread each job's (grid point, "
           "seed) pairs over them. Off by default: numbers then differ from a "
-          "one-device run in the last bits (docs/running.md). Ignored if "
-          "XLA_FLAGS already sets the device count.", lower_bound=0, **kw),
+          "one-device run in the last bits (docs/running.md). Refused if "
+          "XLA_FLAGS already sets another device count.", lower_bound=0,
+          **kw),
       "tensorboard": flags.DEFINE_bool(
           "tensorboard", True, "Also write each job's curves as TensorBoard "
           "event files under <workdir>/tensorboard (tensorboard --logdir "
@@ -99,11 +101,41 @@ _FLAGS = _define_flags(flags.FLAGS)
 
 
 class UserError(Exception):
-  """Bad input: one line to the user, exit code 2."""
+  """Bad input: one line to the user, exit code 2 (``code``)."""
+
+  code = 2
 
 
 class Interrupted(UserError):
-  """Ctrl-C: exit code 130."""
+  """Ctrl-C (exit code 130) or SIGTERM (143): one line."""
+
+  def __init__(self, message: str, code: int = 130):
+    super().__init__(message)
+    self.code = code
+
+
+class Failed(UserError):
+  """The run stopped on a failure that is not the input's (a worker that
+  died): one line, exit code 1."""
+
+  code = 1
+
+
+class Terminated(KeyboardInterrupt):
+  """SIGTERM (what ``timeout`` and schedulers send), raised in the main
+  thread by :func:`run`'s handler: it stops a run as Ctrl-C does, with
+  exit code 143 (128 + 15)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+  del signum, frame
+  raise Terminated()
+
+
+def _stopped(err: KeyboardInterrupt) -> tuple[str, int]:
+  """What stopped the run and its exit code: SIGTERM or Ctrl-C."""
+  return ("terminated", 143) if isinstance(err, Terminated) else (
+      "interrupted", 130)
 
 
 class Parsed(NamedTuple):
@@ -159,12 +191,47 @@ def one_line(err: BaseException | str) -> str:
   return " ".join(str(err).split())
 
 
+def _required_fields(task: str) -> tuple[str, list[str]]:
+  """Where a config of ``task`` starts from, and the dotted fields it has
+  (an empty group counts as one field: its contents vary)."""
+  if task == "meta":
+    where = "experiments/configs/meta_plasticity.py's get_config()"
+    module = importlib.import_module("experiments.configs.meta_plasticity")
+    start = module.get_config()
+  else:
+    base = importlib.import_module("experiments.configs.base")
+    name = "get_memory_base_config" if task == "memory" else "get_base_config"
+    where = f"experiments/configs/base.py's {name}()"
+    start = getattr(base, name)()
+
+  def leaves(node, prefix=""):
+    for key, value in node.items():
+      if hasattr(value, "keys") and len(value):
+        yield from leaves(value, f"{prefix}{key}.")
+      else:
+        yield prefix + key
+  return where, list(leaves(start))
+
+
 def load_config_file(path: str):
-  """The module's ``get_config()``; a ``UserError`` for any problem."""
+  """The module's ``get_config()``; a ``UserError`` for any problem: no such
+  file, a directory, unreadable, not loadable, no ``get_config``, which
+  raises or returns no ``ConfigDict``, or one that lacks a field of its
+  task's base config (which the code would miss after minutes)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  if os.path.isdir(path):
+    raise UserError(f"config file {path} is a directory; give a .py file, "
+                    "e.g. experiments/configs/deep_online.py.")
   if not os.path.isfile(path):
     name = os.path.basename(path).removesuffix(".py")
     raise UserError(f"unknown experiment {name!r} (no {path}); experiments: "
                     f"{', '.join(experiment_names())}.")
+  try:
+    with open(path, "rb") as f:
+      f.read(1)
+  except OSError as err:
+    raise UserError(f"config file {path} cannot be read: "
+                    f"{err.strerror or one_line(err)}.") from None
   try:
     spec = importlib.util.spec_from_file_location("_ojax_config", path)
     module = importlib.util.module_from_spec(spec)
@@ -181,10 +248,30 @@ def load_config_file(path: str):
   except Exception as err:  # pylint: disable=broad-except
     raise UserError(f"config file {path}: get_config() raised "
                     f"{type(err).__name__}: {one_line(err)}") from None
-  if not hasattr(config, "keys"):
+  if not isinstance(config, ml_collections.ConfigDict):
     raise UserError(f"config file {path}: get_config() returned "
                     f"{type(config).__name__}, not a ConfigDict.")
+  task = config.get("task", "classifier")
+  if task in ("classifier", "memory", "meta"):  # Else validation says so.
+    where, fields = _required_fields(task)
+    missing = [f for f in fields if not _has(config, f)]
+    if missing:
+      shown = ", ".join(missing[:8]) + (
+          f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+      raise UserError(f"config file {path}: get_config() lacks the field"
+                      f"{'s' if len(missing) > 1 else ''} {shown}; a "
+                      f"task={task!r} config has every field of {where}.")
   return config
+
+
+def _has(config, field: str) -> bool:
+  """True if the dotted ``field`` is in ``config`` (even if it is None)."""
+  node = config
+  for part in field.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return False
+    node = node[part]
+  return True
 
 
 def config_fields(args: Sequence[str]) -> list[str]:
@@ -483,23 +570,34 @@ def execute(s: Setup) -> str:
   """Runs a checked setup; returns the path of summary.md.
 
   Raises ``UserError`` (one line) when the run stops on a config problem
-  found while running, a full disk or Ctrl-C; the finished jobs and each
-  job's last good checkpoint stay in the run directory.
+  found while running or a full disk (exit code 2), a worker that died
+  (``Failed``, 1), Ctrl-C or SIGTERM (``Interrupted``, 130 or 143); the
+  finished jobs and each job's last good checkpoint stay in the run
+  directory, and no worker is left running. Any other exception (a bug) is
+  raised with notes naming its job and where the run stopped.
   """
+  from experiments import pool  # pylint: disable=g-import-not-at-top
   from experiments import rundir  # pylint: disable=g-import-not-at-top
   path = s.workdir.path
   try:
     return harness(s.parsed.config).run(
         s.parsed.config, s.prepared, path, s.parsed.command,
         workers=s.parsed.workers, tensorboard=s.parsed.tensorboard)
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated).
+    word, code = _stopped(err)
     raise Interrupted(
-        f"interrupted: {rundir.where_stopped(path, s.jobs)} in {path}. "
-        f"Resume with: {s.resume}") from None
+        f"{word}: {rundir.where_stopped(path, s.jobs)} in {path}. "
+        f"Resume with: {s.resume}", code) from None
+  except pool.WorkerDied as err:
+    raise Failed(
+        f"{err}: {rundir.where_stopped(path, s.jobs)} in {path}; the "
+        f"finished jobs are kept. Resume with: {s.resume}") from None
   except rundir.ConfigError as err:
     raise UserError(one_line(err)) from None
   except Exception as err:  # pylint: disable=broad-except
     if not is_disk_full(err):
+      err.add_note(f"ojax: error: {rundir.where_stopped(path, s.jobs)} in "
+                   f"{path}; the finished jobs are kept.")
       raise
     raise UserError(
         f"disk full while writing to {path}: "
@@ -521,8 +619,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _PARSED[:] = [_parse(argv, flags.FLAGS, _FLAGS)]
   except UserError as err:
     fail(str(err))
-  except KeyboardInterrupt:
-    fail("interrupted before anything was written.", 130)
+  except KeyboardInterrupt as err:
+    word, code = _stopped(err)
+    fail(f"{word} before anything was written.", code)
   return argv[:1]
 
 
@@ -531,15 +630,14 @@ def main(argv: list[str]) -> None:
   try:
     s = setup(_PARSED[0])
   except UserError as err:
-    fail(str(err))
-  except KeyboardInterrupt:
-    fail("interrupted before training started; nothing was run.", 130)
+    fail(str(err), err.code)
+  except KeyboardInterrupt as err:
+    word, code = _stopped(err)
+    fail(f"{word} before training started; nothing was run.", code)
   try:
     summary = execute(s)
-  except Interrupted as err:
-    fail(str(err), 130)
   except UserError as err:
-    fail(str(err))
+    fail(str(err), err.code)
   if os.path.exists(summary):  # Only the lead host writes reports.
     logging.info("wrote %s", summary)
     with open(summary) as f:
@@ -578,7 +676,12 @@ class _DropOrbaxInfo(logging_std.Filter):
 
 
 def run() -> None:
-  """The console entry point (``ojax-experiment``)."""
+  """The console entry point (``ojax-experiment``).
+
+  SIGTERM stops the run as Ctrl-C does (:class:`Terminated`, exit code
+  143).
+  """
+  signal.signal(signal.SIGTERM, _on_sigterm)
   logging.get_absl_handler().addFilter(_DropOrbaxInfo())
   app.run(main, flags_parser=_parse_flags)
 

@@ -47,11 +47,41 @@ def table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   return "\n".join(lines)
 
 
-def read_section(run_dir: str) -> Section:
-  with open(os.path.join(run_dir, "section.json")) as f:
-    s = json.load(f)
+def section_from_json(s: Any) -> Section:
+  """The :class:`Section` a ``section.json`` (or a record's section) holds;
+  a one-line ``ValueError`` saying what is wrong if it is damaged."""
+  if not isinstance(s, dict):
+    raise ValueError(f"the section is a {type(s).__name__}, not an object")
+  missing = [f for f in Section._fields
+             if f not in s and f not in Section._field_defaults]
+  if missing:
+    raise ValueError(f"the section lacks {', '.join(missing)}")
+  s = {**Section._field_defaults, **s}
+  for field in ("claim", "scope", "verdict", "evidence", "control_verdict",
+                "control_evidence"):
+    if not isinstance(s[field], str):
+      raise ValueError(f"section.{field}={s[field]!r} is not a string")
+  for field in ("verdict", "control_verdict"):
+    if s[field] and s[field] not in VERDICTS:
+      raise ValueError(f"section.{field}={s[field]!r} is not one of "
+                       f"{', '.join(VERDICTS)}")
+  if not isinstance(s["figures"], list) or not all(
+      isinstance(f, str) for f in s["figures"]):
+    raise ValueError("section.figures is not a list of file names")
+  if not isinstance(s["tables"], list) or not all(
+      isinstance(t, list) and len(t) == 2 and all(
+          isinstance(x, str) for x in t) for t in s["tables"]):
+    raise ValueError("section.tables is not a list of [title, table] "
+                     "string pairs")
   return Section(s["claim"], s["scope"], [tuple(t) for t in s["tables"]],
-                 s["figures"], s["verdict"], s["evidence"])
+                 s["figures"], s["verdict"], s["evidence"],
+                 s["control_verdict"], s["control_evidence"])
+
+
+def read_section(run_dir: str) -> Section:
+  """The run's ``section.json``: OSError or a one-line ValueError."""
+  with open(os.path.join(run_dir, "section.json")) as f:
+    return section_from_json(json.load(f))
 
 
 def write_section(run_dir: str, section: Section, title: str,
@@ -79,6 +109,9 @@ def render(section: Section, title: str, preamble: Sequence[str] = (),
     lines += [f"**Settings the verdict counts.** {section.scope}.", ""]
   if section.verdict:
     lines += [f"**Verdict: {section.verdict}.** {section.evidence}", ""]
+  if section.control_verdict:
+    lines += [f"**Beyond a norm control: {section.control_verdict}.** "
+              f"{section.control_evidence}", ""]
   for name, tbl in section.tables:
     if tbl:
       lines += [f"{h}# {name}", "", tbl, ""]

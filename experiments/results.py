@@ -19,8 +19,11 @@ replaces that experiment's section and keeps the others, on any machine.
 ``--report_only`` runs nothing and refreshes the records from the run
 directories that exist. ``--quick`` runs each config's ``QUICK_ARGS`` (its
 test size). A failing experiment is recorded in its section, unless it has
-a result on record, which is kept (the exit code is then 1); the others go
-on.
+a result on record, which is kept; the others go on, and the exit code is 1.
+Bad input (an unknown name, a file where a directory belongs, a damaged
+record) gets one line, ``ojax: error: ...``, and exit code 2 before anything
+runs or is written. The modules with JAX are imported inside the functions
+that need them, so that ``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -35,10 +38,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import NamedTuple, Union
-
-from experiments import analysis
-from experiments import report
+from typing import Any, NamedTuple, Sequence, Union
 
 EXPERIMENTS = ("landscape", "online", "deep_online", "bad_init", "tricks",
                "feedback_alignment", "recurrent_memory", "meta_plasticity")
@@ -58,6 +58,59 @@ STATISTICS = (
     "differently, so rendered again they would move by Monte Carlo noise "
     "(about +-0.0002 at p ~ 0.002; the closest significance call, Holm p "
     "0.00714, stays below 0.02).")
+
+
+class RecordError(ValueError):
+  """A damaged record: one line naming its file and what is wrong."""
+
+
+class Parser(argparse.ArgumentParser):
+  """argparse whose bad input gets one line, ``ojax: error: ...``, exit 2
+  (argparse's own also prints the usage)."""
+
+  def error(self, message: str):
+    from experiments import main as cli  # pylint: disable=g-import-not-at-top
+    cli.fail(message)
+
+
+def names_of(flag: str, value: Any, known: Sequence[str], what: str,
+             hint: str = "") -> list[str]:
+  """The names of a comma-separated ``flag`` (``known`` if it is None).
+
+  One line, exit 2, if it names nothing, an unknown name or a name twice:
+  checked before anything runs.
+  """
+  from experiments import main as cli  # pylint: disable=g-import-not-at-top
+  if value is None:
+    return list(known)
+  names = [n.strip() for n in value.split(",") if n.strip()]
+  if not names:
+    cli.fail(f"{flag}={value!r} names no {what}; {what}: {', '.join(known)}"
+             f" (leave {flag} out for all of them{hint}).")
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    cli.fail(f"{flag} names unknown {what} {', '.join(map(repr, unknown))};"
+             f" {what}: {', '.join(known)}.")
+  twice = [n for i, n in enumerate(names) if n in names[:i]]
+  if twice:
+    cli.fail(f"{flag} names {twice[0]!r} twice; give each once.")
+  return names
+
+
+def check_path(flag: str, path: str, directory: bool) -> None:
+  """One line, exit 2, unless ``path`` is (or can become) a directory
+  (``directory``) or a file: before anything runs."""
+  from experiments import main as cli  # pylint: disable=g-import-not-at-top
+  if directory and os.path.exists(path) and not os.path.isdir(path):
+    cli.fail(f"{flag}={path} is a file; give a directory.")
+  if not directory and os.path.isdir(path):
+    cli.fail(f"{flag}={path} is a directory; give a file name.")
+  parent = os.path.abspath(path if directory else os.path.dirname(
+      os.path.abspath(path)))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    cli.fail(f"{flag}={path} cannot be created: {parent} is a file.")
 
 
 class Outcome(NamedTuple):
@@ -124,8 +177,11 @@ def run_experiment(name: str, run_dir: str, extra: list[str], fresh: bool,
   record = os.path.join(run_dir, RUN_RECORD)
   if fresh and os.path.exists(record):
     os.remove(record)  # Its time was spent on results --restart discards.
-  before = (recorded_outcome(name, run_dir) if os.path.exists(record)
-            else None)  # An earlier invocation on this run directory.
+  try:  # An earlier invocation on this run directory.
+    before = (recorded_outcome(name, run_dir) if os.path.exists(record)
+              else None)
+  except RecordError:
+    before = None  # Its time is unknown; this run's record replaces it.
   if before is not None and before.seconds != before.seconds:
     before = None
   tic = time.perf_counter()
@@ -146,6 +202,7 @@ def run_experiment(name: str, run_dir: str, extra: list[str], fresh: bool,
     if not isinstance(code, str):
       break  # A real error; running again would give the same.
     argv = [a for a in argv if a != "--restart"]
+  from experiments import report  # pylint: disable=g-import-not-at-top
   outcome = Outcome(name, run_dir, command, time.perf_counter() - tic, error,
                     machine())
   if before is not None:  # A resume: the run directory's total.
@@ -155,17 +212,50 @@ def run_experiment(name: str, run_dir: str, extra: list[str], fresh: bool,
   return outcome
 
 
+def outcome_from_json(saved: Any) -> Outcome:
+  """The :class:`Outcome` a record holds; a one-line ``ValueError`` saying
+  what is wrong if it is damaged."""
+  if not isinstance(saved, dict):
+    raise ValueError(f"the outcome is a {type(saved).__name__}, not an "
+                     "object")
+  missing = [f for f in Outcome._fields
+             if f not in saved and f not in Outcome._field_defaults]
+  unknown = sorted(set(saved) - set(Outcome._fields))
+  if missing or unknown:
+    raise ValueError("the outcome " + "; ".join(
+        ([f"lacks {', '.join(missing)}"] if missing else []) +
+        ([f"has unknown fields {', '.join(unknown)}"] if unknown else [])))
+  for field, value in saved.items():
+    want = {"seconds": (int, float, type(None)), "invocations": int}.get(
+        field, str)
+    if isinstance(value, bool) or not isinstance(value, want):
+      raise ValueError(f"outcome.{field}={value!r} is not a "
+                       f"{'string' if want is str else 'number'}")
+  seconds = saved["seconds"]
+  return Outcome(**{**saved, "seconds": float(
+      "nan" if seconds is None else seconds)})
+
+
 def recorded_outcome(name: str, run_dir: str) -> Outcome:
-  """The outcome of an earlier run of ``run_dir`` (``--report_only``)."""
+  """The outcome of an earlier run of ``run_dir`` (``--report_only``);
+  ``RecordError`` if its record is damaged."""
   path = os.path.join(run_dir, RUN_RECORD)
   if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    saved["seconds"] = saved["seconds"] or float("nan")
-    return Outcome(**{**saved, "run_dir": run_dir})
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+      return outcome_from_json(saved)._replace(
+          run_dir=run_dir, seconds=saved["seconds"] or float("nan"))
+    except (OSError, ValueError) as err:
+      raise RecordError(f"{path} is damaged: {_one_line(err)}") from None
   error = "" if os.path.isdir(run_dir) else f"no run directory {run_dir}"
   return Outcome(name, run_dir, f"experiments.main --config={name}",
                  float("nan"), error)
+
+
+def _one_line(err: BaseException) -> str:
+  from experiments import main as cli  # pylint: disable=g-import-not-at-top
+  return cli.one_line(getattr(err, "strerror", None) or err)
 
 
 def _copy_figures(section: report.Section, name: str, run_dir: str,
@@ -192,6 +282,7 @@ def _header(o: Outcome) -> list[str]:
 def write_record(records: str, outcome: Outcome,
                  section: Union[report.Section, str]) -> str:
   """Saves what RESULTS.md says about one experiment (committed)."""
+  from experiments import report  # pylint: disable=g-import-not-at-top
   os.makedirs(records, exist_ok=True)
   body = (section._asdict() if isinstance(section, report.Section)
           else {"error": section})
@@ -201,28 +292,61 @@ def write_record(records: str, outcome: Outcome,
 
 def read_records(records: str) -> tuple[list[Outcome], dict[str, Union[
     report.Section, str]]]:
-  """Every experiment's record, in suite order (absent ones left out)."""
+  """Every experiment's record, in suite order (absent ones left out).
+
+  Raises ``RecordError`` (one line naming the file and what is wrong) if a
+  record is damaged: unreadable, not JSON, empty, or without the fields and
+  types :func:`write_record` writes.
+  """
   outcomes, sections = [], {}
   for name in EXPERIMENTS:
     path = os.path.join(records, f"{name}.json")
-    if not os.path.exists(path):
-      continue
-    with open(path) as f:
-      saved = json.load(f)
-    o = saved["outcome"]
-    o["seconds"] = float("nan") if o["seconds"] is None else o["seconds"]
-    outcomes.append(Outcome(**o))
-    body = saved["section"]
-    sections[name] = body["error"] if "error" in body else report.Section(
-        body["claim"], body["scope"], [tuple(t) for t in body["tables"]],
-        body["figures"], body["verdict"], body["evidence"])
+    if os.path.exists(path):
+      outcome, sections[name] = read_record(path, name)
+      outcomes.append(outcome)
   return outcomes, sections
+
+
+def read_record(path: str, name: str) -> tuple[Outcome, Union[
+    report.Section, str]]:
+  """The record of experiment ``name`` in ``path``; ``RecordError``."""
+  from experiments import report  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path) as f:
+      text = f.read()
+    if not text.strip():
+      raise ValueError("the file is empty")
+    try:
+      saved = json.loads(text)
+    except ValueError as err:
+      raise ValueError(f"not JSON ({_one_line(err)})") from None
+    if not isinstance(saved, dict) or set(saved) != {"outcome", "section"}:
+      what = (f"keys {', '.join(sorted(saved)) or 'none'}"
+              if isinstance(saved, dict) else f"a {type(saved).__name__}")
+      raise ValueError(f"it holds {what}, not an object with outcome and "
+                       "section")
+    outcome = outcome_from_json(saved["outcome"])
+    if outcome.name != name:
+      raise ValueError(f"outcome.name={outcome.name!r}, not {name!r}")
+    body = saved["section"]
+    if isinstance(body, dict) and "error" in body:
+      if set(body) != {"error"} or not isinstance(body["error"], str):
+        raise ValueError("a failed section holds more than an error string")
+      return outcome, body["error"]
+    return outcome, report.section_from_json(body)
+  except (OSError, ValueError) as err:
+    raise RecordError(
+        f"{path} is damaged: {_one_line(err)}; restore it (git checkout -- "
+        f"{path}) or remove it and run: make results ARGS=--only={name}"
+    ) from None
 
 
 def render(outcomes: list[Outcome],
            sections: dict[str, Union[report.Section, str]], out_path: str,
            figure_dir: str, argv: list[str]) -> str:
   """Writes RESULTS.md: the verdict table, then every section."""
+  from experiments import analysis  # pylint: disable=g-import-not-at-top
+  from experiments import report  # pylint: disable=g-import-not-at-top
   rel_figures = os.path.relpath(figure_dir, os.path.dirname(
       os.path.abspath(out_path)))
   lines = [
@@ -264,6 +388,7 @@ def render(outcomes: list[Outcome],
 
 def prune_figures(figure_dir: str, sections) -> list[str]:
   """Removes an experiment's figures that no record shows (stale ones)."""
+  from experiments import report  # pylint: disable=g-import-not-at-top
   shown = {f for s in sections.values()
            if isinstance(s, report.Section) for f in s.figures}
   removed = []
@@ -276,8 +401,13 @@ def prune_figures(figure_dir: str, sections) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--only", default="", help="comma-separated names")
+  """Runs (or re-reads) the experiments and writes RESULTS.md; returns the
+  exit code: 0, or 1 if an experiment failed. Bad input: one line, exit 2,
+  before anything runs or is written."""
+  from experiments import main as cli  # pylint: disable=g-import-not-at-top
+  parser = Parser(description=__doc__.split("\n")[0])
+  parser.add_argument("--only", default=None, help="comma-separated names "
+                      f"(default: all): {', '.join(EXPERIMENTS)}")
   parser.add_argument("--quick", action="store_true", help="tiny sizes")
   parser.add_argument("--fresh", action="store_true",
                       help="start existing run directories over")
@@ -290,19 +420,28 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--timeout", type=float, default=3600.0,
                       help="seconds per experiment before a resumed retry")
   args = parser.parse_args(argv)
-  names = [n for n in args.only.split(",") if n] or list(EXPERIMENTS)
-  unknown = [n for n in names if n not in EXPERIMENTS]
-  if unknown:
-    parser.error(f"unknown experiments {unknown}; known: "
-                 f"{', '.join(EXPERIMENTS)}")
+  names = names_of("--only", args.only, EXPERIMENTS, "experiments")
+  for flag in ("runs", "figures", "records"):
+    check_path(f"--{flag}", getattr(args, flag), directory=True)
+  check_path("--out", args.out, directory=False)
+  if not args.timeout > 0:
+    cli.fail(f"--timeout={args.timeout:g} must be > 0 seconds.")
+  try:  # Every record is rendered: a damaged one stops us before any run.
+    read_records(args.records)
+  except RecordError as err:
+    cli.fail(str(err))
   os.makedirs(args.figures, exist_ok=True)
-  failed = []
+  failed = {}
   for name in names:
     run_dir = os.path.join(args.runs, name)
     if args.report_only:
       if not os.path.isdir(run_dir):
         continue  # Its record (if any) stays as it is.
-      outcome = recorded_outcome(name, run_dir)
+      try:
+        outcome = recorded_outcome(name, run_dir)
+      except RecordError as err:
+        outcome = Outcome(name, run_dir, f"experiments.main --config={name}",
+                          float("nan"), str(err))
     else:
       print(f"[results] {name}: running", flush=True)
       outcome = run_experiment(name, run_dir,
@@ -313,26 +452,33 @@ def main(argv: list[str]) -> int:
     if outcome.error:
       sections[name] = outcome.error
     else:
+      from experiments import report  # pylint: disable=g-import-not-at-top
       try:
         sections[name] = _copy_figures(report.read_section(run_dir), name,
                                        run_dir, args.figures)
-      except (OSError, ValueError, KeyError) as err:
-        sections[name] = f"no readable section.json: {err}"
+      except (OSError, ValueError) as err:
+        sections[name] = f"no readable section.json: {_one_line(err)}"
     word = getattr(sections[name], "verdict", "FAILED " + str(sections[name]))
     print(f"[results] {name}: {word} ({outcome.seconds:.0f} s)", flush=True)
-    if isinstance(sections[name], str) and isinstance(
-        read_records(args.records)[1].get(name), report.Section):
-      # A failure never replaces a result: the last one stays on record.
-      print(f"[results] {name}: its earlier record in {args.records} is kept",
-            flush=True)
-      failed.append(name)
-      continue
+    if isinstance(sections[name], str):
+      failed[name] = sections[name]
+      earlier = read_records(args.records)[1].get(name)
+      if earlier is not None and not isinstance(earlier, str):
+        # A failure never replaces a result: the last one stays on record.
+        print(f"[results] {name}: its earlier record in {args.records} is "
+              "kept", flush=True)
+        continue
     write_record(args.records, outcome, sections[name])
     render(*read_records(args.records), args.out, args.figures, argv)
   outcomes, sections = read_records(args.records)
   render(outcomes, sections, args.out, args.figures, argv)
   prune_figures(args.figures, sections)
   print(f"[results] wrote {args.out}")
+  if failed:
+    print(f"ojax: error: {len(failed)} of {len(names)} experiments failed ("
+          f"run.log in their run directories under {args.runs}): " +
+          "; ".join(f"{n}: {e}" for n, e in failed.items()), file=sys.stderr,
+          flush=True)
   return 1 if failed else 0
 
 

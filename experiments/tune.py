@@ -10,7 +10,14 @@ with the highest mean final validation accuracy over seeds (a diverged seed
 counts as 0). Writes each sweep's run directory (summary.md, heat maps) under
 ``runs/tuning/<study>/<group>``, ``runs/tuning/chosen.json`` and
 ``docs/tuning.md``. The experiment configs hold the chosen values; this
-script says which differ.
+script says which differ. ``--doc_only`` runs nothing and rewrites the doc
+from the sweeps that exist.
+
+Every setting is checked before anything runs (the names in ``--only``, the
+seeds, the samples, each sweep's config, data and size): bad input gets one
+line, ``ojax: error: ...``, and exit code 2; a sweep that fails gets one
+line and exit code 1. The modules with JAX are imported inside the functions
+that need them, so that ``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import copy
 import faulthandler
 import importlib
 import json
+import math
 import os
 import shlex
 import signal
@@ -30,9 +38,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from experiments import rundir
-from experiments import runner
-from experiments import stats
+from experiments import results
 
 SGD_LRS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 OJA_LRS_LR = (0.003, 0.01, 0.03, 0.1, 0.3)
@@ -40,6 +46,7 @@ OJA_LRS = (0.0003, 0.001, 0.003, 0.01, 0.03)
 ADAM_LRS = (0.0001, 0.0003, 0.001, 0.003, 0.01)
 VALIDATION = 1000
 NUM_SAMPLES = 3200  # ~1 pass over the 3,000 remaining; a multiple of 16.
+EVALUATIONS = 8  # eval_every = num_samples / EVALUATIONS.
 
 _FA = {"model": {"feedback": "random"}}
 _OJA = {"sweep": {"lr": OJA_LRS_LR, "oja_lr": OJA_LRS}}
@@ -148,7 +155,7 @@ def study_config(study: str, group: str, seeds: int, num_samples: int
   with c.unlocked():
     c.experiment = f"tune-{study}-{group}"
     c.validation, c.seeds = VALIDATION, seeds
-    c.num_samples, c.eval_every = num_samples, num_samples // 8
+    c.num_samples, c.eval_every = num_samples, num_samples // EVALUATIONS
     for field, value in spec["setting"].get("model", {}).items():
       c.model[field] = value
     c.arms = ml_collections.ConfigDict(copy.deepcopy(arms))
@@ -160,6 +167,7 @@ def study_config(study: str, group: str, seeds: int, num_samples: int
 
 def choose(run_dir: str) -> dict[str, dict[str, Any]]:
   """Best grid point per job of a finished sweep, by mean validation acc."""
+  from experiments import stats  # pylint: disable=g-import-not-at-top
   out = {}
   for name in sorted(os.listdir(os.path.join(run_dir, "jobs"))):
     with open(os.path.join(run_dir, "jobs", name)) as f:
@@ -183,6 +191,8 @@ def choose(run_dir: str) -> dict[str, dict[str, Any]]:
 def run_group(study: str, group: str, seeds: int, num_samples: int,
               out_root: str) -> None:
   """Runs (or resumes) one sweep in this process."""
+  from experiments import rundir  # pylint: disable=g-import-not-at-top
+  from experiments import runner  # pylint: disable=g-import-not-at-top
   config = study_config(study, group, seeds, num_samples)
   run_dir = os.path.join(out_root, study, group)
   os.makedirs(run_dir, exist_ok=True)
@@ -210,6 +220,11 @@ def run_study(study: str, seeds: int, num_samples: int, out_root: str,
         proc.wait()
       print(f"[tune] {study}/{group}: attempt {attempt + 1} failed",
             flush=True)
+    else:
+      from experiments import main as cli  # pylint: disable=g-import-not-at-top
+      cli.fail(f"sweep {study}/{group} failed {tries} times (its output is "
+               f"above; it resumes from {os.path.join(out_root, study, group)}"
+               "); the other studies' choices are kept.", 1)
     chosen.update(choose(os.path.join(out_root, study, group)))
   return chosen
 
@@ -266,10 +281,61 @@ def write_doc(path: str, chosen: dict[str, dict[str, Any]], seeds: int,
     f.write("\n".join(lines))
 
 
-def main(argv: list[str]) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--only", default=",".join(STUDIES),
-                      help="studies to run; empty: rewrite the doc only")
+def check(studies: list[str], seeds: int, num_samples: int) -> None:
+  """Everything that can be checked before a sweep runs: one line, exit 2.
+
+  The seeds and samples first (in this script's terms), then each sweep's
+  config, data and size as the runner checks them (``runner.prepare``).
+  """
+  from experiments import main as cli  # pylint: disable=g-import-not-at-top
+  from experiments import stats  # pylint: disable=g-import-not-at-top
+  if seeds < stats.MIN_SEEDS:
+    cli.fail(f"--seeds={seeds} must be >= {stats.MIN_SEEDS} (the doc gives "
+             "each chosen point's interval over seeds).")
+  batches = [arm.get("batch_size", 1) for spec in STUDIES.values()
+             for _, arms in spec["groups"].values() for arm in arms.values()]
+  step = EVALUATIONS * math.lcm(*batches)
+  if num_samples < step or num_samples % step:
+    cli.fail(f"--num_samples={num_samples} must be a positive multiple of "
+             f"{step}: {EVALUATIONS} evaluations, each after whole batches of"
+             f" up to {max(batches)} samples (default {NUM_SAMPLES}).")
+  from experiments import runner  # pylint: disable=g-import-not-at-top
+  for study in studies:
+    for group in STUDIES[study]["groups"]:
+      try:
+        runner.prepare(study_config(study, group, seeds, num_samples))
+      except ValueError as err:
+        cli.fail(f"sweep {study}/{group} cannot run with --seeds={seeds} "
+                 f"--num_samples={num_samples}: {cli.one_line(err)}")
+
+
+def _read_chosen(path: str) -> dict[str, Any]:
+  """The chosen values on record (``docs/tuning.json``); one line, exit 2,
+  if the file is damaged."""
+  from experiments import main as cli  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      chosen = json.load(f)
+    if not isinstance(chosen, dict) or not all(
+        isinstance(v, dict) for v in chosen.values()):
+      raise ValueError("it is not an object of studies")
+  except (OSError, ValueError) as err:
+    cli.fail(f"{path} is damaged: {cli.one_line(err)}; restore it (git "
+             f"checkout -- {path}) or remove it.")
+  return chosen
+
+
+def main(argv: list[str]) -> int:
+  """Runs the studies and writes the doc; returns the exit code (bad input:
+  one line and exit 2, before anything runs)."""
+  from experiments import main as cli  # pylint: disable=g-import-not-at-top
+  parser = results.Parser(description=__doc__.split("\n")[0])
+  parser.add_argument("--only", default=None, help="studies to run (default:"
+                      f" all): {', '.join(STUDIES)}")
+  parser.add_argument("--doc_only", action="store_true",
+                      help="run nothing; rewrite the doc from the sweeps")
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--num_samples", type=int, default=NUM_SAMPLES)
   parser.add_argument("--out", default=os.path.join("runs", "tuning"))
@@ -279,19 +345,31 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--group", default="", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.group:
+    study, _, group = args.group.partition("/")
+    if group not in STUDIES.get(study, {}).get("groups", {}):
+      cli.fail(f"--group={args.group} is not a study/group.")
     faulthandler.register(signal.SIGUSR1)
-    run_group(*args.group.split("/"), args.seeds, args.num_samples, args.out)
-    return
+    try:
+      run_group(study, group, args.seeds, args.num_samples, args.out)
+    except ValueError as err:
+      cli.fail(f"sweep {args.group}: {cli.one_line(err)}", 1)
+    return 0
+  if args.doc_only and args.only is not None:
+    cli.fail("--doc_only runs nothing; leave out --only.")
+  studies = [] if args.doc_only else results.names_of(
+      "--only", args.only, list(STUDIES), "studies",
+      "; --doc_only rewrites the doc without running")
+  results.check_path("--out", args.out, directory=True)
+  results.check_path("--doc", args.doc, directory=False)
+  if not args.timeout > 0:
+    cli.fail(f"--timeout={args.timeout:g} must be > 0 seconds.")
   # The chosen values of every study live in the repository, next to the
   # doc, so a machine that ran only some studies keeps the others.
   path = os.path.splitext(args.doc)[0] + ".json"
-  chosen = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      chosen = json.load(f)
-  for study in [s for s in args.only.split(",") if s]:
-    if study not in STUDIES:
-      parser.error(f"unknown study {study!r}; studies: {', '.join(STUDIES)}")
+  chosen = _read_chosen(path)
+  check(studies, args.seeds, args.num_samples)
+  from experiments import rundir  # pylint: disable=g-import-not-at-top
+  for study in studies:
     chosen[study] = run_study(study, args.seeds, args.num_samples, args.out,
                               args.timeout)
     rundir.write_json(path, chosen, indent=2)
@@ -306,11 +384,12 @@ def main(argv: list[str]) -> None:
   write_doc(args.doc, chosen, args.seeds, args.num_samples)
   print(json.dumps(chosen, indent=2))
   print(f"command: {' '.join(shlex.quote(a) for a in sys.argv)}")
+  return 0
 
 
 def run() -> None:
   """The console entry point (``ojax-tune``)."""
-  main(sys.argv[1:])
+  sys.exit(main(sys.argv[1:]))
 
 
 if __name__ == "__main__":
