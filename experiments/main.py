@@ -245,7 +245,9 @@ def load_config_file(path: str):
     raise UserError(f"config file {path} has no get_config() function.")
   try:
     config = module.get_config()
-  except Exception as err:  # pylint: disable=broad-except
+  except BaseException as err:  # pylint: disable=broad-except
+    if isinstance(err, KeyboardInterrupt):
+      raise
     raise UserError(f"config file {path}: get_config() raised "
                     f"{type(err).__name__}: {one_line(err)}") from None
   if not isinstance(config, ml_collections.ConfigDict):
