@@ -226,11 +226,11 @@ def outcome_from_json(saved: Any) -> Outcome:
         ([f"lacks {', '.join(missing)}"] if missing else []) +
         ([f"has unknown fields {', '.join(unknown)}"] if unknown else [])))
   for field, value in saved.items():
-    want = {"seconds": (int, float, type(None)), "invocations": int}.get(
-        field, str)
+    want, what = {"seconds": ((int, float, type(None)), "a number"),
+                  "invocations": (int, "an integer")}.get(
+                      field, (str, "a string"))
     if isinstance(value, bool) or not isinstance(value, want):
-      raise ValueError(f"outcome.{field}={value!r} is not a "
-                       f"{'string' if want is str else 'number'}")
+      raise ValueError(f"outcome.{field}={value!r} is not {what}")
   seconds = saved["seconds"]
   return Outcome(**{**saved, "seconds": float(
       "nan" if seconds is None else seconds)})
