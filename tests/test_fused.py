@@ -288,3 +288,43 @@ def test_no_line_when_the_generic_step_is_asked_for(caplog):
                                  optax.adam(0.1), fast=False)
   assert not isinstance(task.step, fused.FusedStep)
   assert not caplog.records
+
+
+# --- unit_norm: each unit's incoming weights projected to norm 1 ----------
+
+# (activation, output_post, Oja on, unit norm on, batch): the projection
+# with the Oja term on every layer at a batch that takes the matrix-product
+# update, and alone (oja_learning_rate=None, the norm control) on the hidden
+# layers at batch 1.
+NORM_CASES = [("softplus", "softmax", "all", "all", 5),
+              ("relu", "logits", "none", "hidden", 1)]
+
+
+@pytest.mark.parametrize("activation,output_post,oja_on,norm_on,batch",
+                         NORM_CASES)
+def test_fused_step_with_unit_norm_equals_generic_step(
+    activation, output_post, oja_on, norm_on, batch):
+  model = models.MLP(features=FEATURES, activation=activation,
+                     output_post=output_post)
+  mask = {"all": None, "hidden": models.hidden_mask}[norm_on]
+  assert oja_on in ("none", norm_on)  # One mask for both.
+  tx = ojax.sgd_oja(0.1, None if oja_on == "none" else 0.05, mask=mask,
+                    unit_norm=True)
+  generic = train.classifier_task(model, tx, batch_size=batch, fast=False)
+  fast = train.classifier_task(model, tx, batch_size=batch)
+  assert isinstance(fast.step, fused.FusedStep)
+  params = _params()[0]
+  assert fast.step.oja_layers(params) == OJA_LAYERS[oja_on]
+  assert fast.step.norm_layers(params) == OJA_LAYERS[norm_on]
+  states = _sweep_states(tx)  # Per-point rates (with_rates).
+  both = _compiled(lambda s: (_train(generic, s, 24), _train(fast, s, 24)),
+                   states)
+  generic_out, fast_out = both(states)
+  _assert_same(generic_out, fast_out, states)
+  # The projection acted: unit columns where it is on, not elsewhere.
+  for name, on in zip(models.layer_names(params), OJA_LAYERS[norm_on]):
+    for p in range(2):  # The third point's Oja rate is negative (NaN).
+      norms = np.linalg.norm(
+          np.asarray(fast_out[0].params[name]["kernel"][p], np.float64),
+          axis=0)
+      assert np.allclose(norms, 1.0, atol=1e-5) == on, (name, p, norms)

@@ -257,3 +257,106 @@ def test_oja_and_sgd_oja_are_bit_for_bit_what_ojax_0_1_computed(rate):
   assert jax.tree.structure(s1.inner_state) == jax.tree.structure(s2)
   assert isinstance(s1.inner_state[1], ojax.OjaState)
   assert set(s1.hyperparams) == {"learning_rate", "oja_learning_rate"}
+
+
+# --- sgd_oja(unit_norm=True): each unit's incoming weights to norm 1 ------
+
+
+def _unit_columns(kernel):
+  """Independent reference: each column over its norm (a zero one kept)."""
+  out = np.array(kernel, np.float64)
+  for j in range(out.shape[1]):
+    norm = np.sqrt(np.sum(out[:, j] ** 2))
+    if norm > 0:
+      out[:, j] /= norm
+  return out
+
+
+def _sgd_oja_step(params, acts, name, oja_rate):
+  """K + the SGD (+ Oja) step of _mlp_problem's grads (0.5), in float64."""
+  kernel = np.asarray(params[name]["kernel"], np.float64)
+  trace = acts[name]["kernel"]
+  return kernel - 0.1 * 0.5 + (oja_rate or 0.0) * _numpy_oja(
+      kernel, trace.pre, trace.post)
+
+
+@pytest.mark.parametrize("oja_rate", [0.01, 0.0, None])
+def test_sgd_oja_unit_norm_projects_each_units_incoming_weights(oja_rate):
+  params, acts, grads = _mlp_problem()
+  tx = ojax.sgd_oja(0.1, oja_rate, unit_norm=True)
+  updates, _ = tx.update(grads, tx.init(params), params, activations=acts)
+  for name in ("a", "b"):
+    stepped = _sgd_oja_step(params, acts, name, oja_rate)
+    # The step alone leaves columns far from norm 1 (the check has teeth).
+    assert np.all(np.abs(np.linalg.norm(stepped, axis=0) - 1) > 0.05)
+    np.testing.assert_allclose(
+        params[name]["kernel"] + updates[name]["kernel"],
+        _unit_columns(stepped), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("oja_rate", [0.01, None])
+def test_sgd_oja_unit_norm_acts_only_where_the_mask_is_true(oja_rate):
+  params, acts, grads = _mlp_problem()
+  mask = {"a": {"kernel": True}, "b": {"kernel": False}}
+  tx = ojax.sgd_oja(0.1, oja_rate, mask=mask, unit_norm=True)
+  updates, _ = tx.update(grads, tx.init(params), params, activations=acts)
+  np.testing.assert_allclose(
+      params["a"]["kernel"] + updates["a"]["kernel"],
+      _unit_columns(_sgd_oja_step(params, acts, "a", oja_rate)), rtol=1e-5,
+      atol=1e-6)
+  # b: neither the Oja term nor the projection, the SGD step alone.
+  np.testing.assert_array_equal(updates["b"]["kernel"],
+                                np.full((4, 4), -0.1 * np.float32(0.5)))
+
+
+def test_sgd_oja_unit_norm_keeps_a_zero_column_and_skips_other_leaves():
+  params = {"dense": {"kernel": jnp.asarray([[0.05, 3.0], [0.05, 4.0]]),
+                      "bias": jnp.ones(2)}}
+  grads = {"dense": {"kernel": jnp.asarray([[0.5, 0.0], [0.5, 0.0]]),
+                     "bias": jnp.ones(2)}}
+  acts = {"dense": {"kernel": ojax.Trace(jnp.ones((1, 2)), jnp.ones((1, 2))),
+                    "bias": None}}
+  tx = ojax.sgd_oja(0.1, None, unit_norm=True)
+  updates, _ = tx.update(grads, tx.init(params), params, activations=acts)
+  new = optax.apply_updates(params, updates)
+  # Column 0 is 0.05 - 0.1 * 0.5 = 0: kept (no NaN); column 1 is (3, 4) / 5.
+  np.testing.assert_allclose(new["dense"]["kernel"], [[0.0, 0.6], [0.0, 0.8]],
+                             rtol=1e-6, atol=1e-7)
+  assert np.all(np.isfinite(new["dense"]["kernel"]))
+  np.testing.assert_allclose(new["dense"]["bias"], [0.9, 0.9], rtol=1e-6)
+
+
+def test_sgd_oja_unit_norm_refuses_update_without_params():
+  params, acts, grads = _mlp_problem()
+  tx = ojax.sgd_oja(0.1, 0.0, unit_norm=True)
+  with pytest.raises(ValueError, match=r"^ojax\.sgd_oja: unit_norm=True needs "
+                     r"params in update\(updates, state, params, activations="
+                     r"\.\.\.\); it projects params \+ step\.$"):
+    tx.update(grads, tx.init(params), None, activations=acts)
+
+
+@pytest.mark.parametrize("value,shown", [
+    (1, "unit_norm=1 has type int"), ("yes", "unit_norm='yes' has type str"),
+    (None, "unit_norm=None has type NoneType")])
+def test_sgd_oja_refuses_a_unit_norm_that_is_not_a_bool(value, shown):
+  with pytest.raises(ValueError, match=rf"^ojax\.sgd_oja: {shown}; it must be "
+                     r"True or False\.$"):
+    ojax.sgd_oja(0.1, 0.0, unit_norm=value)
+
+
+def test_sgd_oja_unit_norm_shows_in_repr_and_survives_a_tree_round_trip():
+  params, acts, grads = _mlp_problem()
+  assert repr(ojax.sgd_oja(0.1, 0.0)) == (
+      "ojax.sgd_oja(learning_rate=0.1, oja_learning_rate=0.0)")
+  tx = ojax.sgd_oja(0.1, 0.0, unit_norm=True)
+  assert repr(tx) == ("ojax.sgd_oja(learning_rate=0.1, oja_learning_rate=0.0,"
+                      " unit_norm=True)")
+  leaves, treedef = jax.tree.flatten(tx)
+  back = jax.tree.unflatten(treedef, leaves)
+  assert isinstance(back, ojax.SgdOja) and back.unit_norm is True
+  assert repr(back) == repr(tx)
+  assert jax.tree.flatten(ojax.sgd_oja(0.1, 0.0))[1] != treedef
+  updates, _ = back.update(grads, back.init(params), params, activations=acts)
+  np.testing.assert_allclose(
+      np.linalg.norm(params["a"]["kernel"] + updates["a"]["kernel"], axis=0),
+      1.0, rtol=1e-5)

@@ -320,13 +320,16 @@ class SgdOja(optax.GradientTransformationExtraArgs):
   by type (never by probing it).
 
   Attributes:
-    mask: the Oja term's mask, as given to :func:`sgd_oja` (None: every
-      traced kernel).
+    mask: the mask of the Oja term and of the unit-norm projection, as
+      given to :func:`sgd_oja` (None: every traced kernel).
     oja: False for plain SGD (``oja_learning_rate=None``).
+    unit_norm: True if each unit's incoming weights are projected to unit
+      norm after every step (where ``mask`` is True).
   """
 
   mask: Any
   oja: bool
+  unit_norm: bool
   _text: str
   _fixed: Optional[tuple[Any, Any]]
 
@@ -340,10 +343,12 @@ class SgdOja(optax.GradientTransformationExtraArgs):
     oja: bool,
     text: str,
     fixed: Optional[tuple[Any, Any]] = None,
+    unit_norm: bool = False,
   ):
     self = super().__new__(cls, init, update)
     self.mask = mask
     self.oja = oja
+    self.unit_norm = unit_norm
     self._text = text
     self._fixed = fixed
     return self
@@ -370,6 +375,18 @@ class SgdOja(optax.GradientTransformationExtraArgs):
     a Trace.
     """
     if not self.oja:
+      return jax.tree.map(lambda _: False, params)
+    return _common.full_mask(self.mask, params, fn="ojax.sgd_oja")
+
+  def norm_where(self, params: Any) -> Any:
+    """A bool at every leaf of ``params``: True where the unit-norm
+    projection may act.
+
+    The mask broadcast over ``params`` (True everywhere without one; False
+    everywhere without ``unit_norm``). The projection acts on those leaves
+    that also get a Trace.
+    """
+    if not self.unit_norm:
       return jax.tree.map(lambda _: False, params)
     return _common.full_mask(self.mask, params, fn="ojax.sgd_oja")
 
@@ -402,7 +419,7 @@ jax.tree_util.register_pytree_node(
   SgdOja,
   lambda tx: (
     (tx.init, tx.update),
-    _Static((tx.mask, tx.oja, tx._text, tx._fixed)),
+    _Static((tx.mask, tx.oja, tx._text, tx._fixed, tx.unit_norm)),
   ),
   lambda aux, children: SgdOja(
     *children,
@@ -410,8 +427,47 @@ jax.tree_util.register_pytree_node(
     oja=aux.value[1],
     text=aux.value[2],
     fixed=aux.value[3],
+    unit_norm=aux.value[4],
   ),
 )
+
+
+def _unit_columns(kernel_IxO: jax.Array) -> jax.Array:
+  """``K[:, j] / ||K[:, j]||`` for every column; a zero column unchanged."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(kernel_IxO), axis=0, keepdims=True))
+  return kernel_IxO / jnp.where(norm > 0, norm, jnp.ones_like(norm))
+
+
+def _project_updates(
+  updates: Any, params: Any, activations: Any, where: Any, *, fn: str
+) -> Any:
+  """``unit_columns(params + updates) - params`` at every traced kernel
+  where ``where`` (a bool per leaf of params) is True; other leaves pass
+  through."""
+  traces = _common.traces_by_path(activations, params, fn=fn)
+  flat_params, treedef = jax.tree_util.tree_flatten_with_path(
+    params, is_leaf=_common.is_masked
+  )
+  flat_updates = treedef.flatten_up_to(updates)
+  flat_where = treedef.flatten_up_to(where)
+  out = []
+  for (path, kernel), update, on in zip(
+    flat_params, flat_updates, flat_where, strict=True
+  ):
+    if (
+      not on
+      or _common.path_str(path) not in traces
+      or _common.is_masked(kernel)
+      or update is None
+      or _common.is_masked(update)
+    ):
+      out.append(update)
+      continue
+    # An ordinary traced kernel; the Oja term (if any) checked its trace.
+    new = _common.as_matrix(kernel + update, "in_out")
+    new = _common.from_matrix(_unit_columns(new), kernel.shape, "in_out")
+    out.append((new - kernel).astype(update.dtype))
+  return treedef.unflatten(out)
 
 
 def sgd_oja(
@@ -419,6 +475,7 @@ def sgd_oja(
   oja_learning_rate: Optional[_common.ScalarOrSchedule],
   *,
   mask: Optional[Any] = None,
+  unit_norm: bool = False,
 ) -> SgdOja:
   """The paper's "BP + Oja": an SGD step plus an Oja step, one forward pass.
 
@@ -439,6 +496,17 @@ def sgd_oja(
   generic step. On a CPU, also run single-threaded
   (:func:`ojax.train.single_threaded_cpu`).
 
+  ``unit_norm=True`` then projects each unit's incoming weight vector to
+  unit L2 norm: for a kernel ``K`` (fan_in, fan_out; a conv kernel's
+  ``(..., fan_out)`` as a matrix) each column ``K[:, j]`` of ``K + dK``
+  becomes ``K[:, j] / ||K[:, j]||`` (the update returned is ``project(K +
+  dK) - K``, so ``update`` needs ``params``). A column of norm 0 is left as
+  it is (no NaN). The projection acts where the Oja term may (the traced
+  kernels where ``mask`` is True), whatever the Oja rate: with
+  ``oja_learning_rate=0.0`` or ``None`` it is BP with unit-norm units, a
+  non-plastic control for Oja's rule, whose fixed point has orthonormal
+  columns (unit norm is the part of it that keeps the weights' scale).
+
   Args:
     learning_rate: SGD rate, a finite float >= 0 or a schedule.
     oja_learning_rate: Oja rate ``eta``, a finite float >= 0 or a schedule;
@@ -449,7 +517,10 @@ def sgd_oja(
       holds them in its own state) are used as given, not put in the state.
     mask: like ``optax.add_decayed_weights``: a tree of booleans shaped like
       (a prefix of) params, or a callable returning one; the Oja term acts
-      only where it is True (e.g. ``ojax.models.hidden_mask``).
+      only where it is True (e.g. ``ojax.models.hidden_mask``), and so does
+      the unit-norm projection (also with ``oja_learning_rate=None``).
+    unit_norm: True or False: project each unit's incoming weights to unit
+      norm after every step (see above).
 
   Returns:
     A :class:`SgdOja` (an ``optax.GradientTransformationExtraArgs``).
@@ -468,8 +539,23 @@ def sgd_oja(
   >>> updates["w"]
   Array([[-0.6],
          [ 0.4]], dtype=float32)
+
+  With ``unit_norm=True`` the new kernel's column has norm 1:
+
+  >>> tx = ojax.sgd_oja(0.1, 0.5, unit_norm=True)
+  >>> updates, _ = tx.update({"w": jnp.ones((2, 1))}, tx.init(params), params,
+  ...                        activations=acts)
+  >>> (params["w"] + updates["w"]).round(4)  # [0.4, 0.4] / (0.4 sqrt 2)
+  Array([[0.7071],
+         [0.7071]], dtype=float32)
   """
   fn = "ojax.sgd_oja"
+  if not isinstance(unit_norm, (bool, np.bool_)):
+    raise ValueError(
+      f"{fn}: unit_norm={_common.describe(unit_norm)} has type "
+      f"{_common.type_name(unit_norm)}; it must be True or False."
+    )
+  unit_norm = bool(unit_norm)
   _common.check_rate(learning_rate, fn=fn, arg="learning_rate")
   oja = oja_learning_rate is not None
   if oja:
@@ -507,18 +593,41 @@ def sgd_oja(
           f"{dtype}; its SGD updates would be silently truncated (and the "
           "rates converted to integers). Use float parameters."
         )
-    if oja and mask is not None:
+    if (oja or unit_norm) and mask is not None:
       _common.resolve_mask(mask, params, fn=fn)
     return inner.init(params)
+
+  update_fn = inner.update
+  if unit_norm:
+
+    def update_fn(updates, state, params=None, **extra_args):
+      if params is None:
+        raise ValueError(
+          f"{fn}: unit_norm=True needs params in update(updates, state, "
+          "params, activations=...); it projects params + step."
+        )
+      updates, state = inner.update(updates, state, params, **extra_args)
+      where = _common.full_mask(mask, params, fn=fn)
+      updates = _project_updates(
+        updates, params, extra_args.get("activations"), where, fn=fn
+      )
+      return updates, state
 
   text = (
     f"ojax.sgd_oja(learning_rate={_common.describe(learning_rate)}, "
     f"oja_learning_rate={_common.describe(oja_learning_rate)}"
     + ("" if mask is None else f", mask={_common.describe(mask)}")
+    + (", unit_norm=True" if unit_norm else "")
     + ")"
   )
   return SgdOja(
-    init_fn, inner.update, mask=mask, oja=oja, text=text, fixed=fixed
+    init_fn,
+    update_fn,
+    mask=mask,
+    oja=oja,
+    text=text,
+    fixed=fixed,
+    unit_norm=unit_norm,
   )
 
 
