@@ -421,17 +421,27 @@ def make_optimizer(cfg: ml_collections.ConfigDict, with_oja: bool = False
   (``ojax.rules.with_rates``): SGD is ``ojax.sgd_oja`` (plain SGD with
   ``oja_learning_rate=None``), the transform ``ojax.train`` runs with its
   fused step; Adam is ``optax.inject_hyperparams`` of ``ojax.with_rule``.
-  ``cfg.oja_layers`` picks the layers (the rule's ``mask``).
+  ``cfg.oja_layers`` picks the layers (the rule's ``mask``), and those
+  whose units ``cfg.unit_norm`` projects to unit norm after every step
+  (``ojax.sgd_oja``'s ``unit_norm``, SGD only; with ``oja_lr=0`` it is the
+  non-plastic norm control).
   """
   one_of("optimizer", cfg.optimizer, OPTIMIZERS)
   check_number("lr", cfg.lr)
   check_number("oja_lr", cfg.oja_lr, zero=True)
   if not isinstance(cfg.oja_layers, str):
     raise ConfigError(f"oja_layers={cfg.oja_layers!r} must be a string.")
+  unit_norm = cfg.get("unit_norm", False)
+  if not isinstance(unit_norm, bool):
+    raise ConfigError(f"unit_norm={unit_norm!r} must be True or False.")
+  if unit_norm and cfg.optimizer != "sgd":
+    raise ConfigError(f"unit_norm=True is for optimizer='sgd', not "
+                      f"{cfg.optimizer!r}.")
   mask = oja_mask(cfg, layer_names(cfg))
   oja = cfg.oja_lr != 0 or with_oja
   if cfg.optimizer == "sgd":
-    return ojax.sgd_oja(cfg.lr, cfg.oja_lr if oja else None, mask=mask)
+    return ojax.sgd_oja(cfg.lr, cfg.oja_lr if oja else None, mask=mask,
+                        unit_norm=unit_norm)
   if not oja:
     return optax.inject_hyperparams(optax.adam)(learning_rate=cfg.lr)
 

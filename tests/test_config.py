@@ -318,3 +318,44 @@ def test_fingerprint_is_the_resolved_jobs_fields():
   fp = fps[0]
   assert config_lib.fingerprint_digest(dict(reversed(fp.items()))) == (
       config_lib.fingerprint_digest(fp))
+
+
+# --- The norm control: ojax.sgd_oja(..., unit_norm=True) (issue 19) -------
+
+
+@pytest.mark.parametrize("arm,message", [
+    ({"unit_norm": 1}, r"^arm 'norm': unit_norm=1 must be True or False\.$"),
+    ({"unit_norm": True, "optimizer": "adam"}, r"^arm 'norm': unit_norm=True "
+     r"is for optimizer='sgd', not 'adam'\.$")], ids=["int", "adam"])
+def test_a_bad_unit_norm_is_refused_in_one_line(arm, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(_small(arms={"bp": {}, "norm": arm}))
+
+
+@pytest.mark.parametrize("oja_layers,on", [("all", (True, True)),
+                                           ("hidden", (True, False))])
+def test_the_norm_control_arm_is_sgd_oja_with_unit_norm_fused(oja_layers, on,
+                                                              caplog):
+  """{"oja_lr": 0.0, "unit_norm": True}: plain SGD (or Oja at rate 0 in a
+  sweep) with the projection on oja_layers, in the fingerprint, and it takes
+  the fused step (no info line)."""
+  import logging  # pylint: disable=import-outside-toplevel
+  from ojax import fused, train  # pylint: disable=import-outside-toplevel
+  jobs = config_lib.validate(_small(
+      oja_layers=oja_layers,
+      arms={"bp": {"oja_lr": 0.0},
+            "norm": {"oja_lr": 0.0, "unit_norm": True}}))
+  bp, norm = (config_lib.fingerprint(j.config) for j in jobs)
+  assert (bp["unit_norm"], norm["unit_norm"]) == (False, True)
+  assert config_lib.fingerprint_digest(bp) != config_lib.fingerprint_digest(
+      norm)
+  model = config_lib.make_model(jobs[1].config)
+  for with_oja in (False, True):
+    tx = config_lib.make_optimizer(jobs[1].config, with_oja=with_oja)
+    assert tx.unit_norm and tx.oja == with_oja
+    with caplog.at_level(logging.INFO, logger="ojax"):
+      task = train.classifier_task(model, tx)
+    assert isinstance(task.step, fused.FusedStep) and not caplog.records
+    params = {"layer_0": {"kernel": 0}, "layer_1": {"kernel": 0}}
+    assert task.step.norm_layers(params) == on
+  assert not config_lib.make_optimizer(jobs[0].config).unit_norm

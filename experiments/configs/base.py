@@ -102,6 +102,7 @@ def _training(c: ml_collections.ConfigDict) -> None:
   c.lr = 0.01
   c.oja_lr = 0.0
   c.oja_layers = "all"
+  c.unit_norm = False  # True: each unit's weights to norm 1 on oja_layers.
   # Arms (overrides of the fields above), an axis, and a vmapped sweep grid.
   c.arms = ml_collections.ConfigDict()
   c.select_arms = ""  # Comma-separated arm names to run; "" runs them all.
