@@ -62,25 +62,31 @@ def _quiet_orbax():
 
 @contextlib.contextmanager
 def _ctrl_c_after():
-  """Holds a Ctrl-C (SIGINT) that arrives inside the block until its end.
+  """Holds a Ctrl-C (SIGINT), or a SIGTERM that the command line turns into
+  an exception (``experiments.main.Terminated``), that arrives inside the
+  block until its end.
 
   Orbax starts writer threads inside ``save``; an interrupt among them leaves
   threads writing into a folder that is then freed. Held, the step is
   either written completely or not started, and the interrupt follows.
   """
-  handler = signal.getsignal(signal.SIGINT)
-  if (threading.current_thread() is not threading.main_thread() or
-      handler is not signal.default_int_handler):
-    yield  # Only the main thread takes signals; keep others' handlers.
+  if threading.current_thread() is not threading.main_thread():
+    yield  # Only the main thread takes signals.
     return
+  # Python handlers (which raise), called at the end; SIG_DFL stays.
+  handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT,
+                                                     signal.SIGTERM)}
+  handlers = {sig: h for sig, h in handlers.items() if callable(h)}
   held = []
-  signal.signal(signal.SIGINT, lambda *_: held.append(True))
+  for sig in handlers:
+    signal.signal(sig, lambda signum, _: held.append(signum))
   try:
     yield
   finally:
-    signal.signal(signal.SIGINT, handler)
+    for sig, handler in handlers.items():
+      signal.signal(sig, handler)
   if held:
-    raise KeyboardInterrupt
+    handlers[held[0]](held[0], None)  # Raises (KeyboardInterrupt).
 
 
 class Checkpointer:

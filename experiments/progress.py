@@ -21,16 +21,15 @@ timed). Workers of a spawned pool :func:`attach` the tracker's
 ``Tracker.shared`` array in their initializer: two doubles per item (its
 count, and how much of it was reported as work), written by the one process
 that runs the item, and a stop flag that the main process raises when the
-run stops (Ctrl-C, an error), on which a worker's next report raises
-:class:`Stopped`. The main process reads the array in
-:meth:`Tracker.poll`, called by :func:`report` in this process and by
-:meth:`Tracker.wait` while it waits on a pool, so no thread or process is
-ever started and nothing is left running however a run ends.
+run stops (Ctrl-C, SIGTERM, an error; :meth:`Tracker.stop`), on which a
+worker's next report raises :class:`Stopped`. The main process reads the
+array in :meth:`Tracker.poll`, called by :func:`report` in this process and
+by ``experiments.pool.run`` while it waits on its workers, so no thread or
+process is started here.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import math
 import multiprocessing
@@ -71,7 +70,7 @@ def attach(shared: Any) -> None:
 
 def check() -> None:
   """Raises :class:`Stopped` in a worker whose run has stopped, so that it
-  ends its item now and starts no other (:meth:`Tracker.wait`)."""
+  ends its item now and starts no other (:meth:`Tracker.stop`)."""
   if _SHARED is not None and _SHARED[len(_SHARED) - 1]:
     raise Stopped("the run has stopped")
 
@@ -258,29 +257,7 @@ class Tracker:
   def __exit__(self, *exc) -> None:
     self.close()
 
-  def wait(self, futures: Sequence[concurrent.futures.Future],
-           indices: Optional[Sequence[int]] = None) -> list[Any]:
-    """The futures' results, polling while they run; raises the first
-    exception one of them raises (or a Ctrl-C), cancelling those not
-    started. ``indices``: their items (default 0, 1, ...), each marked
-    complete when its future is."""
-    index = dict(zip(futures, indices if indices is not None else
-                     range(len(futures)), strict=True))
-    pending = set(futures)
-    try:
-      while pending:
-        done, pending = concurrent.futures.wait(
-            pending, timeout=POLL_EVERY,
-            return_when=concurrent.futures.FIRST_EXCEPTION)
-        for future in done:
-          future.result()  # Raises the worker's exception.
-          self._complete[index[future]] = True
-        self.poll()
-    except BaseException:
-      # Queued items never start, running ones stop at their next report:
-      # the pool's exit then waits seconds, not for the rest of the run.
-      self.shared[len(self.shared) - 1] = 1.0
-      for future in futures:
-        future.cancel()
-      raise
-    return [f.result() for f in futures]
+  def stop(self) -> None:
+    """Raises the stop flag: each worker's next :func:`report` raises
+    :class:`Stopped` (``experiments.pool.run`` calls it when a run stops)."""
+    self.shared[len(self.shared) - 1] = 1.0

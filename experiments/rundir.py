@@ -2,8 +2,12 @@
 
 Guarantees (docs/running.md):
 
-- One process at a time: ``fcntl.flock`` on ``<run_dir>/.lock``; a second
-  process gets a ``ConfigError`` at once.
+- One run at a time: ``fcntl.flock`` on ``<run_dir>/.lock``; a second
+  process gets a ``ConfigError`` at once. The lock stays until no writer of
+  the run is left: the worker processes hold the same open lock file
+  (``experiments.pool.hold_in_workers``), and the kernel releases it when
+  the last of them and the main process has ended, however they end (a
+  SIGKILL of the main process kills its workers: ``pool.die_with_parent``).
 - Without ``--workdir`` every run gets a fresh directory, never reused.
 - A job stores a fingerprint of its resolved config (every field that changes
   its numbers) beside its checkpoints (``checkpoints/<id>/fingerprint.json``)
@@ -30,6 +34,7 @@ from typing import Any, Iterable, NamedTuple, Optional
 import numpy as np
 
 from experiments import config as config_lib
+from experiments import pool
 from experiments.config import ConfigError, Job
 
 _log = logging.getLogger("ojax")
@@ -126,6 +131,8 @@ class Workdir(NamedTuple):
   lock: Any  # The open lock file; closing it releases the lock.
 
   def close(self) -> None:
+    """Releases the lock (once the workers holding it too have ended)."""
+    pool.release_in_workers(self.lock)
     self.lock.close()
 
 
@@ -171,9 +178,10 @@ def open_workdir(path: Optional[str], experiment: str,
   Without ``path`` a fresh ``runs/<experiment>/<timestamp>[-n]`` is created
   atomically (``os.mkdir`` fails if it exists), so two runs never share one.
   The lock is ``fcntl.flock`` on ``<path>/.lock``: held until the process
-  ends (or :meth:`Workdir.close`); a second process gets a ``ConfigError``
-  at once instead of waiting. ``lock=False`` (the other hosts of a
-  ``--distributed`` run, which share the lead host's directory) skips it.
+  ends (or :meth:`Workdir.close`) and every worker it started ends; a
+  second process gets a ``ConfigError`` at once instead of waiting.
+  ``lock=False`` (the other hosts of a ``--distributed`` run, which share
+  the lead host's directory) skips it.
   """
   if path is None:
     root = os.path.join("runs", experiment or "run")
@@ -217,6 +225,7 @@ def open_workdir(path: Optional[str], experiment: str,
   lock_file.truncate()
   lock_file.write(f"pid {os.getpid()}")
   lock_file.flush()
+  pool.hold_in_workers(lock_file)  # Locked until the last writer is gone.
   return Workdir(path, lock_file)
 
 

@@ -402,8 +402,8 @@ def run_jobs(jobs: list[Job], run_dir: str, data: dict[Any, Any],
   """
   # A worker gets the one dataset its job needs.
   calls = [pool.Call(run_job, (job, run_dir, {
-      _data_key(job.config): data[_data_key(job.config)]}, i, tensorboard), i)
-           for i, job in enumerate(jobs)]
+      _data_key(job.config): data[_data_key(job.config)]}, i, tensorboard), i,
+                     f"job {job.id}") for i, job in enumerate(jobs)]
   with _tracker(jobs, run_dir, data) as tracker:
     return pool.run(calls, tracker, workers, "worker", in_process=(
         workers == 1 or jax.process_count() > 1))

@@ -1,17 +1,26 @@
-"""The worker pool (experiments/pool.py): its size, cores, flags and order.
+"""The worker pool (experiments/pool.py): its size, cores, flags, order, and
+the lifetime of its workers: a call's error or a dead worker stops the run
+and every worker, a killed parent takes its workers along, and the run
+directory stays locked while a worker lives.
 
-No JAX program is compiled; one test starts a pool of two spawned workers
-(each imports the harness and JAX: about two seconds of CPU apiece).
+No JAX program is compiled here; the tests start small pools of spawned
+workers that import no JAX (about a second of CPU apiece). What the command
+line makes of it: tests/test_lifetime.py.
 """
 
 import io
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
+# Spawned workers import this module (for the functions they call): nothing
+# here imports JAX at the top, so a worker starts in under a second.
 from experiments import pool
 from experiments import progress
 
@@ -174,3 +183,107 @@ def test_workers_die_with_a_killed_parent():
   finally:
     if parent.poll() is None:
       parent.kill()
+
+
+# --- Lifetime ----------------------------------------------------------------
+
+
+def _report_until_stopped(started, marker):
+  """Writes ``started``, reports progress until the run stops, then writes
+  ``marker``."""
+  with open(started, "w"):
+    pass
+  n = 0
+  try:
+    while True:
+      n += 1
+      progress.report(0, n)
+      time.sleep(0.02)
+  except progress.Stopped:
+    with open(marker, "w") as f:
+      f.write("stopped")
+    raise
+
+
+def _die_after(started, how):
+  """Dies once ``started`` exists."""
+  while not os.path.exists(started):
+    time.sleep(0.02)
+  if how == "exit":
+    os._exit(3)  # pylint: disable=protected-access
+  os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("exitcode,expected", [
+    (-9, "signal 9, SIGKILL"), (-15, "signal 15, SIGTERM"),
+    (-2, "signal 2, SIGINT"), (-99, "signal 99"), (3, "exit code 3"),
+    (0, "exit code 0"), (None, "exit code unknown")])
+def test_ending_says_how_a_process_ended(exitcode, expected):
+  assert pool.ending(exitcode) == expected
+
+
+@pytest.mark.parametrize("how,ended", [("kill", "signal 9, SIGKILL")])
+def test_a_dead_worker_is_one_error_naming_its_job_and_stops_the_others(
+    tmp_path, how, ended):
+  """It was a BrokenProcessPool naming nothing; the other worker, in the
+  middle of a job, stops at its next report (not killed at the deadline).
+  (``how="exit"``, os._exit(3), gives "exit code 3" the same way: one
+  spawn fewer in make test; ``ending`` is tested for every case.)"""
+  started, marker = tmp_path / "started", tmp_path / "stopped"
+  calls = [pool.Call(_report_until_stopped, (str(started), str(marker)), 0,
+                     "job a"),
+           pool.Call(_die_after, (str(started), how), 1, "job b=1")]
+  with _tracker(2) as t:
+    with pytest.raises(pool.WorkerDied) as info:
+      pool.run(calls, t, workers=2)
+  assert str(info.value) == f"the worker for job b=1 died ({ended})"
+  assert marker.read_text() == "stopped"
+  assert not multiprocessing.active_children()
+
+
+def test_a_worker_s_exception_keeps_its_traceback_and_names_its_job():
+  with _tracker(2) as t:
+    with pytest.raises(ValueError) as info:
+      pool.run([pool.Call(_fail, ("x",), 1, "job x")], t, workers=1)
+  err = info.value
+  assert str(err) == "job x failed"
+  (note,) = err.__notes__
+  assert note.startswith("ojax: job x raised this in its worker (pid ")
+  assert "in _fail" in str(err.__cause__)  # The worker's traceback.
+  assert not multiprocessing.active_children()
+
+
+def _hold_until(started, go):
+  with open(started, "w"):
+    pass
+  while not os.path.exists(go):
+    time.sleep(0.02)
+
+
+def test_the_run_directory_stays_locked_until_its_last_worker_ends(tmp_path):
+  """A SIGKILL of the main process released its lock while its workers
+  went on writing; now they hold the same lock until they end."""
+  from experiments import rundir  # pylint: disable=import-outside-toplevel
+  started, go = tmp_path / "started", tmp_path / "go"
+  workdir = rundir.open_workdir(str(tmp_path / "run"), "x")
+  done = []
+
+  def run_pool():
+    with _tracker(1) as t:
+      done.append(pool.run([pool.Call(_hold_until, (str(started), str(go)),
+                                      0, "job w")], t, workers=1))
+  thread = threading.Thread(target=run_pool)
+  thread.start()
+  try:
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+      time.sleep(0.02)
+    assert started.exists()
+    workdir.close()  # The main process lets go; its worker has not.
+    with pytest.raises(rundir.ConfigError, match="is in use by pid"):
+      rundir.open_workdir(str(tmp_path / "run"), "x")
+  finally:
+    go.touch()
+    thread.join()
+  assert done == [[None]]
+  rundir.open_workdir(str(tmp_path / "run"), "x").close()  # Free now.

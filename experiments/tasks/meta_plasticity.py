@@ -504,7 +504,8 @@ def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
       if u not in todo:
         tracker.complete(i)
     _run_all([pool.Call(functools.partial(run_unit, index=units.index(u)),
-                        (config, run_dir, *u), units.index(u)) for u in todo],
+                        (config, run_dir, *u), units.index(u),
+                        f"unit {u[0]} K={u[1]}") for u in todo],
              config.processes, prepared, tracker)
     todo = [k for k in ks
             if not _saved(os.path.join(run_dir, f"test_K{k}.json"),
@@ -513,7 +514,8 @@ def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
       if k not in todo:
         tracker.complete(len(units) + i)
     _run_all([pool.Call(score_unit, (config, run_dir, k),
-                        len(units) + ks.index(k)) for k in todo],
+                        len(units) + ks.index(k), f"test K={k}")
+              for k in todo],
              config.processes, prepared, tracker)
 
   tests = [rundir.read_json(os.path.join(run_dir, f"test_K{k}.json"))
