@@ -329,6 +329,11 @@ def _check_flags(v: dict[str, Any], given: set[str], task: str) -> None:
       if name in given:
         raise UserError(f"--{name} changes nothing without --distributed; "
                         "add --distributed or drop it.")
+  elif v["coordinator_address"] is not None and not (
+      v["coordinator_address"].rpartition(":")[0] and
+      v["coordinator_address"].rpartition(":")[2].isdigit()):
+    raise UserError(f"--coordinator_address={v['coordinator_address']} must "
+                    "be host:port, e.g. 10.0.0.1:1234.")
   elif v["num_processes"] is not None and v["process_id"] is not None and (
       v["process_id"] >= v["num_processes"]):
     raise UserError(f"--process_id={v['process_id']} must be below "
@@ -465,6 +470,7 @@ def setup(parsed: Parsed) -> Setup:
       # Cross-process collectives for CPU devices (GPUs, TPUs ignore this).
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
       logging.info("%s", distributed_wait(parsed.distributed))
+      await_coordinator(parsed.distributed)
       try:
         jax.distributed.initialize(
             *parsed.distributed,
@@ -518,6 +524,33 @@ def distributed_wait(distributed: tuple[Any, Any, Any]) -> str:
             f"{wait} for {others} to connect.")
   return (f"--distributed: {who} {wait} for the coordinator at {address} "
           "(process 0) and the other processes.")
+
+
+def await_coordinator(distributed: tuple[Any, Any, Any]) -> None:
+  """Waits up to ``DISTRIBUTED_TIMEOUT_S`` for the coordinator's port to
+  open (a process other than 0, given its address); ``UserError`` if it
+  does not. jax's own wait ends the process with a fatal log instead."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  address, _, index = distributed
+  if not address or not index:
+    return
+  host, _, port = address.rpartition(":")
+  deadline = time.monotonic() + DISTRIBUTED_TIMEOUT_S
+  while True:
+    try:
+      socket.create_connection((host.strip("[]"), int(port)),
+                               timeout=1).close()
+      return
+    except OSError as err:
+      left = deadline - time.monotonic()
+      if left <= 0:
+        raise UserError(
+            f"--distributed: no coordinator answered at {address} within "
+            f"{DISTRIBUTED_TIMEOUT_S} s ({err.strerror or one_line(err)}); "
+            "start process 0 there, or check --coordinator_address."
+            ) from None
+      time.sleep(min(1.0, left))
 
 
 def padding_warning(jobs: Sequence[Any], devices: int,
