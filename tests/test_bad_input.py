@@ -719,6 +719,114 @@ def test_a_coordinator_address_without_a_port_is_refused():
                 "--coordinator_address=myhost"])
 
 
+# --- Config files: every way one can fail (issue 18 item 5). The cases of
+# CASES above (no such file, no get_config, a syntax error, raising on import,
+# get_config() raising) are not repeated.
+_BASE = "from experiments.configs import base\n"
+_META = ("import importlib\ndef _meta():\n  return importlib.import_module("
+         "'experiments.configs.meta_plasticity').get_config()\n")
+
+
+def _config_dir(tmp):
+  os.makedirs(tmp / "cfg.py")
+
+
+def _binary_config(tmp):
+  (tmp / "cfg.py").write_bytes(b"\xff\xfe\x00def get_config():\n")
+
+
+CONFIG_FILE_CASES = [
+    Case("config file is a directory", ["--config={tmp}/cfg.py"],
+         "config file {tmp}/cfg.py is a directory; give a .py file, e.g. "
+         "experiments/configs/deep_online.py.", _config_dir),
+    Case("config file empty", ["--config={tmp}/cfg.py"],
+         "config file {tmp}/cfg.py has no get_config() function.",
+         _config_file("")),
+    Case("config file of binary bytes", ["--config={tmp}/cfg.py"],
+         "config file {tmp}/cfg.py cannot be loaded: SyntaxError: source code "
+         "string cannot contain null bytes", _binary_config),
+    Case("config file importing a missing module", ["--config={tmp}/cfg.py"],
+         "config file {tmp}/cfg.py cannot be loaded: ModuleNotFoundError: No "
+         "module named 'no_such_module'",
+         _config_file("import no_such_module\n")),
+    Case("config file calling sys.exit", ["--config={tmp}/cfg.py"],
+         "config file {tmp}/cfg.py cannot be loaded: SystemExit: 3",
+         _config_file("import sys\nsys.exit(3)\n")),
+    Case("get_config not a function", ["--config={tmp}/cfg.py"],
+         "config file {tmp}/cfg.py has no get_config() function.",
+         _config_file("get_config = 3\n")),
+    Case("get_config() returning None", ["--config={tmp}/cfg.py"],
+         "config file {tmp}/cfg.py: get_config() returned NoneType, not a "
+         "ConfigDict.", _config_file("def get_config():\n  pass\n")),
+    Case("get_config() returning a dict", ["--config={tmp}/cfg.py"],
+         "config file {tmp}/cfg.py: get_config() returned dict, not a "
+         "ConfigDict.", _config_file(
+             _BASE + "def get_config():\n  return base.get_base_config()"
+             ".to_dict()\n")),
+    Case("get_config() raising SystemExit", ["--config={tmp}/cfg.py"],
+         "config file {tmp}/cfg.py: get_config() raised SystemExit: 1",
+         _config_file("def get_config():\n  raise SystemExit(1)\n")),
+    Case("a config without arms", ["--config={tmp}/cfg.py"],
+         "config file {tmp}/cfg.py: get_config() lacks the field arms; a "
+         "task='classifier' config has every field of experiments/configs/"
+         "base.py's get_base_config().", _config_file(
+             _BASE + "def get_config():\n  c = base.get_base_config()\n"
+             "  del c['arms']\n  return c\n")),
+    Case("a config without model.activation", ["--config={tmp}/cfg.py"],
+         "config file {tmp}/cfg.py: get_config() lacks the field "
+         "model.activation; a task='classifier' config",
+         _config_file(_BASE + "def get_config():\n  c = base.get_base_config()"
+                      "\n  del c.model['activation']\n  return c\n")),
+    Case("an empty ConfigDict", ["--config={tmp}/cfg.py"],
+         "config file {tmp}/cfg.py: get_config() lacks the fields arms, axis, "
+         "axis_values, batch_size, checkpoint_every, data_dir, data_split, "
+         "dataset and ", _config_file(
+             "import ml_collections\ndef get_config():\n  return "
+             "ml_collections.ConfigDict()\n")),
+    Case("a memory config without memory.delays", ["--config={tmp}/cfg.py"],
+         "config file {tmp}/cfg.py: get_config() lacks the field "
+         "memory.delays; a task='memory' config has every field of "
+         "experiments/configs/base.py's get_memory_base_config().",
+         _config_file(_BASE + "def get_config():\n  c = "
+                      "base.get_memory_base_config()\n  del "
+                      "c.memory['delays']\n  return c\n")),
+    Case("a meta_plasticity config without n_way", ["--config={tmp}/cfg.py"],
+         "config file {tmp}/cfg.py: get_config() lacks the field n_way; a "
+         "task='meta' config has every field of experiments/configs/"
+         "meta_plasticity.py's get_config().", _config_file(
+             _META + "def get_config():\n  c = _meta()\n  del c['n_way']\n"
+             "  return c\n")),
+]
+
+
+@pytest.mark.parametrize("case", CONFIG_FILE_CASES,
+                         ids=[c.name for c in CONFIG_FILE_CASES])
+def test_every_bad_config_file_gives_one_line(case, tmp_path, monkeypatch):
+  test_bad_input_gives_one_line_and_writes_nothing(case, tmp_path,
+                                                   monkeypatch)
+
+
+def test_an_unreadable_config_file_is_one_line_and_exit_2(tmp_path):
+  """Mode 000; as root, run without the capabilities that bypass it."""
+  path = tmp_path / "cfg.py"
+  path.write_text("def get_config():\n  pass\n")
+  path.chmod(0)
+  prefix = []
+  if os.geteuid() == 0:
+    if not shutil.which("setpriv"):
+      pytest.skip("root reads any file, and setpriv is not installed")
+    caps = "-dac_override,-dac_read_search"
+    prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+  proc = subprocess.run(
+      [*prefix, sys.executable, "-m", "experiments.main", f"--config={path}",
+       f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True,
+      timeout=120, cwd=ROOT, check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.splitlines() == [
+      f"ojax: error: config file {path} cannot be read: Permission denied."]
+  assert not (tmp_path / "run").exists()
+
+
 def table() -> str:
   """The markdown table of every case and the line it gives."""
   import pathlib  # pylint: disable=g-import-not-at-top
