@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from scipy import stats as scipy_stats
 
 import ojax
 from experiments import config as config_lib
@@ -16,6 +17,7 @@ from experiments.configs import meta_plasticity as mp_config
 from experiments.tasks import episodes
 from experiments.tasks import meta
 from experiments.tasks import meta_plasticity as runner
+from experiments.tasks import meta_report
 from ojax import models
 
 # jax.enable_x64 is public from jax 0.8; make test-min runs the oldest jax.
@@ -177,27 +179,45 @@ def test_runner_writes_the_run_directory_contract(tmp_path):
   prepared = runner.prepare(config)
   assert prepared.train_pool.shape[0] == 4 and prepared.test_pool.shape[0] == 2
   runner.run(config, prepared, str(tmp_path), "test")
+  # 2 meta-seeds of random feedback (scaled, plain Adam, no Oja terms), 1 of
+  # backprop feedback (scaled, plain Adam).
+  learned = [f"meta_{tag}_K2_s{s}.json" for tag, seeds in (
+      ("random", 2), ("random_adam", 2), ("random_nooja", 2), ("backprop", 1),
+      ("backprop_adam", 1)) for s in range(seeds)]
   parts = ["config.json", "metrics.jsonl", "summary.md", "section.json",
            "test_K2.json"] + [f"tuning_{fb}_K2.json" for fb in
-                              ("random", "backprop")] + [
-                                  f"meta_{fb}_K2_s{s}.json"
-                                  for fb in ("random", "backprop")
-                                  for s in range(2)]
+                              ("random", "backprop")] + learned
   for name in parts:
     assert (tmp_path / name).exists(), name
   section = json.loads((tmp_path / "section.json").read_text())
-  assert section["verdict"] == "no verdict"  # 6 held-out episodes < 10
+  assert section["verdict"] == "no verdict"  # 2 meta-seeds < 10
   assert len(section["figures"]) == 3
   for fig in section["figures"]:
     assert (tmp_path / fig).exists()
   test = json.loads((tmp_path / "test_K2.json").read_text())
-  assert set(test["accuracy"]) == {"bp", "bp_oja", "bp_acc", "fa",
-                                   "meta_fa_s0", "meta_fa_s1", "meta_bp_s0",
-                                   "meta_bp_s1"}
-  assert all(len(v) == 6 for v in test["accuracy"].values())
-  learned = json.loads((tmp_path / "meta_random_K2_s1.json").read_text())
-  assert set(learned["theta"]) == set(config.terms)
-  assert len(learned["history"]["meta_loss"]) == config.meta_steps
+  assert set(test["accuracy"]) == {
+      "bp", "bp_oja", "bp_acc", "fa", "meta_fa_s0", "meta_fa_s1",
+      "meta_fa_adam_s0", "meta_fa_adam_s1", "meta_fa_nooja_s0",
+      "meta_fa_nooja_s1", "meta_bp_s0", "meta_bp_adam_s0"}
+  # A tuned rule on every meta-seed's 6 episodes, a learned one on its own.
+  assert len(test["accuracy"]["bp"]) == 12 and test["episodes"] == 6
+  assert all(len(v) == 6 for r, v in test["accuracy"].items()
+             if r.startswith("meta_"))
+  # Seed 1's segment of fa is fa scored on seed 1's episodes alone.
+  fa = meta.evaluate(runner._model(config, "random"),  # pylint: disable=protected-access
+                     {"error": jnp.array([test["rules"]["fa"]["error"]]),
+                      "oja": jnp.zeros(1)},
+                     runner._test_keys(config, 2, 1),  # pylint: disable=protected-access
+                     jnp.asarray(prepared.test_pool), n_way=2, k_shot=2,
+                     q_query=2)
+  np.testing.assert_allclose(test["accuracy"]["fa"][6:],
+                             np.asarray(fa.query_accuracy)[0])
+  nooja = json.loads((tmp_path / "meta_random_nooja_K2_s1.json").read_text())
+  assert set(nooja["theta"]) == {"error", "decay", "hebb", "post_pre_error",
+                                 "error_hebb"}
+  plain = json.loads((tmp_path / "meta_random_adam_K2_s1.json").read_text())
+  assert set(plain["step_scales"].values()) == {1.0}
+  assert len(plain["history"]["meta_loss"]) == config.meta_steps
   # Run again: every part is reused, nothing is computed.
   before = {p: (tmp_path / p).stat().st_mtime_ns for p in parts[4:]}
   runner.run(config, prepared, str(tmp_path), "test")
@@ -209,7 +229,7 @@ def test_runner_writes_the_run_directory_contract(tmp_path):
   fresh = tmp_path / "fresh"
   fresh.mkdir()
   runner.run(config, prepared, str(fresh), "test")
-  for part in parts[7:]:
+  for part in learned:
     went_on = json.loads((tmp_path / part).read_text())
     assert len(went_on["history"]["meta_loss"]) == 6
     assert went_on["theta"] == json.loads((fresh / part).read_text())["theta"]
@@ -267,7 +287,19 @@ def test_worker_processes_give_the_parts_of_one_process(tmp_path):
     ("meta_lr", float("nan"), "meta_lr=nan must be finite"),
     ("meta_seeds", 0, "meta_seeds=0 must be finite and > 0"),
     ("plateau_tol", 1.0, "plateau_tol=1.0 must be below 1"),
-    ("l1", -1.0, "l1=-1.0 must be finite and >= 0")])
+    ("l1", -1.0, "l1=-1.0 must be finite and >= 0"),
+    ("meta_seeds_reported", 0, "meta_seeds_reported=0 must be finite"),
+    ("variants", (), r"variants=\(\) must list distinct values from "
+     r"\('scaled', 'plain'\)"),
+    ("variants", ("plain", "plain"), "must list distinct values"),
+    ("variants", ("sgd",), r"variants=\('sgd',\) must list"),
+    ("ablation", ("ojaa",), r"ablation=\('ojaa',\) names 'ojaa'; it must "
+     "list terms of the pool"),
+    ("ablation", ("error",), "other than 'error'"),
+    ("ablation", ("oja", "oja"), "repeats a term"),
+    ("ablation_feedbacks", ("backprop", "none"),
+     r"ablation_feedbacks=\('backprop', 'none'\) must list feedbacks of "),
+    ("ablation_feedbacks", (), "must list feedbacks of")])
 def test_prepare_rejects_bad_values(field, value, message):
   config = _tiny_config()
   config[field] = value
@@ -509,3 +541,114 @@ def test_a_larger_step_budget_goes_on_from_a_finished_run(tmp_path):
   _tiny_meta(steps=9, checkpoint_path=path2,
              on_step=lambda i, *_: steps.append(i), **kw)
   assert steps == list(range(1, 10))
+
+
+# --- The report: meta-seeds as the unit, arms, kept terms ------------------
+
+
+def test_the_default_run_can_reach_a_verdict_with_five_seeds_or_more():
+  config = mp_config.get_config()
+  arms = meta_report.meta_arms(config)
+  assert [(a.rule, a.variant, a.ablated) for a in arms] == [
+      ("meta_fa", "scaled", False), ("meta_fa_adam", "plain", False),
+      ("meta_fa_nooja", "scaled", True), ("meta_bp", "scaled", False),
+      ("meta_bp_adam", "plain", False)]
+  assert min(a.seeds for a in arms) >= 5
+  # The ablation drops every term with Oja's normalizing part: those whose
+  # formula has an activity's square times W (y y^T W, e e^T W, W a a^T).
+  assert arms[2].terms == ("error", "decay", "hebb", "post_pre_error",
+                           "error_hebb")
+  # The verdict's family (each scarce K x 4 tuned rules) can pass Holm at
+  # the main rule's meta-seeds: the smallest p is 2 / 2^n.
+  family = len(config.meta_ks) * 4
+  assert family * 2 / 2 ** arms[0].seeds < 0.02
+  assert all(k <= config.scarce_max_k for k in config.meta_ks)
+
+
+def _report_config():
+  config = _tiny_config()
+  config.feedbacks, config.meta_seeds = ("random",), 3
+  return config
+
+
+def _test_part():
+  # 3 meta-seeds x 2 held-out episodes: a tuned rule has 6 scores (seed-
+  # major), a learned rule 2 per seed.
+  bp = [0.5, 0.7, 0.2, 0.4, 0.6, 0.6]  # per seed: 0.6, 0.3, 0.6
+  acc = {"bp": bp, "bp_acc": bp, "bp_oja": bp, "fa": [0.5] * 6,
+         "meta_fa_s0": [0.7, 0.9], "meta_fa_s1": [0.3, 0.3],
+         "meta_fa_s2": [1.0, 0.8],  # per seed: 0.8, 0.3, 0.9
+         "meta_fa_adam_s0": [0.5, 0.5], "meta_fa_adam_s1": [0.5, 0.5],
+         "meta_fa_adam_s2": [0.5, 0.5],
+         "meta_fa_nooja_s0": [0.6, 0.6], "meta_fa_nooja_s1": [0.4, 0.2],
+         "meta_fa_nooja_s2": [0.5, 0.7]}  # per seed: 0.6, 0.3, 0.6
+  return {"k": 2, "episodes": 2, "sets": 3, "accuracy": acc}
+
+
+def test_comparisons_pair_meta_seed_means_on_each_seeds_episodes():
+  config = _report_config()
+  primary, family = meta_report._comparisons(config, [_test_part()])  # pylint: disable=protected-access
+  assert [(c.arm, c.reference) for c in primary] == [("meta_fa", "bp")]
+  d = np.array([0.2, 0.0, 0.3])  # seed by seed, not episode by episode
+  half = scipy_stats.t.ppf(0.99, 2) * d.std(ddof=1) / np.sqrt(3)
+  got = primary[0].diff
+  assert got.n == 3
+  np.testing.assert_allclose([got.mean, got.low, got.high],
+                             [d.mean(), d.mean() - half, d.mean() + half])
+  assert got.p == 0.5  # 2 of the 2^3 sign flips are as extreme (0 ties)
+  assert [c.reference for c in family] == ["bp", "bp_acc", "bp_oja", "fa"]
+  families = dict(meta_report.families(config, [_test_part()]))
+  rivals = families["meta_fa vs its variants and ablation"]
+  assert [c.reference for c in rivals] == ["meta_fa_adam", "meta_fa_nooja"]
+  # With Oja minus without, paired over the seeds: 0.2, 0.0, 0.3 again.
+  np.testing.assert_allclose(rivals[1].diff.mean, 0.5 / 3)
+  assert rivals[0].p_adj == pytest.approx(min(1, 2 * rivals[0].diff.p))
+
+
+def test_a_tuned_rule_scored_on_one_shared_set_pairs_with_every_seed():
+  part = _test_part()
+  part["accuracy"]["bp"] = [0.4, 0.6]  # A part from before: one set.
+  del part["episodes"]
+  np.testing.assert_allclose(
+      meta_report.seed_values(part, "bp", 3), [0.5, 0.5, 0.5])
+  assert meta_report.seed_values(part, "meta_fa", 4) is None  # No seed 3.
+
+
+def _learned(config, best_steps):
+  out = {}
+  for arm in meta_report.meta_arms(config):
+    for s in range(arm.seeds):
+      theta = {t: 0.0 for t in arm.terms}
+      theta["error"] = 0.05
+      if s == 0 and "oja" in arm.terms:
+        theta["oja"] = 0.01  # Above 5 steps of 1e-3 x 0.5.
+      theta["hebb"] = 0.002 if s == 1 else 0.0  # Under 5 x 1e-3 x 1.
+      out[(arm.rule, 2, s)] = {
+          "theta": theta, "best_step": best_steps[s],
+          "step_scales": {t: 0.5 if t == "oja" else 1.0 for t in arm.terms}}
+  return out
+
+
+def test_one_kept_terms_table_counts_meta_seeds_and_start_rules():
+  config = _report_config()
+  rows = meta_report._kept_rows(config, _learned(config, [0, 7, 0]))  # pylint: disable=protected-access
+  terms = list(config.terms)
+  assert [r[2].split()[0] for r in rows] == [
+      "`meta_fa`", "`meta_fa_adam`", "`meta_fa_nooja`"]
+  main = dict(zip(terms, rows[0][3:-1]))
+  assert main["error"] == "3/3" and main["oja"] == "1/3"
+  assert main["hebb"] == "0/3" and rows[0][-1] == "2/3"
+  nooja = dict(zip(terms, rows[2][3:-1]))
+  assert nooja["oja"] == "-" and nooja["error_oja"] == "-"
+
+
+def test_a_seed_that_kept_its_start_rule_is_shown_and_counted():
+  config = _report_config()
+  fams = meta_report.families(config, [_test_part()])
+  rows = meta_report._findings(config, [_test_part()],  # pylint: disable=protected-access
+                               _learned(config, [0, 7, 9]), fams)
+  main = dict(rows)["K=2, `meta_fa`"]
+  # (0.8 + 0.3 + 0.9) / 3 with seed 0, which kept its start rule.
+  assert "mean held-out accuracy 0.667 over 3 meta-seeds" in main
+  assert "1/3 kept their start rule" in main
+  assert "2/3 seeds above `bp`" in main

@@ -15,16 +15,20 @@ rules that changed), so a crash or Ctrl-C loses at most
    (``fa``, feedback alignment). Where a rule is meta-learned, also each
    pool term's size at initialization and its Adam step scale
    (``meta.term_norms``, ``meta.step_scales``).
-2. ``meta_<feedback>_K<k>_s<seed>.json``: for each meta-training seed, the
-   rule meta-learned at this K alone (no rule is reused at another K), its
-   meta-loss curve and meta-validation curve. While it trains, its state
-   (theta, Adam, curves) is checkpointed to
-   ``meta_ckpt/<feedback>_K<k>_s<seed>.json`` every ``checkpoint_every``
+2. ``meta_<tag>_K<k>_s<seed>.json``: for each meta-learned rule of this
+   feedback (``meta_report.meta_arms``: the full pool with step-scaled Adam,
+   tag ``<feedback>``; with plain Adam, ``<feedback>_adam``; the pool
+   without the Oja terms, ``<feedback>_nooja``) and each of its
+   meta-training seeds, the rule meta-learned at this K alone (no rule is
+   reused at another K), its meta-loss curve and meta-validation curve.
+   While it trains, its state (theta, Adam, curves) is checkpointed to
+   ``meta_ckpt/<tag>_K<k>_s<seed>.json`` every ``checkpoint_every``
    meta-steps, and a restarted run resumes from there with the same numbers.
-3. ``test_K<k>.json``: per-episode query accuracy and loss of every rule
-   (tuned baselines and each seed's meta-learned rule) on ``test_episodes``
-   held-out episodes, identical for all rules (same images, order and initial
-   forward weights).
+3. ``test_K<k>.json``: per-episode query accuracy and loss of every rule on
+   held-out episodes: each meta-seed has its own ``test_episodes`` episodes,
+   where its learned rules are scored; the tuned rules are scored on every
+   seed's episodes (seed-major), so every comparison of a seed's rule pairs
+   the same images, order and initial forward weights.
 
 Units run in ``processes`` worker processes (0: one per core this process may
 use), each pinned to a core with single-threaded XLA (``experiments.pool``,
@@ -35,14 +39,15 @@ fingerprint is checked on resume and written to
 atomic, strict-JSON writer.
 
 Verdict (the repo rule, ``experiments.analysis.verdict``): at each
-data-scarce K (K <= ``scarce_max_k``) the main setting's meta-learned rule
-(``feedbacks[0]``, random feedback by default; accuracy averaged over the
-meta-training seeds, episode by episode) is compared with tuned backprop,
-paired over the held-out episodes (98% t interval, sign-flip p by Monte
-Carlo over 2^16 flips, Holm-adjusted over every comparison in the family table). With B of N scarce
-K better and W worse: reproduced if B >= N/2 and W = 0; partly reproduced if
-0 < B < N/2 and W = 0; mixed if B > 0 and W > 0; contradicted if W > N/2 and
-B = 0; not reproduced otherwise. The other feedback setting is reported.
+data-scarce K (K <= ``scarce_max_k``) the main meta-learned rule (the first
+of ``meta_report.meta_arms``: ``feedbacks[0]``, random feedback by default,
+the first of ``variants``, the full pool) is compared with tuned backprop,
+paired over meta-training seeds (each seed's mean over its held-out
+episodes; 98% t interval, exact sign-flip p, Holm-adjusted over the main
+rule's comparisons with the tuned rules). With B of N scarce K better and W
+worse: reproduced if B >= N/2 and W = 0; partly reproduced if 0 < B < N/2
+and W = 0; mixed if B > 0 and W > 0; contradicted if W > N/2 and B = 0; not
+reproduced otherwise. The other rules are reported, each its own family.
 """
 
 from __future__ import annotations
@@ -98,16 +103,14 @@ def prepare(config: ml_collections.ConfigDict, cli_fields: Sequence[str] = (),
   del cli_fields, allow_large
   config_lib.check_finite(config)
   for f in ("n_way", "q_query", "tune_episodes", "test_episodes",
-            "meta_episodes", "meta_seeds", "downsample", "val_episodes",
+            "meta_episodes", "meta_seeds", "meta_seeds_reported",
+            "downsample", "val_episodes",
             "val_every", "plateau_window", "checkpoint_every"):
     config_lib.check_number(f, config[f], integer=True)
   for f in ("meta_steps", "processes", "seed"):
     config_lib.check_number(f, config[f], integer=True, zero=True)
   for f in ("l1", "plateau_tol", "keep_steps"):
     config_lib.check_number(f, config[f], zero=True)
-  if not isinstance(config.scale_steps, bool):
-    raise ConfigError(f"scale_steps={config.scale_steps!r} must "
-                                 "be True or False.")
   if config.plateau_tol >= 1:
     raise ConfigError(f"plateau_tol={config.plateau_tol!r} must "
                                  "be below 1 (a relative improvement).")
@@ -127,6 +130,7 @@ def prepare(config: ml_collections.ConfigDict, cli_fields: Sequence[str] = (),
   if not fbs or len(set(fbs)) != len(fbs) or not set(fbs) <= set(FEEDBACKS):
     raise ConfigError(f"feedbacks={fbs!r} must list distinct values from "
                      f"{FEEDBACKS}; the first is the main setting.")
+  _check_arms(config)
   declared = meta_report.claim(config)
   for name in (declared.reference, *declared.compared_with):
     if name not in meta_report.BASELINES:
@@ -201,6 +205,28 @@ def _check_classes(config: ml_collections.ConfigDict) -> None:
               + "; use rotations 90 degrees apart, e.g. (0, 1), not "
               f"rotations={tuple(config.rotations)}.")
         seen[(d, r)] = name
+
+
+def _check_arms(config: ml_collections.ConfigDict) -> None:
+  """The meta-training variants and the ablation name what exists."""
+  variants = tuple(config.variants)
+  known = tuple(meta_report.VARIANTS)
+  if (not variants or len(set(variants)) != len(variants) or
+      not set(variants) <= set(known)):
+    raise ConfigError(f"variants={variants!r} must list distinct values "
+                      f"from {known}; the first is the verdict's.")
+  ablation, terms = tuple(config.ablation), tuple(config.terms)
+  for t in ablation:
+    if t not in terms or t == "error":
+      raise ConfigError(
+          f"ablation={ablation!r} names {t!r}; it must list terms of the "
+          f"pool {terms} other than 'error' (the start of every rule).")
+  if len(set(ablation)) != len(ablation):
+    raise ConfigError(f"ablation={ablation!r} repeats a term.")
+  fbs = tuple(config.ablation_feedbacks)
+  if ablation and not (fbs and set(fbs) <= set(config.feedbacks)):
+    raise ConfigError(f"ablation_feedbacks={fbs!r} must list feedbacks of "
+                      f"feedbacks={tuple(config.feedbacks)}.")
 
 
 def jobs_of(config: ml_collections.ConfigDict, prepared: Prepared
@@ -305,23 +331,35 @@ def _tune(config, pool, feedback: str, k: int) -> dict[str, Any]:
   return out
 
 
-def _meta_seed(config, pool, run_dir: str, feedback: str, k: int, seed: int,
-               tuned: dict[str, Any],
-               index: Optional[int] = None) -> dict[str, Any]:
-  """Meta-trains one seed's rule at one K from the tuned error rate.
+def _arms(config, feedback: str, k: int) -> list[meta_report.MetaArm]:
+  """The rules meta-trained at (feedback, K), in order."""
+  if not _meta_trained(config, feedback, k):
+    return []
+  return [a for a in meta_report.meta_arms(config) if a.feedback == feedback]
 
-  Reports its meta-steps as progress item ``index`` (the unit's).
+
+def _meta_seed(config, pool, run_dir: str, arm: meta_report.MetaArm, k: int,
+               seed: int, tuned: dict[str, Any], index: Optional[int] = None,
+               offset: int = 0) -> dict[str, Any]:
+  """Meta-trains one seed's rule of ``arm`` at one K from the tuned error
+  rate.
+
+  Every rule of a feedback draws the same meta-training and validation
+  episodes for a seed (the pairing of the ablation and the variants).
+  Reports its meta-steps as progress item ``index`` (the unit's), after
+  ``offset`` meta-steps of the unit's earlier seeds.
   """
-  start = tuned[BASE[feedback]]["lr"]
-  theta0 = {t: (start if t == "error" else 0.0) for t in config.terms}
-  tag = f"{feedback}_K{k}_s{seed}"
+  start = tuned[BASE[arm.feedback]]["lr"]
+  theta0 = {t: (start if t == "error" else 0.0) for t in arm.terms}
+  scaled = arm.variant == "scaled"
+  tag = f"{arm.tag}_K{k}_s{seed}"
   ckpt_dir = os.path.join(run_dir, "meta_ckpt")
   os.makedirs(ckpt_dir, exist_ok=True)
   tic = time.perf_counter()
   first = [True]
 
   def log(i, theta, loss):
-    done = seed * config.meta_steps + i
+    done = offset + i
     if first[0]:  # Steps before this session's first were done earlier.
       progress.resume(index, done - 1)
       first[0] = False
@@ -336,12 +374,13 @@ def _meta_seed(config, pool, run_dir: str, feedback: str, k: int, seed: int,
       jax.random.PRNGKey(config.seed + 3000), k), config.val_episodes)
   key = jax.random.fold_in(jax.random.fold_in(
       jax.random.PRNGKey(config.seed + 4000), k), seed)
+  scales = ({t: tuned["step_scales"][t] for t in arm.terms} if scaled else
+            {t: 1.0 for t in arm.terms})
   theta, hist = meta.meta_train(
-      _model(config, feedback), theta0, jnp.asarray(pool), key,
+      _model(config, arm.feedback), theta0, jnp.asarray(pool), key,
       steps=config.meta_steps, episodes_per_step=config.meta_episodes,
       meta_lr=config.meta_lr, l1=config.l1,
-      scales=tuned["step_scales"] if config.scale_steps else None,
-      val_keys=val_keys,
+      scales=scales if scaled else None, val_keys=val_keys,
       val_every=config.val_every, plateau_window=config.plateau_window,
       plateau_tol=config.plateau_tol,
       checkpoint_path=os.path.join(ckpt_dir, f"{tag}.json"),
@@ -350,9 +389,9 @@ def _meta_seed(config, pool, run_dir: str, feedback: str, k: int, seed: int,
   logging.info("%s done: %s after %d meta-steps (best at %d), %.2fs per "
                "meta-step", tag, hist.stopped, len(hist.meta_loss),
                hist.best_step, hist.seconds / max(hist.timed_steps, 1))
-  return {"k": k, "feedback": feedback, "seed": seed, "theta0": theta0,
-          "theta": theta, "step_scales": tuned["step_scales"] if
-          config.scale_steps else {t: 1.0 for t in config.terms},
+  return {"k": k, "feedback": arm.feedback, "rule": arm.rule,
+          "variant": arm.variant, "seed": seed, "theta0": theta0,
+          "theta": theta, "step_scales": scales,
           "steps": len(hist.meta_loss),
           "best_step": hist.best_step, "stopped": hist.stopped,
           "skipped_steps": hist.skipped,
@@ -363,14 +402,21 @@ def _meta_seed(config, pool, run_dir: str, feedback: str, k: int, seed: int,
                       "val_accuracy": hist.val_accuracy}}
 
 
-def _paths(run_dir, feedback, k, seed=None):
+def _paths(run_dir, tag, k, seed=None):
+  """A tuning part (``tag`` = the feedback) or, with ``seed``, a
+  meta-training part (``tag`` = the rule's ``MetaArm.tag``)."""
   if seed is None:
-    return os.path.join(run_dir, f"tuning_{feedback}_K{k}.json")
-  return os.path.join(run_dir, f"meta_{feedback}_K{k}_s{seed}.json")
+    return os.path.join(run_dir, f"tuning_{tag}_K{k}.json")
+  return os.path.join(run_dir, f"meta_{tag}_K{k}_s{seed}.json")
 
 
 def _meta_trained(config, feedback, k) -> bool:
   return feedback in config.feedbacks and k in config.meta_ks
+
+
+def _unit_steps(config, feedback, k) -> int:
+  """The most meta-steps a unit takes: every seed of every rule."""
+  return config.meta_steps * sum(a.seeds for a in _arms(config, feedback, k))
 
 
 def run_unit(config: ml_collections.ConfigDict, run_dir: str, feedback: str,
@@ -378,26 +424,30 @@ def run_unit(config: ml_collections.ConfigDict, run_dir: str, feedback: str,
              index: Optional[int] = None) -> None:
   """Tuning and meta-training at one (feedback, K); writes their parts.
 
-  Progress item ``index`` counts its meta-steps, ``meta_steps`` per seed.
+  Progress item ``index`` counts its meta-steps, ``meta_steps`` per seed of
+  each rule meta-trained here.
   """
   progress.check()  # A stopped run starts no unit.
   prepared = prepared or _prepared(config)
   tuned = _cached(_paths(run_dir, feedback, k),
                   lambda: _tune(config, prepared.train_pool, feedback, k))
-  if _meta_trained(config, feedback, k):
-    for s in range(config.meta_seeds):
-      progress.resume(index, s * config.meta_steps)
-      _cached(_paths(run_dir, feedback, k, s),
-              lambda s=s: _meta_seed(config, prepared.train_pool, run_dir,
-                                     feedback, k, s, tuned, index),
-              _meta_current(config))
+  done = 0
+  for arm in _arms(config, feedback, k):
+    for s in range(arm.seeds):
+      progress.resume(index, done)
+      _cached(_paths(run_dir, arm.tag, k, s),
+              lambda arm=arm, s=s, done=done: _meta_seed(
+                  config, prepared.train_pool, run_dir, arm, k, s, tuned,
+                  index, done), _meta_current(config))
       # A plateau stops a seed early; a saved seed took no time now.
-      progress.resume(index, (s + 1) * config.meta_steps)
+      done += config.meta_steps
+      progress.resume(index, done)
 
 
 def _rules(config, run_dir, k) -> tuple[dict[str, dict[str, float]],
                                         dict[str, str]]:
-  """Every rule tested at K: coefficients and feedback, by rule name."""
+  """Every rule tested at K: coefficients and feedback, by rule name (a
+  learned rule's seed s is ``<rule>_s<s>``)."""
   rules, feedback = {}, {}
   for fb in _feedbacks(config):
     tuned = rundir.read_json(_paths(run_dir, fb, k))
@@ -405,40 +455,58 @@ def _rules(config, run_dir, k) -> tuple[dict[str, dict[str, float]],
     for name in names:
       rules[name] = {"error": tuned[name]["lr"], "oja": tuned[name]["oja_lr"]}
       feedback[name] = fb
-    if _meta_trained(config, fb, k):
-      for s in range(config.meta_seeds):
-        learned = rundir.read_json(_paths(run_dir, fb, k, s))
-        rules[f"meta_{BASE[fb]}_s{s}"] = dict(learned["theta"])
-        feedback[f"meta_{BASE[fb]}_s{s}"] = fb
+    for arm in _arms(config, fb, k):
+      for s in range(arm.seeds):
+        learned = rundir.read_json(_paths(run_dir, arm.tag, k, s))
+        rules[f"{arm.rule}_s{s}"] = dict(learned["theta"])
+        feedback[f"{arm.rule}_s{s}"] = fb
   return rules, feedback
+
+
+def _test_keys(config, k: int, s: int) -> jax.Array:
+  """The held-out episodes of meta-seed ``s`` at K."""
+  return jax.random.split(jax.random.fold_in(jax.random.fold_in(
+      jax.random.PRNGKey(config.seed + 2000), k), s), config.test_episodes)
 
 
 def score_unit(config: ml_collections.ConfigDict, run_dir: str, k: int,
               prepared: Optional[Prepared] = None) -> None:
-  """Scores every rule at K on the same held-out episodes; writes the part."""
+  """Scores every rule at K on held-out episodes; writes the part.
+
+  Each meta-seed has its own ``test_episodes`` episodes: its learned rules
+  are scored there, the tuned rules on every seed's episodes (seed-major,
+  ``meta_report.episode_sets`` sets), so each seed's comparisons pair the
+  same images, order and initial weights.
+  """
   prepared = prepared or _prepared(config)
 
   def make():
     rules, feedback = _rules(config, run_dir, k)
     terms = _all_terms(config)
-    keys = jax.random.split(jax.random.fold_in(
-        jax.random.PRNGKey(config.seed + 2000), k), config.test_episodes)
+    sets = meta_report.episode_sets(config)
+    keys = [_test_keys(config, k, s) for s in range(sets)]
     acc, loss = {}, {}
     for fb in _feedbacks(config):
-      names = [r for r in rules if feedback[r] == fb]
-      theta = {t: jnp.array([rules[r].get(t, 0.0) for r in names],
-                            jnp.float32) for t in terms}
+      arms = _arms(config, fb, k)
+      groups = [([r for r in meta_report.BASELINES if feedback.get(r) == fb],
+                 jnp.concatenate(keys))]
+      groups += [([f"{a.rule}_s{s}" for a in arms if s < a.seeds], keys[s])
+                 for s in range(max([a.seeds for a in arms], default=0))]
       tic = time.perf_counter()
-      res = meta.evaluate(_model(config, fb), theta, keys,
-                          jnp.asarray(prepared.test_pool), **_ep_kw(config,
-                                                                    k))
-      logging.info("tested K=%d, %s: %d rules in %.1fs", k, fb, len(names),
-                   time.perf_counter() - tic)
-      for i, r in enumerate(names):
-        acc[r] = np.asarray(res.query_accuracy)[i]
-        loss[r] = np.asarray(res.query_loss)[i]
-    return {"k": k, "rules": rules, "feedback": feedback, "accuracy": acc,
-            "loss": loss}
+      for names, episode_keys in groups:
+        theta = {t: jnp.array([rules[r].get(t, 0.0) for r in names],
+                              jnp.float32) for t in terms}
+        res = meta.evaluate(_model(config, fb), theta, episode_keys,
+                            jnp.asarray(prepared.test_pool),
+                            **_ep_kw(config, k))
+        for i, r in enumerate(names):
+          acc[r] = np.asarray(res.query_accuracy)[i]
+          loss[r] = np.asarray(res.query_loss)[i]
+      logging.info("tested K=%d, %s: %d rules in %.1fs", k, fb,
+                   sum(len(g[0]) for g in groups), time.perf_counter() - tic)
+    return {"k": k, "rules": rules, "feedback": feedback,
+            "episodes": config.test_episodes, "sets": sets,
+            "accuracy": acc, "loss": loss}
 
   _cached(os.path.join(run_dir, f"test_K{k}.json"), make,
           _test_current(config, run_dir, k))
@@ -487,17 +555,16 @@ def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
   fbs = _feedbacks(config)
   units = [(fb, k) for fb in fbs for k in config.ks]
   # Costliest first (meta-training at large K), so the workers end together.
-  units.sort(key=lambda u: (_meta_trained(config, *u), u[1]), reverse=True)
+  units.sort(key=lambda u: (_unit_steps(config, *u) * u[1], u[1]),
+             reverse=True)
   todo = [u for u in units if not (
       os.path.exists(_paths(run_dir, *u)) and all(
-          _saved(_paths(run_dir, *u, s), _meta_current(config))
-          for s in range(config.meta_seeds if _meta_trained(config, *u)
-                         else 0)))]
+          _saved(_paths(run_dir, arm.tag, u[1], s), _meta_current(config))
+          for arm in _arms(config, *u) for s in range(arm.seeds)))]
   ks = sorted(config.ks, reverse=True)
   # Progress in meta-steps: a unit's tuning and the tests count as none.
   with progress.Tracker(
-      [progress.Item(config.meta_seeds * config.meta_steps if
-                     _meta_trained(config, *u) else 0) for u in units] +
+      [progress.Item(_unit_steps(config, *u)) for u in units] +
       [progress.Item(0) for _ in ks], label="units",
       unit="meta-steps") as tracker:
     for i, u in enumerate(units):
@@ -522,8 +589,9 @@ def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
            for k in config.ks]
   tuning = {(fb, k): rundir.read_json(_paths(run_dir, fb, k))
             for fb in fbs for k in config.ks}
-  learned = {(fb, k, s): rundir.read_json(_paths(run_dir, fb, k, s))
-             for fb in config.feedbacks for k in config.meta_ks
-             for s in range(config.meta_seeds)}
+  learned = {(arm.rule, k, s): rundir.read_json(_paths(run_dir, arm.tag, k,
+                                                       s))
+             for k in config.meta_ks for arm in meta_report.meta_arms(config)
+             for s in range(arm.seeds)}
   return meta_report.write_report(config, prepared, run_dir, command, tests,
                                   tuning, learned)

