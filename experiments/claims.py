@@ -34,6 +34,7 @@ from experiments import data as data_lib
 from experiments import figures
 from experiments import report
 from experiments import stats
+from experiments import tuned
 from experiments.report import Section
 
 # --- A declared claim: its arms, settings and evaluation points -----------
@@ -716,6 +717,153 @@ def generic(run: analysis.Run) -> Section:
   return Section("", "", tables, [os.path.basename(p) for p in paths], "", "")
 
 
+# --- Tuned claims: every arm at its validation-chosen point ----------------
+
+
+def _counted_key(claim: Claim, key) -> bool:
+  axis_value, setting, _ = key
+  gain = dict(setting).get("model_gain")
+  return claim.counted(axis_value) and (gain is None or
+                                        claim.counted_gain(gain))
+
+
+def _numeric(values) -> Optional[list[float]]:
+  try:
+    return [float(v) for v in values]
+  except (TypeError, ValueError):
+    return None
+
+
+def _chosen_figure(run: analysis.Run, claim: Claim, chosen, rules) -> str:
+  """Each rule at its chosen points: against the axis, a panel per budget;
+  or, with a swept setting (the init gain), against it, a panel per axis
+  value at the last budget."""
+  c = claim.c
+  axis = run.config.axis.split(".")[-1] if run.config.axis else "setting"
+  keys = list(dict.fromkeys(k for rule in rules for k in chosen[rule]))
+  panels: dict[str, dict[str, tuple[list, list]]] = {}
+  swept = sorted({f for _, setting, _ in keys for f, _ in setting})
+  budgets = list(dict.fromkeys(k[2] for k in keys))
+  for rule in rules:
+    for key, ch in chosen[rule].items():
+      axis_value, setting, budget = key
+      if swept:
+        if budget != budgets[-1]:
+          continue
+        panel, x = f"{axis}={axis_value}", dict(setting)[swept[0]]
+      else:
+        panel, x = budget, axis_value
+      xs, per_seed = panels.setdefault(panel, {}).setdefault(rule, ([], []))
+      xs.append(x)
+      per_seed.append(np.where(ch.diverged,
+                               analysis.FAILED.get(c.metric, np.nan),
+                               ch.values))
+  xlabel = swept[0].replace("model_", "init ") if swept else axis
+  numeric = swept or all(_numeric(xs) for p in panels.values()
+                         for xs, _ in p.values())
+  if not numeric:  # Categorical axis values: plotted at 0, 1, ...
+    order = list(dict.fromkeys(k[0] for k in keys))
+    for p in panels.values():
+      for rule, (xs, per_seed) in p.items():
+        p[rule] = ([order.index(x) for x in xs], per_seed)
+    xlabel += " (" + ", ".join(f"{i}: {v}" for i, v in enumerate(order)) + ")"
+  else:
+    for p in panels.values():
+      for rule, (xs, per_seed) in p.items():
+        p[rule] = (_numeric(xs), per_seed)
+  return figures.chosen(
+      panels, _figure(run, run.config.experiment or "chosen"),
+      figures.title(run, "each arm at its validation-chosen point"), xlabel,
+      c.metric.replace("_", " "), log_x=bool(swept))
+
+
+def _good_init(claim: Claim, ref: dict, axis: str) -> dict:
+  """{budget: the reference arm at the claim's ``control_at`` (axis value,
+  init gain): a good init, a control at every setting}."""
+  if not claim.c.get("control_at"):
+    return {}
+  value, gain = claim.c.control_at
+  name = f"{claim.c.reference} at {axis}={value}, gain {float(gain):g}"
+  return {k[2]: ch._replace(rule=name) for k, ch in ref.items()
+          if str(k[0]) == str(value)
+          and dict(k[1]).get("model_gain") == float(gain)}
+
+
+def tuned_section(run: analysis.Run, claim: Claim) -> Section:
+  """A tuned claim (``config.tune``): each arm at its validation-chosen
+  point per setting and budget (``experiments.tuned``); the claim's verdict
+  and, with ``controls``, the same rule's verdict beyond the best
+  non-plastic control."""
+  c = claim.c
+  axis = run.config.axis.split(".")[-1] if run.config.axis else ""
+  rules = [a for a in dict.fromkeys(r.job.arm for r in run.results)
+           if not a.startswith(config_lib.TUNING_PREFIX)]
+  chosen = {rule: {ch.key: ch for ch in tuned.choose(claim, rule, c.metric)}
+            for rule in rules}
+  ref = chosen.get(c.reference, {})
+
+  def against(arm, keys, base=c.reference, margin=0.0):
+    return [tuned.compare(chosen[arm][k], chosen[base][k], axis, c.metric,
+                          margin=margin)
+            for k in keys if k in chosen.get(arm, {})
+            and k in chosen.get(base, {})]
+
+  counted = [k for k in ref if _counted_key(claim, k)]
+  primary, secondary = _family(
+      [x for v in (c.get("versus") or (c.reference,))
+       for x in against(c.arm, counted, v, c.get("margin", 0.0))],
+      [x for arm in c.secondary for x in against(arm, counted)] +
+      [x for a, b in c.get("pairs", ()) for x in against(a, counted, b)])
+  tables = [("Operating points chosen on validation. " + tuned.EDGE_NOTE,
+             tuned.chosen_table([chosen[r][k] for k in ref for r in rules
+                                 if k in chosen[r]], axis)),
+            (f"The claim: {c.arm} against "
+             f"{', '.join(c.get('versus') or (c.reference,))}"
+             + (f" (non-inferiority: {c.arm} + {c.margin:g} - the other)"
+                if c.get("margin") else "") + " at the counted settings, "
+             "each at its chosen point (paired over the verdict's seeds; "
+             "Holm over this table)",
+             analysis.comparison_table(primary + secondary))]
+  control_verdict = None
+  controls = [x for x in c.controls if x in chosen]
+  good = _good_init(claim, ref, axis)
+  if controls or good:
+    candidates = {k: [chosen[x][k] for x in controls if k in chosen[x]] + (
+        [good[k[2]]] if k[2] in good else []) for k in counted}
+    best = {k: tuned.best(v) for k, v in candidates.items() if v}
+    controls = controls + sorted({g.rule for g in good.values()})
+    beyond = analysis.adjust([
+        comp._replace(setting=f"{comp.setting} (best: {best[k].rule})",
+                      reference="best control")
+        for k in best if k in chosen[c.arm]
+        for comp in [tuned.compare(chosen[c.arm][k], best[k], axis,
+                                   c.metric)]])
+    rows = [[x.setting, tuned.outcome(x), str(x.diff)] for x in beyond]
+    tables.append((
+        f"Beyond a norm control: {c.arm} against the best non-plastic "
+        f"control ({', '.join(controls)}; best on validation at each "
+        "setting and budget), paired over the verdict's seeds, Holm over "
+        "this table", analysis.comparison_table(beyond)))
+    tables.append((f"Per setting: {c.arm} beats, ties with or loses to the "
+                   "best non-plastic control",
+                   report.table(["setting (control)", c.arm,
+                                 "difference [98% CI]"], rows)))
+    control_verdict = analysis.verdict(beyond)
+  others = [x for arm in rules if arm != c.reference
+            for x in against(arm, [k for k in ref
+                                   if arm in (*c.beside, *controls)
+                                   or not _counted_key(claim, k)])]
+  if others:
+    tables.append((f"Every other arm and setting against {c.reference}, "
+                   "each at its chosen point (reported, not counted; Holm "
+                   "over this table)", analysis.comparison_table(others)))
+  figure = _chosen_figure(run, claim, chosen, rules)
+  word, evidence = analysis.verdict(primary, secondary)
+  return Section(c.statement, claim.scope(), tables,
+                 [os.path.basename(figure)], word, evidence,
+                 *(control_verdict or ("", "")))
+
+
 SECTIONS: dict[str, Callable[[analysis.Run, Claim], Section]] = {
     "online": online,
     "deep_online": deep_online,
@@ -732,5 +880,7 @@ def section(run: analysis.Run) -> Section:
   claim = declared(run.config)
   if claim is None:
     return generic(run)
+  if run.config.get("tune"):
+    return tuned_section(run, Claim(run, claim))
   build = SECTIONS.get(run.config.experiment, claim_section)
   return build(run, Claim(run, claim))

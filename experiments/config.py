@@ -38,9 +38,12 @@ SWEEPABLE = {"lr": "learning_rate", "oja_lr": "oja_learning_rate",
              "model_gain": None}
 MAX_SEED = 2**31 - 1  # PRNGKey keeps 32 bits: larger seeds would collide.
 # Fields that do not change a job's numbers (the rest make its fingerprint).
+# eval_batch_size is not one of them: XLA:CPU computes an example's logits
+# in the last bits differently in batches of another size (test_loss moves
+# by ~1e-7).
 NOT_NUMERIC = ("experiment", "select_arms", "reference_arm", "arms",
-               "checkpoint_every", "eval_batch_size", "download", "data_dir",
-               "axis", "axis_values", "sweep", "processes", "claim")
+               "checkpoint_every", "download", "data_dir", "axis",
+               "axis_values", "sweep", "processes", "claim")
 
 
 # Fields a resumed run may raise: meta-training that ran out of steps goes
@@ -231,7 +234,7 @@ def expand(config: ml_collections.ConfigDict) -> list[Job]:
     for arm, overrides in arms.items():
       cfg = copy.deepcopy(config)
       with cfg.unlocked():
-        cfg.arms, cfg.sweep = ml_collections.ConfigDict(), config.sweep
+        cfg.arms = ml_collections.ConfigDict()
       if config.axis:
         _set(cfg, config.axis, value)
       _apply_overrides(cfg, overrides)  # An arm may set its own sweep.
@@ -243,9 +246,54 @@ def expand(config: ml_collections.ConfigDict) -> list[Job]:
       if key in seen:  # Arms that differ only in swept fields.
         continue
       seen.add(key)
-      prefix = f"{config.axis.split('.')[-1]}={_slug(value)}-" if (
-          config.axis) else ""
-      jobs += _split_jobs(Job(prefix + _slug(arm), value, arm, cfg))
+      jobs += _split_jobs(Job(_job_id(config, value, arm), value, arm, cfg))
+  return _check_ids(config, jobs)
+
+
+MAX_ID = 200  # Characters of a job id (a file name holds 255 bytes).
+
+
+def _job_id(config: ml_collections.ConfigDict, value: Any, arm: str) -> str:
+  """``<axis leaf>=<value>-<arm>`` (``<arm>`` without an axis), slugged."""
+  prefix = f"{config.axis.split('.')[-1]}={_slug(value)}-" if (
+      config.axis) else ""
+  return prefix + _slug(arm)
+
+
+def _check_ids(config: ml_collections.ConfigDict, jobs: list[Job]
+               ) -> list[Job]:
+  """``jobs`` if each has files of its own: no two ids equal, even up to
+  case (case-insensitive file systems), none without its arm's name, too
+  long for a file name, or holding :data:`SPLIT_TAG` (which marks
+  split_per_seed's jobs); else a ``ConfigError`` naming the jobs."""
+  def what(job: Job) -> str:
+    return f"arm {job.arm!r}" + (f" at {config.axis}={job.axis_value!r}"
+                                 if config.axis else "")
+  seen: dict[str, Job] = {}
+  for job in jobs:
+    base = _job_id(config, job.axis_value, job.arm)
+    if not _slug(job.arm):
+      raise ConfigError(
+          f"{what(job)}: an arm's name needs a letter or digit (job ids, "
+          "which name its files, keep A-Z, a-z, 0-9, '_', '.', '=', '-'); "
+          "rename it.")
+    if SPLIT_TAG in base:
+      raise ConfigError(
+          f"{what(job)}: its job id {base!r} holds {SPLIT_TAG!r}, which "
+          "marks split_per_seed's jobs; rename it.")
+    if len(job.id) > MAX_ID:
+      raise ConfigError(
+          f"{what(job)}: its job id is {len(job.id)} characters long (> "
+          f"{MAX_ID}), too long for a file name; shorten the arm's name or "
+          "the axis value.")
+    other = seen.setdefault(job.id.casefold(), job)
+    if other is not job:
+      ids = (f"one job id {job.id!r}" if other.id == job.id else
+             f"the job ids {other.id!r} and {job.id!r}, one file name on "
+             "case-insensitive file systems")
+      raise ConfigError(
+          f"{what(other)} and {what(job)} map to {ids}, so one would load "
+          "the other's results; rename one.")
   return jobs
 
 

@@ -8,6 +8,8 @@ the tests and ``make results ARGS=--quick``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 # Seeds of every verdict-bearing config: at least the rule's 10, and enough
@@ -27,8 +29,8 @@ def claim(statement: str, scope: str, arm: str, reference: str, *,
           layer_depths: tuple[int, ...] = (),
           controls: tuple[str, ...] = (), versus: tuple[str, ...] = (),
           margin: float = 0.0,
-          pairs: tuple[tuple[str, str], ...] = ()
-          ) -> ml_collections.ConfigDict:
+          pairs: tuple[tuple[str, str], ...] = (),
+          control_at: tuple[Any, ...] = ()) -> ml_collections.ConfigDict:
   """The claim a verdict config tests, as data (``config.claim``).
 
   ``experiments.claims`` evaluates it; ``experiments.config.validate``
@@ -71,6 +73,8 @@ def claim(statement: str, scope: str, arm: str, reference: str, *,
       ``arm + margin - other`` (0: superiority).
     pairs: (arm, base) comparisons reported in the family beside
       ``secondary``, e.g. a trick with Oja against the trick.
+    control_at: (axis value, init gain): ``reference`` there (a good init)
+      is a control at every setting, beside ``controls``.
   """
   return ml_collections.ConfigDict({
       "statement": statement, "scope": scope, "arm": arm,
@@ -82,7 +86,8 @@ def claim(statement: str, scope: str, arm: str, reference: str, *,
       "tested_on": tested_on, "good_inits": tuple(good_inits),
       "layer_depths": tuple(layer_depths), "controls": tuple(controls),
       "versus": tuple(versus), "margin": float(margin),
-      "pairs": tuple(tuple(p) for p in pairs)})
+      "pairs": tuple(tuple(p) for p in pairs),
+      "control_at": tuple(control_at)})
 
 
 def _training(c: ml_collections.ConfigDict) -> None:
