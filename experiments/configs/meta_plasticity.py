@@ -40,10 +40,10 @@ synaptic errors):
   step whatever its term's size, and at this size the Hebb, Oja and decay
   terms are 7-12x larger per sample than the error term (Hebb's adds up
   over an episode), so the original's plain step of 1e-3 on their
-  coefficients wrecks learning (at K = 20, random feedback, the
-  meta-validation loss went to chance within 10 meta-steps; with plain Adam
-  at K = 5 the best meta-validation loss was the start rule's and the run
-  stopped on its plateau at meta-step 40).
+  coefficients wrecks learning (random feedback, plain Adam from the tuned
+  rate: at K = 20 the meta-validation loss was NaN from meta-step 10 on, at
+  K = 5 it rose; both kept the start rule and stopped on the plateau at
+  meta-step 40).
 - ``meta_fa_adam`` / ``meta_bp_adam``: the original method, plain Adam on
   the coefficients (variant ``plain``), same lr. A run that never improves
   keeps its start rule (the tuned error-term rule) and stops on the
@@ -90,8 +90,9 @@ on 2 cores, resumable). Measured on this machine in CPU seconds of one
 single-threaded process (the machine was shared, so these are upper
 bounds): a meta-step (4 episodes, 9 terms, random feedback) 0.26 s at K = 5,
 0.46 s at K = 10, 0.98 s at K = 20 (~2 ms per inner sample; K = 50 ~2.4
-s); 32 validation episodes 0.33 / 0.55 / 1.1 s; compiling a meta-step ~22
-s and an evaluation ~12 s per (feedback, K, pool). Left out to fit:
+s); at K = 20 the pool without the Oja terms 0.62 s, backprop feedback 1.10
+s; 32 validation episodes 0.33 / 0.55 / 1.1 s; compiling a meta-step ~22 s
+and an evaluation ~12 s per (feedback, K, pool). Left out to fit:
 
 - no meta-learning at K = 50 (``meta_ks``): it is not data-scarce (the
   verdict counts K <= ``scarce_max_k`` = 20) and costs 2.5x K = 20 per
@@ -105,14 +106,16 @@ s and an evaluation ~12 s per (feedback, K, pool). Left out to fit:
 - 5 meta-seeds, not 12, for backprop feedback;
 - 50 held-out episodes per meta-seed (600 per tuned rule).
 
-Estimate (CPU s, at most 100 steps, validation included): ``meta_fa`` 12
-seeds x 100 x (0.29 + 0.51 + 1.09) = 2,270; ``meta_fa_nooja`` <= 2,270;
-``meta_fa_adam`` 12 x ~40 x 1.89 = 910 (plain Adam stops on its plateau);
-``meta_bp`` 5 x 100 x 1.89 = 945 and ``meta_bp_adam`` ~380; compiles ~450;
-tuning ~150; held-out scoring ~500: ~7,900 CPU s, ~66 min on 2 cores at
-the shared machine's speed, ~50 min at the earlier quiet-machine speed
-(0.18 s per meta-step at K = 5). The plain-Adam runs are the uncertain part:
-one that keeps improving runs to ``meta_steps``.
+Estimate (CPU s, at most 100 steps, validation included, summed over
+K = 5, 10, 20): ``meta_fa`` 12 seeds x 100 x 1.89 = 2,270;
+``meta_fa_nooja`` 12 x 100 x 1.28 = 1,540; ``meta_fa_adam`` 12 x 40 x 1.89
+= 910 (plain Adam stops on its plateau at 40); ``meta_bp`` 5 x 100 x 2.1 =
+1,050 and ``meta_bp_adam`` 5 x 40 x 2.1 = 420; compiles ~550; tuning ~150;
+held-out scoring ~500 (600 episodes per tuned rule): ~7,400 CPU s, ~62 min
+on 2 cores at the shared machine's speed, ~45 min at the quiet machine's
+(0.18 s per meta-step at K = 5, 1.4x faster). A scaled run that stops on
+its plateau takes less; a plain-Adam run that keeps improving takes up to
+``meta_steps``.
 """
 
 import ml_collections
