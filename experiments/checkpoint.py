@@ -4,14 +4,17 @@ Each checkpoint is a step folder (step = samples done) holding the
 ``TrainState`` stacked over (grid point, seed), without device padding, and
 the evaluation history as JSON. Orbax writes into a temporary folder and
 renames it when complete, so a write that is interrupted (even by SIGKILL)
-never replaces the last good checkpoint. A step that is damaged anyway (a
-truncated or emptied file) is skipped with a warning and the previous one is
-used.
+never replaces the last good checkpoint. Then the sha256 of each of the
+step's files goes into its :data:`DIGEST` file; a restore reads a step only
+if every file matches, so a step damaged anyway (a flipped byte, a truncated,
+emptied or missing file, no digest) is never handed to orbax: it is skipped
+for the latest good one (or none: the job starts over) with one warning line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -28,6 +31,8 @@ from experiments import rundir
 from ojax.train import Progress
 
 _log = logging.getLogger("ojax")
+# In each step folder: {"sha256": {path in the step: sha256 of the file}}.
+DIGEST = "ojax_digest.json"
 
 
 def _to_json(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -41,6 +46,45 @@ def _from_json(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                                     ("diverged_at",)
                                                     else np.int64))
            for k, v in h.items()} for h in history]
+
+
+def _file_digests(step_dir: str) -> dict[str, str]:
+  """The sha256 of every file of a step folder (its digest left out)."""
+  out = {}
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, step_dir)
+      if rel.startswith(DIGEST):  # The digest and its writer's .tmp.
+        continue
+      sha = hashlib.sha256()
+      with open(path, "rb") as f:
+        for block in iter(lambda f=f: f.read(1 << 20), b""):
+          sha.update(block)
+      out[rel] = sha.hexdigest()
+  return out
+
+
+def why_damaged(step_dir: str) -> Optional[str]:
+  """Why a step folder's files are not those its save wrote, or None."""
+  path = os.path.join(step_dir, DIGEST)
+  if not os.path.exists(path):
+    return f"no {DIGEST}: an older version's or a cut-short save"
+  stored = rundir.read_json(path, warn=False)
+  stored = stored.get("sha256") if isinstance(stored, dict) else None
+  if not isinstance(stored, dict):
+    return f"{DIGEST} is unreadable"
+  try:
+    now = _file_digests(step_dir)
+  except OSError as err:
+    return f"unreadable: {err.strerror or err}"
+  for rel in sorted(set(stored) | set(now)):
+    if rel not in now:
+      return f"{rel} is missing"
+    if now[rel] != stored.get(rel):
+      return (f"{rel} does not match its sha256" if rel in stored else
+              f"{rel} was not saved with it")
+  return None
 
 
 class _DropOrbax(logging.Filter):
@@ -101,19 +145,26 @@ class Checkpointer:
               max_to_keep=max_to_keep, create=True,
               cleanup_tmp_directories=jax.process_index() == 0))
 
-  def save(self, progress: Progress) -> None:
-    """Writes ``progress`` as step ``progress.samples_done`` and waits.
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
 
-    A step already there (one that could not be restored) is replaced. A
-    Ctrl-C during the write is raised once the step is complete.
+  def save(self, progress: Progress) -> None:
+    """Writes ``progress`` as step ``progress.samples_done``, then its
+    :data:`DIGEST`, and waits.
+
+    Steps from this one on (they could not be restored) are deleted first:
+    orbax writes no step below its latest. A Ctrl-C during the write is
+    raised once the step is complete. A save that fails leaves no step (a
+    finished one without its digest is deleted).
     """
     with _ctrl_c_after():
       self._save(progress)
 
   def _save(self, progress: Progress) -> None:
     step = progress.samples_done
-    if step in self._manager.all_steps():
-      self._manager.delete(step)
+    for later in self._manager.all_steps():
+      if later >= step:
+        self._manager.delete(later)
     try:
       with _quiet_orbax():  # A failure is raised here, once, not logged.
         self._manager.save(
@@ -121,11 +172,22 @@ class Checkpointer:
                 state=ocp.args.StandardSave(progress.states),
                 history=ocp.args.JsonSave(_to_json(progress.history))))
         self._manager.wait_until_finished()
+      if jax.process_index() == 0:  # Once all hosts' files are there.
+        step_dir = self._step_dir(step)
+        rundir.write_json(os.path.join(step_dir, DIGEST),
+                          {"sha256": _file_digests(step_dir)}, indent=None)
     except BaseException:
       with _quiet_orbax():  # Writer threads log their own failure here.
         try:  # Let them end first: freeing their folder mid-write fails.
           self._manager.wait_until_finished()
         except BaseException:  # pylint: disable=broad-except
+          pass
+        try:  # A finished step without its digest would be skipped anyway.
+          if (jax.process_index() == 0 and
+              step in self._manager.all_steps() and not os.path.exists(
+                  os.path.join(self._step_dir(step), DIGEST))):
+            self._manager.delete(step)
+        except Exception:  # pylint: disable=broad-except
           pass
         # An unfinished step stays a temporary folder (never restored);
         # free its space at once (a full disk).
@@ -144,29 +206,41 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def restore(self, like_states: Any) -> Optional[Progress]:
-    """The latest readable checkpoint, shaped like ``like_states``, or None.
+    """The latest good checkpoint, shaped like ``like_states``, or None.
 
-    A step that cannot be read is skipped with a one-line warning.
+    A step is read only if its files match its :data:`DIGEST`. Damaged
+    steps are skipped with one warning line naming the latest of them and
+    the step used instead (None: the job starts over).
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_states)
     with _quiet_orbax():
       steps = sorted(self._manager.all_steps(), reverse=True)
+    damaged, good = [], None
     for step in steps:
-      try:
-        with _quiet_orbax():
-          restored = self._manager.restore(
-              step, args=ocp.args.Composite(
-                  state=ocp.args.StandardRestore(abstract),
-                  history=ocp.args.JsonRestore()))
-        history = restored["history"]
-        if not history or history[-1].get("samples") != step:
-          raise ValueError("history does not end at the step")
-        return Progress(int(step), restored["state"], _from_json(history))
-      except Exception as err:  # pylint: disable=broad-except
-        _log.warning("checkpoint %s/%d is damaged (%s); trying an earlier "
-                     "one", self.directory, step,
-                     " ".join(str(err).split())[:120])
-    return None
+      why = why_damaged(self._step_dir(step))
+      if why is None:
+        try:
+          with _quiet_orbax():
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract),
+                    history=ocp.args.JsonRestore()))
+          history = restored["history"]
+          if not history or history[-1].get("samples") != step:
+            raise ValueError("history does not end at the step")
+          good = Progress(int(step), restored["state"], _from_json(history))
+          break
+        except Exception as err:  # pylint: disable=broad-except
+          why = " ".join(str(err).split())[:120]
+      damaged.append((step, why))
+    if damaged:
+      (step, why), *others = damaged
+      _log.warning(
+          "checkpoint %s is damaged (%s)%s; %s", self._step_dir(step), why,
+          "; so are steps " + ", ".join(str(s) for s, _ in others)
+          if others else "", f"resuming from step {good.samples_done}"
+          if good else "no good step is left: the job starts over")
+    return good
 
   def close(self) -> None:
     self._manager.close()

@@ -5,12 +5,13 @@ vmapped program of ``ojax.train.run``, sharded over the devices. Seeds are
 paired: seed ``s`` gets the same initialization and sample order in every
 job, so arms differ only by what the arm changes.
 
-A finished job's result (``jobs/<id>.json``) is loaded, not recomputed; an
-unfinished one resumes from its latest checkpoint, to the numbers of an
-uninterrupted run (docs/running.md). The run directory itself (lock,
-fingerprints, resume check, the one file writer) is ``experiments.rundir``;
-the worker processes are ``experiments.pool``; the result schema is
-``experiments.schema``. This module runs the feedforward and recurrent
+A finished job's result (``jobs/<id>.json``) is loaded, not recomputed, if
+it holds the job's fingerprint; an unfinished one resumes from its latest
+good checkpoint, to the numbers of an uninterrupted run (docs/running.md).
+The run directory itself (lock, fingerprints, resume check, the one file
+writer) is ``experiments.rundir``; the worker processes are
+``experiments.pool``; the result schema is ``experiments.schema``. This
+module runs the feedforward and recurrent
 tasks; ``experiments.main`` hands task ``meta`` to
 ``experiments.tasks.meta_plasticity``.
 """
@@ -270,9 +271,14 @@ def run_job(job: Job, run_dir: str, datasets: dict[Any, Any],
   result_path, ckpt_dir, _ = rundir.job_paths(run_dir, job)
   fp = config_lib.fingerprint(cfg)
   lead = jax.process_index() == 0
+  # What the run checked before it started, again for this job's files now:
+  # a stored fingerprint of another config is refused (ConfigError).
+  rundir.check_resume(run_dir, [job], restart=False)
   if os.path.exists(result_path):
     saved = rundir.read_json(result_path, warn=False)
-    try:
+    try:  # Only a result with this job's fingerprint is this job's result.
+      if not isinstance(saved, dict) or saved.get("fingerprint") != fp:
+        raise ValueError("no fingerprint of this job")
       result = schema.result_from_json(job, saved)
       _log.info("%s: finished earlier, loaded %s", job.id, result_path)
       progress.resume(index, cfg.num_samples)

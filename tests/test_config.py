@@ -57,6 +57,59 @@ def test_split_per_seed_makes_one_job_per_seed_on_its_own_split():
           for j in jobs] == [(3, 0, 1), (4, 1, 1)]
 
 
+# A result belongs to its job (issue 18 item 2): every job has files of its
+# own. (overrides of _small, the whole refusal).
+_ONE_ID = ", so one would load the other's results; rename one."
+ID_REFUSALS = [
+    ({"arms": {"bp oja": {"oja_lr": 0.0}, "bp_oja": {"oja_lr": 0.003}}},
+     "arm 'bp oja' and arm 'bp_oja' map to one job id 'bp_oja'" + _ONE_ID),
+    ({"arms": {"bp/oja": {"oja_lr": 0.0}, "bp oja": {"oja_lr": 0.003}},
+      "split_per_seed": True},
+     "arm 'bp oja' and arm 'bp/oja' map to one job id 'bp_oja-split=0'"
+     + _ONE_ID),
+    ({"arms": {"BP": {"oja_lr": 0.0}, "bp": {"oja_lr": 0.003}}},
+     "arm 'BP' and arm 'bp' map to the job ids 'BP' and 'bp', one file name "
+     "on case-insensitive file systems" + _ONE_ID),
+    # Axis values that print alike; an axis value and an arm name that meet.
+    ({"axis": "oja_layers", "select_arms": "bp_oja",
+      "axis_values": ("layer_0,layer_1", "layer_0, layer_1")},
+     "arm 'bp_oja' at oja_layers='layer_0,layer_1' and arm 'bp_oja' at "
+     "oja_layers='layer_0, layer_1' map to one job id "
+     "'oja_layers=layer_0_layer_1-bp_oja'" + _ONE_ID),
+    ({"axis": "model.activation", "axis_values": ("tanh", "tanh-x"),
+      "arms": {"x-bp": {"oja_lr": 0.0}, "bp": {"oja_lr": 0.003}}},
+     "arm 'x-bp' at model.activation='tanh' and arm 'bp' at "
+     "model.activation='tanh-x' map to one job id 'activation=tanh-x-bp'"
+     + _ONE_ID),
+    ({"arms": {"bp": {"oja_lr": 0.0}, "bp-split=1": {"oja_lr": 0.003}}},
+     "arm 'bp-split=1': its job id 'bp-split=1' holds '-split=', which marks "
+     "split_per_seed's jobs; rename it."),
+    ({"arms": {"bp": {"oja_lr": 0.0}, "***": {"oja_lr": 0.003}}},
+     "arm '***': an arm's name needs a letter or digit (job ids, which name "
+     "its files, keep A-Z, a-z, 0-9, '_', '.', '=', '-'); rename it."),
+    ({"arms": {"bp": {"oja_lr": 0.0}, "o" * 201: {"oja_lr": 0.003}}},
+     f"arm '{'o' * 201}': its job id is 201 characters long (> 200), too "
+     "long for a file name; shorten the arm's name or the axis value."),
+]
+
+
+@pytest.mark.parametrize("overrides, message", ID_REFUSALS, ids=[
+    "arm_names", "split_jobs", "case", "axis_values", "axis_value_and_arm",
+    "split_tag", "no_letter", "too_long"])
+def test_two_jobs_never_share_an_id(overrides, message):
+  arms = overrides.get("arms", {"bp": {}})
+  with pytest.raises(config_lib.ConfigError) as err:
+    config_lib.validate(_small(**overrides, reference_arm=next(iter(arms))))
+  assert str(err.value) == message
+
+
+def test_job_ids_of_arms_that_differ_stay_apart():
+  jobs = config_lib.validate(_small(arms={
+      "bp oja": {"oja_lr": 0.0}, "bp-oja": {"oja_lr": 0.003},
+      "bp=oja": {"oja_lr": 0.001}}, reference_arm="bp oja"))
+  assert [j.id for j in jobs] == ["bp_oja", "bp-oja", "bp=oja"]
+
+
 # (overrides of _small, the message's start or a regex for it). The task of
 # _small is the classifier unless the case's overrides name "memory".
 REFUSALS = [
@@ -125,15 +178,16 @@ REFUSALS = [
      r"model.depth=0\)"),
     ({"axis": "seeds", "axis_values": (2, 3)}, r"axis='seeds' cannot be the "
      "axis: the seeds are what every comparison pairs over; choose one of "
-     "batch_size, dataset, diagnostics, eval_every, lr, model.activation,"),
+     "batch_size, dataset, diagnostics, eval_batch_size, eval_every, lr, "
+     "model.activation,"),
     ({"axis": "data_split", "axis_values": (0, 1)}, r"axis='data_split' "
      "cannot be the axis: the seeds are what every comparison pairs over"),
     ({"axis": "split_per_seed", "axis_values": (True, False)},
      r"axis='split_per_seed' cannot be the axis: the seeds"),
     ({"axis": "task", "axis_values": ("memory",)}, r"axis='task' cannot be "
      "the axis: a job has one task"),
-    ({"axis": "eval_batch_size", "axis_values": (10, 20)},
-     r"axis='eval_batch_size' cannot be the axis: it changes no job's "
+    ({"axis": "checkpoint_every", "axis_values": (0, 80)},
+     r"axis='checkpoint_every' cannot be the axis: it changes no job's "
      "numbers"),
     ({"axis": "model", "axis_values": (1,)}, r"axis='model' cannot be the "
      "axis: it is a group of fields"),
@@ -229,9 +283,11 @@ def test_a_validation_chosen_claim_needs_its_sweep(sweep, message):
 
 # Written out here, not read from config.py: dropping a field from the
 # fingerprint by adding it to NOT_NUMERIC must fail a test.
+# eval_batch_size changes test_loss in the last bits (XLA:CPU computes an
+# example's logits differently in batches of another size): it is in.
 EXCLUDED = {"experiment", "select_arms", "reference_arm", "arms",
-            "checkpoint_every", "eval_batch_size", "download", "data_dir",
-            "axis", "axis_values", "sweep", "processes", "claim"}
+            "checkpoint_every", "download", "data_dir", "axis", "axis_values",
+            "sweep", "processes", "claim"}
 
 
 def _other(value):

@@ -153,7 +153,9 @@ RESUMES = [
     ({"seed": 0}, {"seed": 1}, "(seed: 0 -> 1)"),
     # Fields that do not change the numbers (config.NOT_NUMERIC).
     ({"checkpoint_every": 100}, {"checkpoint_every": 50}, ""),
-    ({"eval_batch_size": 100}, {"eval_batch_size": 7}, ""),
+    # eval_batch_size does, in test_loss's last bits (issue 18 item 6).
+    ({"eval_batch_size": 100}, {"eval_batch_size": 7},
+     "(eval_batch_size: 100 -> 7)"),
     ({"experiment": "t"}, {"experiment": "u"}, ""),
     # config.GROWABLE: meta_steps may grow on resume, never shrink.
     ({"meta_steps": 10}, {"meta_steps": 20}, ""),
