@@ -273,7 +273,9 @@ def check_resume(run_dir: str, jobs: list[Job], restart: bool) -> None:
   ``jobs/<id>.json``. Any stored fingerprint that differs from the job's
   present one is a ``ConfigError`` naming the fields; so is a job with
   checkpoints whose fingerprint cannot be read (they cannot be checked).
-  With ``restart`` everything in ``run_dir`` but :data:`RESTART_KEEPS` is
+  The run calls it before it starts, and ``runner.run_job`` again for its
+  job as the job starts (the job's files may have been written since). With
+  ``restart`` everything in ``run_dir`` but :data:`RESTART_KEEPS` is
   removed first. A run without jobs (meta_plasticity) is one job named
   ``run``, whose fingerprint sits in ``checkpoints/run/fingerprint.json``.
   """

@@ -284,7 +284,9 @@ def classifier_task(
     model: a module whose ``apply`` returns ``(logits, activations)``.
     tx: any optax transformation; it receives ``activations=``.
     batch_size: samples per update (1 = online learning).
-    eval_batch_size: evaluation batch size (memory only, not results).
+    eval_batch_size: evaluation batch size. It bounds memory, and changes
+      ``test_loss`` in the last bits: XLA:CPU computes an example's logits
+      slightly differently in batches of another size.
     diagnostics: optional ``f(params, model_state, test_x, test_y) -> dict``
       of extra per-seed metrics at each evaluation, inside the compiled call.
     step: a step with the signature of :func:`generic_classifier_step`'s
