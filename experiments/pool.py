@@ -220,8 +220,6 @@ def _name(call: Call) -> str:
   return call.name or f"item {call.item}"
 
 
-
-
 def run(calls: Sequence[Call], tracker: progress.Tracker, workers: int = 0,
         label: str = "worker", in_process: bool = False) -> list[Any]:
   """The calls' results, in order: here one after the other with
@@ -231,10 +229,9 @@ def run(calls: Sequence[Call], tracker: progress.Tracker, workers: int = 0,
   ``tracker`` counts each call's item complete when it returns. The first
   exception a call raises is raised here (from a worker: with a note naming
   the call, and the worker's traceback as its cause); a worker that dies
-  raises
-  :class:`WorkerDied`. Either, or any exception here (a Ctrl-C), stops the
-  run: :func:`stop` ends every worker within :data:`STOP_GRACE` s, so none
-  is left when this returns. The functions and arguments must pickle (a
+  raises :class:`WorkerDied`. Either, or any exception here (a Ctrl-C),
+  stops the run: :func:`stop` ends every worker within :data:`STOP_GRACE`
+  s, so none is left when this returns. The functions and arguments must pickle (a
   worker is a fresh process).
   """
   if in_process or not calls:
@@ -282,8 +279,12 @@ def _serve_calls(calls: Sequence[Call], tracker: progress.Tracker,
   while todo or running:
     while idle and todo:
       w, i = idle.pop(), todo.pop()
-      conns[w].send((calls[i].fn, calls[i].args))
       running[w] = i
+      try:
+        conns[w].send((calls[i].fn, calls[i].args))
+      except OSError:  # It died idle: its pipe is closed.
+        procs[w].join(1.0)
+        raise WorkerDied(_name(calls[i]), procs[w].exitcode) from None
     connection.wait(
         [conns[w] for w in running] + [procs[w].sentinel for w in running],
         timeout=progress.POLL_EVERY)
