@@ -259,8 +259,9 @@ CASES = [
          "--config.sweep.lr instead."),
     # --- Data.
     Case("validation split too large", [DEEP, "--config.validation=5000"],
-         "validation=5000 must be between 1 and 3999 (the training set has "
-         "4000 samples)."),
+         "validation=5000 must be between 1 and 1000 for embedded_mnist: "
+         "its validation samples come from a fixed pool of 1000 that no "
+         "split's test set contains."),
     Case("TFDS data set not on disk",
          [DEEP, "--config.dataset=kmnist", "--config.download=False",
           "--config.data_dir=/nonexistent/tfds",
