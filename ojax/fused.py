@@ -417,8 +417,9 @@ class FusedStep:
 
     def with_scaled(parts, l):
       """``parts`` then, for a unit-norm layer, ``parts`` scaled."""
-      return parts + ([p * scale[l] for p in parts] if scale[l] is not None
-                      else [])
+      return parts + (
+        [p * scale[l] for p in parts] if scale[l] is not None else []
+      )
 
     top = [d] + ([post] if oja[last] else [])
     pack = mat(with_scaled(top, last))

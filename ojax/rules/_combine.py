@@ -445,6 +445,7 @@ def _project_updates(
   where ``where`` (a bool per leaf of params) is True; other leaves pass
   through."""
   traces = _common.traces_by_path(activations, params, fn=fn)
+  treedef: Any  # A PyTreeDef; jaxlib ships no type stubs for it.
   flat_params, treedef = jax.tree_util.tree_flatten_with_path(
     params, is_leaf=_common.is_masked
   )
