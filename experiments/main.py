@@ -673,11 +673,16 @@ def main(argv: list[str]) -> None:
     summary = execute(s)
   except UserError as err:
     fail(str(err), err.code)
-  if os.path.exists(summary):  # Only the lead host writes reports.
-    logging.info("wrote %s", summary)
-    with open(summary) as f:
-      print(f.read())
-    print(f"run directory: {s.workdir.path}")
+  try:
+    if os.path.exists(summary):  # Only the lead host writes reports.
+      logging.info("wrote %s", summary)
+      with open(summary) as f:
+        print(f.read())
+      print(f"run directory: {s.workdir.path}")
+  except KeyboardInterrupt as err:
+    word, code = _stopped(err)
+    fail(f"{word} after the run had finished; its results are in "
+         f"{s.workdir.path}.", code)
 
 
 def _cores() -> int:

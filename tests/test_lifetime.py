@@ -104,6 +104,26 @@ def test_a_stop_before_training_is_one_line(monkeypatch, capsys, raised,
   assert capsys.readouterr().err == f"ojax: error: {line}\n"
 
 
+def test_a_stop_after_the_run_finished_is_one_line(monkeypatch, capsys,
+                                                   tmp_path):
+  summary = tmp_path / "summary.md"
+  summary.write_text("# done")
+  s = _setup(monkeypatch, None)
+  monkeypatch.setattr(main, "setup", lambda parsed: s)
+  monkeypatch.setattr(main, "execute", lambda s: str(summary))
+  monkeypatch.setattr(main, "_PARSED", [None])
+
+  def info(*args):
+    raise main.Terminated()
+  monkeypatch.setattr(main.logging, "info", info)
+  with pytest.raises(SystemExit) as got:
+    main.main([])
+  assert got.value.code == 143
+  assert capsys.readouterr().err == (
+      f"ojax: error: terminated after the run had finished; its results are "
+      f"in {W}.\n")
+
+
 def test_a_bug_keeps_its_traceback_with_where_the_run_stopped(monkeypatch):
   with pytest.raises(ZeroDivisionError) as info:
     main.execute(_setup(monkeypatch, ZeroDivisionError("bug")))
