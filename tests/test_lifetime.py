@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kill_trials  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def test_sigterm_inside_a_checkpoint_write_waits_for_its_end(monkeypatch):
+def test_sigterm_inside_a_checkpoint_write_waits_for_its_end():
   """As Ctrl-C does (tests/test_resume.py): the write is not cut."""
   if threading.current_thread() is not threading.main_thread():
     pytest.skip("signals reach the main thread only")
