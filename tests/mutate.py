@@ -173,6 +173,21 @@ MUTANTS = (
            "copies = 2",
            ("tests/test_runner.py",),
            "the size estimate forgets Adam's two moments"),
+    Mutant("job_ids_unchecked", "experiments/config.py",
+           "  return _check_ids(config, jobs)",
+           "  return jobs",
+           CONFIG_TESTS, "two jobs may share an id, so one loads the "
+           "other's result"),
+    Mutant("checkpoint_digest_ignored", "experiments/checkpoint.py",
+           "      why = why_damaged(self._step_dir(step))",
+           "      why = None",
+           ("tests/test_resume.py",),
+           "a damaged checkpoint step is restored (a false divergence)"),
+    Mutant("result_fingerprint_ignored", "experiments/runner.py",
+           'saved.get("fingerprint") != fp:',
+           "False:",
+           ("tests/test_resume.py",),
+           "a jobs/<id>.json without the job's fingerprint is loaded"),
 )
 
 
