@@ -12,7 +12,7 @@ export MALLOC_TOP_PAD_ ?= 67108864
 # every step (the generic, unfused step of a batch-1 loop gains the most).
 export XLA_FLAGS ?= --xla_cpu_copy_insertion_use_region_analysis=true
 
-.PHONY: install experiment test test-slow test-min lint mutate bench results tune sweep \
+.PHONY: install experiment test test-slow test-min lint mutate bench results sweep \
   clean
 
 $(VENV)/.installed: pyproject.toml
@@ -85,9 +85,6 @@ bench: $(VENV)/.installed-bench
 
 results: $(VENV)/.installed
 	$(PY) -m experiments.results $(ARGS)
-
-tune: $(VENV)/.installed
-	$(PY) -m experiments.tune $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -170,7 +170,9 @@ def tuning_overrides(config: ml_collections.ConfigDict,
   out = {**dict(overrides), "seed": config.tuning_seed,
          "seeds": config.tuning_seeds}
   if "validation" in config:
-    out.update(validation=-1, data_split=config.tuning_seed)
+    out["validation"] = -1
+  if config.get("split_per_seed"):
+    out["data_split"] = config.tuning_seed
   return out
 
 
@@ -219,7 +221,7 @@ def expand(config: ml_collections.ConfigDict) -> list[Job]:
                       "--config.axis_values='(2, 5)'.")
   if config.axis:
     get(config, config.axis)
-    setters = [a for a, o in arms.items()
+    setters = [a for a, o in _selected(config).items()
                if config.axis in _override_fields(o)]
     swept = config.axis.replace("model.", "model_") in config.sweep and (
         config.sweep[config.axis.replace("model.", "model_")])
@@ -309,8 +311,11 @@ def resolve_passes(cfg: ml_collections.ConfigDict) -> None:
                       "num_samples.")
   check_number("passes", passes)
   from experiments import data  # pylint: disable=g-import-not-at-top
-  n = data.train_size(cfg.dataset, data_dir=cfg.data_dir or None,
-                      validation=cfg.validation)
+  try:
+    n = data.train_size(cfg.dataset, data_dir=cfg.data_dir or None,
+                        validation=cfg.validation)
+  except (ValueError, data.DataUnavailableError) as err:
+    raise ConfigError(" ".join(str(err).split())) from None
   samples = int(round(passes * n)) // cfg.batch_size * cfg.batch_size
   if samples < cfg.batch_size:
     raise ConfigError(f"passes={passes} is less than one batch of the "
@@ -556,18 +561,19 @@ def _check_overrides(config: ml_collections.ConfigDict,
                      cli_fields: Sequence[str]) -> None:
   """A field given on the command line that the axis, the sweep or every arm
   overrides is an error: it would change nothing."""
-  arms = selected_arms(config)
+  arms = _selected(config)  # The declared arms (their tuning arms follow).
   if "reference_arm" in cli_fields and config.get("claim"):
     claim = config.claim
-    chosen = bool(claim.get("chosen_on"))
-    names = (f"rules chosen on arm {claim.chosen_on!r}, compared on arm "
-             f"{claim.tested_on!r}" if chosen else
-             f"{claim.get('arm')!r} against {claim.get('reference')!r}")
     raise ConfigError(
         "--config.reference_arm changes nothing: it is the baseline of a "
-        f"run without a claim, and this config's claim names its arms "
-        f"({names}); set --config.claim."
-        f"{'tested_on' if chosen else 'reference'} instead.")
+        "run without a claim, and this config's claim names its arms "
+        f"({claim.get('arm')!r} against {claim.get('reference')!r}); set "
+        "--config.claim.reference instead.")
+  if config.get("passes") and "num_samples" in cli_fields:
+    raise ConfigError(
+        f"--config.num_samples changes nothing: passes={config.passes:g} "
+        "sets each job's samples; set --config.passes instead (or "
+        "--config.passes=0 to give num_samples).")
   for field in cli_fields:
     if field.split(".")[0] in ("arms", "sweep", "select_arms"):
       continue
@@ -591,47 +597,30 @@ def _check_overrides(config: ml_collections.ConfigDict,
 
 
 def check_claim(config: ml_collections.ConfigDict) -> None:
-  """The arms a declared claim (``config.claim``) compares are arms."""
+  """The arms a declared claim (``config.claim``) compares are arms, and
+  the gains it counts are swept."""
   claim = config.get("claim")
   if not claim:
     return
-  roles = (("chosen_on", "tested_on") if claim.get("chosen_on") else
-           ("arm", "reference", "secondary", "beside"))
-  for role in roles:
+  for role in ("arm", "reference", "secondary", "beside", "controls",
+               "versus", "pairs"):
     names = claim.get(role, ())
-    for name in (names,) if isinstance(names, str) else names:
+    names = (names,) if isinstance(names, str) else names
+    for name in [n for x in names for n in ((x,) if isinstance(x, str)
+                                            else x)]:
       if name not in (config.arms or {}):
         raise ConfigError(
             f"claim.{role} names {name!r}, which is not an arm; arms are "
             f"{', '.join(config.arms or ())}.")
   for p in claim.get("at_passes", ()):
     check_number("claim.at_passes", p)
-  if claim.get("chosen_on"):
-    _check_chosen_sweep(config)
-
-
-def _check_chosen_sweep(config: ml_collections.ConfigDict) -> None:
-  """A validation-chosen claim picks each rule's point of the sweep: it
-  needs learning rates, Oja rate 0 (backprop) and a rate > 0 (the Oja
-  rule), and the gains its ``gains_below``/``gains_above`` count."""
-  sweep, claim = config.sweep, config.claim
-  oja = tuple(sweep.get("oja_lr") or ())
-  need = [("lr", "the learning rates each rule is tuned over",
-           "(0.01, 0.1)", bool(sweep.get("lr"))),
-          ("oja_lr", "0 (backprop) and a rate > 0 (backprop + Oja)",
-           "(0.0, 0.001)", 0 in oja and any(
-               isinstance(v, (int, float)) and v > 0 for v in oja))]
-  if claim.get("gains_below") is not None or claim.get(
-      "gains_above") is not None:
-    need.append(("model_gain", "the gains the claim counts", "(0.1, 1.0)",
-                 bool(sweep.get("model_gain"))))
-  for field, what, example, ok in need:
-    if not ok:
-      raise ConfigError(
-          f"sweep.{field}={tuple(sweep.get(field) or ())} does not hold "
-          f"{what}: the claim chooses each rule's point of the sweep on arm "
-          f"{claim.chosen_on!r}; give e.g. --config.sweep.{field}="
-          f"'{example}'.")
+  counts_gains = (claim.get("gains_below") is not None or
+                  claim.get("gains_above") is not None)
+  if counts_gains and not config.sweep.get("model_gain"):
+    raise ConfigError(
+        f"sweep.model_gain={tuple(config.sweep.get('model_gain') or ())} "
+        "does not hold the gains the claim counts (gains_below/gains_above);"
+        " give e.g. --config.sweep.model_gain='(0.1, 1.0)'.")
 
 
 # Fields that cannot be the axis: the seeds every comparison pairs over

@@ -107,6 +107,14 @@ def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray, int]:
   return x, y, test_per_class
 
 
+def _check_pool(name: str, validation: int, pool: int) -> None:
+  if not 0 < validation <= pool:
+    raise ValueError(
+        f"validation={validation} must be between 1 and {pool} for "
+        f"{name}: its validation samples come from a fixed pool of "
+        f"{pool} that no split's test set contains.")
+
+
 def _embedded(name: str, seed: int, validation: int) -> Dataset:
   """Split ``seed`` of an embedded set (parsed once per process), with
   ``validation`` samples of the pool held out as its "test" arrays."""
@@ -117,11 +125,7 @@ def _embedded(name: str, seed: int, validation: int) -> Dataset:
     return Dataset(train_x, train_y, test_x, test_y, 10, name)
   pool = np.flatnonzero(in_pool)
   validation = len(pool) if validation == TEST_SIZE else validation
-  if not 0 < validation <= len(pool):
-    raise ValueError(
-        f"validation={validation} must be between 1 and {len(pool)} for "
-        f"{name}: its validation samples come from a fixed pool of "
-        f"{len(pool)} that no split's test set contains.")
+  _check_pool(name, validation, len(pool))
   held = np.zeros(len(train_y), bool)
   held[pool[:validation]] = True  # In the split's shuffled order.
   return Dataset(train_x[~held], train_y[~held], train_x[held],
@@ -173,8 +177,10 @@ def train_size(name: str, *, data_dir: Optional[str] = None,
   """
   if name in EMBEDDED:
     _, y, test_per_class = _embedded_arrays(name)
-    n = len(y) - test_per_class * len(np.unique(y))
     test = test_per_class * len(np.unique(y))
+    n = len(y) - test
+    if validation not in (0, TEST_SIZE):
+      _check_pool(name, validation, test)
   elif name in TFDS:
     n = len(_tfds_split(name, "train", data_dir, download=False))
     test = len(_tfds_split(name, "test", data_dir, download=False))

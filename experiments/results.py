@@ -358,8 +358,11 @@ def render(outcomes: list[Outcome],
       "section names, on the machine it names; nothing is copied from the "
       "paper. Experiments without a record have not been run on this code.",
       "", analysis.RULE,
-      "Learning rates and Oja rates were chosen on a validation split, "
-      "never on the test set (docs/tuning.md).", "", STATISTICS, "",
+      "Every arm of a verdict is at its own validation-chosen rates for "
+      "each setting and budget, chosen on tuning seeds that are not the "
+      "verdict's, with validation held out of each seed's training data "
+      "(experiments/tuned.py); no digit of any test set helps choose.", "",
+      STATISTICS, "",
       "| experiment | verdict | evidence |", "|---|---|---|"]
   for o in outcomes:
     s = sections[o.name]

@@ -57,6 +57,8 @@ class Chosen(NamedTuple):
   edge: str  # Chosen fields at their grid's edge ("-": none).
   values: np.ndarray  # (S,) test metric there, verdict seeds.
   diverged: np.ndarray  # (S,) bool.
+  index: int = 0  # The chosen grid point.
+  at: int = -1  # Its evaluation in the test job.
 
   @property
   def key(self) -> tuple[Any, ...]:
@@ -116,7 +118,7 @@ def choose(claim, rule: str, metric: str) -> Iterator[Chosen]:
             int(val.history["diverged_at"].shape[-1]),
             _edge(val.grid, group, g),
             analysis.value(test, metric, g, at_test.index),
-            analysis.diverged(test, g, at_test.index))
+            analysis.diverged(test, g, at_test.index), g, at_test.index)
 
 
 def setting_label(axis: str, c: Chosen) -> str:

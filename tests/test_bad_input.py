@@ -39,14 +39,15 @@ MEMORY = f"--config={CONFIGS}/recurrent_memory.py"
 TRICKS = f"--config={CONFIGS}/tricks.py"
 META = f"--config={CONFIGS}/meta_plasticity.py"
 ONLINE = f"--config={CONFIGS}/online.py"
-LANDSCAPE = f"--config={CONFIGS}/landscape.py"
 BAD_INIT = f"--config={CONFIGS}/bad_init.py"
 FA = f"--config={CONFIGS}/feedback_alignment.py"
 NO_WORKDIR = "{no workdir}"  # In a case's args: do not add --workdir.
 # A deep_online run small enough to set up quickly (for workdir cases).
-SMALL = [DEEP, "--config.seeds=2", "--config.num_samples=200",
+SMALL = [DEEP, "--config.seeds=2", "--config.tune=false",
+         "--config.passes=0", "--config.num_samples=200",
          "--config.eval_every=100", "--config.axis_values=(2,)",
-         "--config.select_arms=bp", "--config.split_per_seed=false"]
+         "--config.select_arms=bp", "--config.arms.bp.sweep.lr=(0.03,)",
+         "--config.split_per_seed=false"]
 
 
 class Case(NamedTuple):
@@ -140,12 +141,12 @@ CASES = [
          "bad flag --config.model.dpth: no config field 'model.dpth'; "
          "fields of model: activation, beta,"),
     Case("unknown arm field", [DEEP, "--config.arms.bp.lrr=1"],
-         "no config field 'arms.bp.lrr'; fields of arms.bp: lr, oja_lr."),
+         "no config field 'arms.bp.lrr'; fields of arms.bp: oja_lr, sweep."),
     Case("field below a number", [DEEP, "--config.lr.x=3"],
          "no config field 'lr.x'; fields of lr: none: it is not a group."),
-    Case("not a float", [DEEP, "--config.arms.bp.lr=abc"],
-         "bad flag: flag --config.arms.bp.lr=abc: could not convert string "
-         "to float: 'abc'"),
+    Case("not a float", [DEEP, "--config.arms.bp.oja_lr=abc"],
+         "bad flag: flag --config.arms.bp.oja_lr=abc: could not convert "
+         "string to float: 'abc'"),
     Case("not an integer", [DEEP, "--config.seeds=two"],
          "bad flag: flag --config.seeds=two: invalid literal for int()"),
     Case("scalar flag given twice", [DEEP, "--config.seeds=2",
@@ -157,14 +158,13 @@ CASES = [
     Case("--distributed without --workdir", [DEEP, "--distributed"],
          "--distributed needs --workdir"),
     # --- Values (one validation path: experiments/config.py).
-    Case("negative lr on an arm", [DEEP, "--config.arms.bp.lr=-1"],
+    Case("negative lr in an arm's sweep",
+         [DEEP, "--config.arms.bp.sweep.lr=(-1.0,)"],
          "arm 'bp' at model.depth=2: lr=-1.0 must be finite and > 0."),
-    Case("negative oja_lr on an arm", [DEEP,
-                                       "--config.arms.bp_oja.oja_lr=-0.1"],
-         "arm 'bp_oja' at model.depth=2: oja_lr=-0.1 must be finite and >= "
-         "0."),
-    Case("nan on an arm", [DEEP, "--config.arms.bp_oja.oja_lr=nan"],
-         "arms.bp_oja.oja_lr=nan must be finite."),
+    Case("negative oja_lr on an arm", [DEEP, "--config.arms.bp.oja_lr=-0.1"],
+         "arm 'bp' at model.depth=2: oja_lr=-0.1 must be finite and >= 0."),
+    Case("nan on an arm", [DEEP, "--config.arms.bp.oja_lr=nan"],
+         "arms.bp.oja_lr=nan must be finite."),
     Case("nan anywhere (recurrent_memory)", [MEMORY, "--config.oja_lr=nan"],
          "oja_lr=nan must be finite."),
     Case("inf in a sweep", [DEEP, "--config.sweep.lr=(0.1,1e999)"],
@@ -194,7 +194,7 @@ CASES = [
          "0."),
     Case("zero seeds", [DEEP, "--config.seeds=0"],
          "seeds=0 must be finite and > 0."),
-    Case("zero samples", [DEEP, "--config.num_samples=0"],
+    Case("zero samples", [DEEP, "--config.passes=0", "--config.num_samples=0"],
          "num_samples=0 must be finite and > 0."),
     Case("batch size not dividing eval_every", [DEEP,
                                                 "--config.batch_size=3"],
@@ -218,19 +218,17 @@ CASES = [
     Case("unknown axis field", [DEEP, "--config.axis=model.foo"],
          "config field 'model.foo' does not exist"),
     Case("unknown arm selected", [DEEP, "--config.select_arms=xx"],
-         "select_arms names 'xx'; arms are bp, bp_he, bp_oja, bp_oja_he, "
-         "bp_oja_hidden, bp_oja_orthogonal, bp_orthogonal."),
+         "select_arms names 'xx'; arms are bp, bp_he, bp_norm, bp_oja."),
     Case("select_arms naming no arm", [DEEP, "--config.select_arms=,"],
-         "select_arms=',' names no arm; arms are bp, bp_he, bp_oja, "
-         "bp_oja_he, bp_oja_hidden, bp_oja_orthogonal, bp_orthogonal."),
+         "select_arms=',' names no arm; arms are bp, bp_he, bp_norm, "
+         "bp_oja."),
     Case("unknown reference arm", [DEEP, "--config.reference_arm=zz"],
-         "reference_arm='zz' is not an arm; arms are bp, bp_he, bp_oja, "
-         "bp_oja_he, bp_oja_hidden, bp_oja_orthogonal, bp_orthogonal."),
+         "reference_arm='zz' is not an arm; arms are bp, bp_he, bp_norm, "
+         "bp_oja."),
     Case("a claim naming an arm the config lacks",
          [DEEP, "--config.claim.secondary=('bp_oja_hiden',)"],
          "claim.secondary names 'bp_oja_hiden', which is not an arm; arms "
-         "are bp, bp_he, bp_oja, bp_oja_he, bp_oja_hidden, "
-         "bp_oja_orthogonal, bp_orthogonal."),
+         "are bp, bp_he, bp_norm, bp_oja."),
     Case("meta_plasticity: meta_ks not in ks", [META,
                                                 "--config.meta_ks=(7,)"],
          "meta_ks=(7,) must be a non-empty subset of ks=(5, 10, 20, 50)."),
@@ -239,24 +237,30 @@ CASES = [
          "claim names 'bp_sgd', which is not a rule of meta_plasticity; "
          "rules are bp, bp_oja, bp_acc, fa."),
     # --- Overrides that would change nothing.
-    Case("a field every arm sets", [DEEP, "--config.lr=0.5"],
-         "--config.lr changes nothing: every arm sets lr (bp, bp_he, bp_oja, "
-         "bp_oja_he, bp_oja_hidden, bp_oja_orthogonal, bp_orthogonal); set "
-         "--config.arms.<arm>.lr instead."),
-    Case("a field every arm sets, bad value", [DEEP, "--config.lr=-1"],
-         "--config.lr changes nothing: every arm sets lr"),
-    Case("an axis every arm overrides", [DEEP, "--config.axis=lr",
+    Case("a field every arm sets", [DEEP, "--config.select_arms=bp,bp_he",
+                                    "--config.oja_lr=0.5"],
+         "--config.oja_lr changes nothing: every arm sets oja_lr (bp, "
+         "bp_he); set --config.arms.<arm>.oja_lr instead."),
+    Case("a field every arm sets, bad value",
+         [DEEP, "--config.select_arms=bp,bp_he", "--config.oja_lr=-1"],
+         "--config.oja_lr changes nothing: every arm sets oja_lr"),
+    Case("an axis every arm overrides", [FA, "--config.axis=oja_lr",
                                          "--config.axis_values=(0.001,0.3)"],
-         "axis='lr' would not apply: arms bp, bp_he, bp_oja, bp_oja_he, "
-         "bp_oja_hidden, bp_oja_orthogonal, bp_orthogonal set lr; choose "
-         "another axis or remove the override."),
+         "axis='oja_lr' would not apply: arms bp, fa, fa_norm set oja_lr; "
+         "choose another axis or remove the override."),
+    Case("num_samples where passes set them", [DEEP,
+                                               "--config.num_samples=100"],
+         "--config.num_samples changes nothing: passes=3 sets each job's "
+         "samples; set --config.passes instead (or --config.passes=0 to "
+         "give num_samples)."),
     Case("a field the axis sets", [DEEP, "--config.model.depth=1000"],
          "--config.model.depth changes nothing: the axis sets model.depth to"
          " each of axis_values=(2, 5, 10, 20, 30); set --config.axis_values "
          "instead."),
-    Case("a field the sweep sets", [MEMORY, "--config.lr=0.3"],
-         "--config.lr changes nothing: sweep.lr=(0.1, 0.5) sets it; set "
-         "--config.sweep.lr instead."),
+    Case("a field the sweep sets", [BAD_INIT, "--config.model.gain=0.3"],
+         "--config.model.gain changes nothing: sweep.model_gain=(0.1, 0.25, "
+         "0.5, 1.0, 2.0, 3.0) sets it; set --config.sweep.model_gain "
+         "instead."),
     # --- Data.
     Case("validation split too large", [DEEP, "--config.validation=5000"],
          "validation=5000 must be between 1 and 1000 for embedded_mnist: "
@@ -264,7 +268,7 @@ CASES = [
          "split's test set contains."),
     Case("TFDS data set not on disk",
          [DEEP, "--config.dataset=kmnist", "--config.download=False",
-          "--config.data_dir=/nonexistent/tfds",
+          "--config.data_dir=/nonexistent/tfds", "--config.passes=0",
           "--config.split_per_seed=false"],
          "TFDS dataset 'kmnist' is not in data_dir=/nonexistent/tfds and "
          "cannot be downloaded from here."),
@@ -275,7 +279,7 @@ CASES = [
     # (Memory: 10,000 seeds need about 38 GiB, refused on machines with
     # less than 76 GiB; a million seeds are refused anywhere.)
     Case("a TFDS set with a split per seed",
-         [DEEP, "--config.dataset=kmnist"],
+         [DEEP, "--config.dataset=kmnist", "--config.passes=0"],
          "data_split/split_per_seed resample the train/test split of an "
          "embedded dataset (embedded_mnist, digits); dataset='kmnist' has a "
          "fixed split (set --config.split_per_seed=false and "
@@ -285,11 +289,11 @@ CASES = [
          "set --config.split_per_seed=false to train the seeds together on "
          "one split."),
     Case("a million seeds", [DEEP, "--config.seeds=1000000",
+                             "--config.tuning_seed=1000000",
                              "--config.split_per_seed=false"],
-         "job depth=2-bp needs about 3795.3 GiB, more than 50% of this "
-         "machine's"),
-    Case("days of compute", [DEEP, "--config.num_samples=10000000"],
-         "the jobs need an estimated 949 h of compute on one core (> 12 h);"
+         "job depth=2-bp needs about "),
+    Case("days of compute", [DEEP, "--config.passes=2500"],
+         "the jobs need an estimated 1235 h of compute on one core (> 12 h);"
          " pass --allow_large to run them anyway."),
     # --- Run directories.
     Case("workdir is a file", [*SMALL, "--workdir={tmp}/a_file"],
@@ -310,8 +314,9 @@ CASES = [
     Case("resume with another lr on an arm",
          [*SMALL, "--workdir={tmp}/run"],
          "--workdir={tmp}/run holds job depth=2-bp from another config "
-         "(lr: 0.3 -> 0.03); use a new --workdir, or --restart to discard the"
-         " old results.", _stored_fingerprint("--config.arms.bp.lr=0.3")),
+         "(model.beta: 5.0 -> 10.0); use a new --workdir, or --restart to "
+         "discard the old results.",
+         _stored_fingerprint("--config.model.beta=5")),
     Case("resume with other num_samples and eval_every",
          [*SMALL, "--workdir={tmp}/run"],
          "holds job depth=2-bp from another config (eval_every: 200 -> "
@@ -333,20 +338,6 @@ CASES = [
          "arm 'bp' at model.hidden=(): model.hidden=() has no hidden layer "
          "(with model.depth=0); the reports compare hidden layers: give at "
          "least one width, e.g. (100,)."),
-    Case("no learning rates for a validation-chosen claim",
-         [LANDSCAPE, "--config.sweep.lr=()"],
-         "sweep.lr=() does not hold the learning rates each rule is tuned "
-         "over: the claim chooses each rule's point of the sweep on arm "
-         "'val'; give e.g. --config.sweep.lr='(0.01, 0.1)'."),
-    Case("no Oja rates for a validation-chosen claim",
-         [BAD_INIT, "--config.sweep.oja_lr=()"],
-         "sweep.oja_lr=() does not hold 0 (backprop) and a rate > 0 (backprop"
-         " + Oja): the claim chooses each rule's point of the sweep on arm "
-         "'val'; give e.g. --config.sweep.oja_lr='(0.0, 0.001)'."),
-    Case("no backprop point for a validation-chosen claim",
-         [LANDSCAPE, "--config.sweep.oja_lr=(0.001,0.01)"],
-         "sweep.oja_lr=(0.001, 0.01) does not hold 0 (backprop) and a rate > "
-         "0"),
     Case("no gains for a claim counting gains",
          [BAD_INIT, "--config.sweep.model_gain=()"],
          "sweep.model_gain=() does not hold the gains the claim counts"),
@@ -374,12 +365,6 @@ CASES = [
          [MEMORY, "--config.reference_arm=bp_oja"],
          "--config.reference_arm changes nothing: it is the baseline of a run "
          "without a claim, and this config's claim names its arms ("),
-    Case("reference_arm where a validation-chosen claim names its arms",
-         [LANDSCAPE, "--config.reference_arm=val"],
-         "--config.reference_arm changes nothing: it is the baseline of a run "
-         "without a claim, and this config's claim names its arms (rules "
-         "chosen on arm 'val', compared on arm 'test'); set "
-         "--config.claim.tested_on instead."),
     Case("model.width where every job takes model.hidden",
          [ONLINE, "--config.model.width=64"],
          "--config.model.width changes nothing: every job has model.depth=0, "
@@ -522,11 +507,11 @@ def test_the_case_names_are_distinct():
 
 SMOKE = [
     (["--config=experiments/configs/nope.py"], "unknown experiment 'nope'"),
-    ([DEEP, "--config.arms.bp.lr=nan"], "arms.bp.lr=nan must be "
+    ([DEEP, "--config.arms.bp.oja_lr=nan"], "arms.bp.oja_lr=nan must be "
      "finite."),
-    ([DEEP, "--config.seeds=1000000", "--config.split_per_seed=false"],
-     "job depth=2-bp needs about 3795.3 "
-     "GiB"),
+    ([DEEP, "--config.seeds=1000000", "--config.tuning_seed=1000000",
+      "--config.split_per_seed=false"],
+     "job depth=2-bp needs about "),
 ]
 
 
@@ -633,10 +618,11 @@ def test_cpu_devices_padding_warns_in_one_line_before_compiling(
   monkeypatch.setattr(jax, "devices", lambda *a: [None] * 64)
   s = main.check(["ojax", MEMORY, "--cpu_devices=64", "--config.seeds=2",
                   "--config.select_arms=bp", "--config.axis_values=(1.0,)",
+                  "--config.tune=false", "--config.arms.bp.sweep.lr=(0.1,0.5)",
                   f"--workdir={tmp_path}/run"])
   s.workdir.close()
   err = capsys.readouterr().err.splitlines()
-  assert err == [  # 2 seeds x 2 rates (the config's sweep.lr) = 4 pairs.
+  assert err == [  # 2 seeds x 2 rates (the arm's sweep.lr) = 4 pairs.
       "ojax: warning: --cpu_devices=64 pads each job's 4 (grid point x seed)"
       " pairs to a multiple of 64 devices: 16.0x the work (64 pairs computed "
       "for 4); use --cpu_devices=4 (no padding), or give each job more pairs"

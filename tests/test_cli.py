@@ -1,4 +1,4 @@
-"""``experiments.results`` and ``experiments.tune``: bad input and failures.
+"""``experiments.results``: bad input and failures.
 
 Bad input (a flag naming nothing or an unknown name, a file where a
 directory belongs, a damaged record under docs/results, too few seeds or
@@ -23,8 +23,6 @@ import pytest
 
 from experiments import report
 from experiments import results
-from experiments import runner
-from experiments import tune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTION = report.Section("Oja helps.", "all", [("t", "| a |\n|---|")], [],
@@ -294,64 +292,10 @@ def test_a_damaged_run_record_is_one_failed_experiment(tmp_path, monkeypatch,
       f"online: {run_dir}/{results.RUN_RECORD} is damaged: " in err[0]), err
 
 
-TUNE_CASES = [
-    Case("--only= (empty)", ["--only="],
-         "--only='' names no studies; studies: reference, deep, deep_init, "
-         "deep20, feedback (leave --only out for all of them; --doc_only "
-         "rewrites the doc without running)."),
-    Case("--only with a name that is not a study",
-         ["--only=reference,nope"],
-         "--only names unknown studies 'nope'; studies: reference, deep,"),
-    Case("--only with a name twice", ["--only=deep,deep"],
-         "--only names 'deep' twice; give each once."),
-    Case("--doc_only with --only", ["--doc_only", "--only=deep"],
-         "--doc_only runs nothing; leave out --only."),
-    Case("zero seeds", ["--seeds=0"], "--seeds=0 must be >= 2"),
-    Case("one seed", ["--seeds=1"], "--seeds=1 must be >= 2"),
-    Case("seeds not a number", ["--seeds=three"],
-         "argument --seeds: invalid int value: 'three'"),
-    Case("zero samples", ["--num_samples=0"],
-         "--num_samples=0 must be a positive multiple of 128: 8 "
-         "evaluations, each after whole batches of up to 16 samples "
-         "(default 3200)."),
-    Case("too few samples", ["--num_samples=100"],
-         "--num_samples=100 must be a positive multiple of 128"),
-    Case("samples off the evaluation grid", ["--num_samples=3201"],
-         "--num_samples=3201 must be a positive multiple of 128"),
-    Case("--out names a file", ["--out={tmp}/a_file"],
-         "--out={tmp}/a_file is a file; give a directory.", _file),
-    Case("--doc names a directory", ["--doc={tmp}"],
-         "--doc={tmp} is a directory; give a file name."),
-    Case("damaged chosen values", ["--doc={tmp}/tuning.md"],
-         "{tmp}/tuning.json is damaged: it is not an object of studies;",
-         lambda tmp: (tmp / "tuning.json").write_text("[]")),
-    Case("--timeout=0", ["--timeout=0"], "--timeout=0 must be > 0 seconds."),
-    Case("a --group that does not exist", ["--group=reference/nope"],
-         "--group=reference/nope is not a study/group."),
-]
-
-
-@pytest.mark.parametrize("case", TUNE_CASES, ids=[c.name for c in TUNE_CASES])
-def test_tune_bad_input_is_one_line_exit_2_before_any_sweep(
-    case, tmp_path, monkeypatch, capsys):
-  monkeypatch.setattr(tune, "run_study", _never)
-  monkeypatch.setattr(tune, "run_group", _never)
-  monkeypatch.setattr(runner, "prepare", _never)  # Each sweep's check.
-  if case.prepare:
-    case.prepare(tmp_path)
-  before = _snapshot(tmp_path)
-  fill = lambda a: a.replace("{tmp}", str(tmp_path))
-  argv = [f"--out={tmp_path}/runs", f"--doc={tmp_path}/doc.md",
-          *map(fill, case.args)]
-  line = _one_error_line(capsys, 2, lambda: tune.main(argv))
-  assert fill(case.expected) in line
-  assert _snapshot(tmp_path) == before
-
-
 def test_help_answers_without_importing_jax():
-  """``--help`` of results and tune imports no JAX (13-32 s before)."""
+  """``--help`` of results imports no JAX (13-32 s before)."""
   code = ("import runpy, sys\n"
-          "for module in ('experiments.results', 'experiments.tune'):\n"
+          "for module in ('experiments.results',):\n"
           "  sys.argv = [module, '--help']\n"
           "  try:\n"
           "    runpy.run_module(module, run_name='__main__')\n"
@@ -362,5 +306,4 @@ def test_help_answers_without_importing_jax():
                         capture_output=True, timeout=60, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "usage: experiments.results" in done.stdout
-  assert "usage: experiments.tune" in done.stdout
   assert done.stdout.strip().splitlines()[-1] == "jax imported: False"

@@ -141,7 +141,7 @@ def _format(cycle: tuple[list[str], list[str]]) -> str:
 
 def test_the_graph_sees_function_level_and_from_imports():
   graph = import_graph()
-  assert "experiments.runner" in graph["experiments.tune"]  # from e import x
+  assert "experiments.runner" in graph["experiments.main"]  # from e import x
   assert "ojax.rules" in graph["ojax"]
   assert "ojax.rules._common" in graph["ojax.traces"]
   toy = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}

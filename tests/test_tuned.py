@@ -100,14 +100,18 @@ def _build(tmp_path, val_oja_end_diverged=True):
 
 
 def test_the_tuning_arms_run_on_their_own_seeds_with_validation():
-  jobs = config_lib.expand(_config())
-  by_arm = {j.arm: j.config for j in jobs}
+  c = _config()
+  c.split_per_seed = True  # Seed k on split k: tuning seeds on their own.
+  by_arm = {j.arm: j.config for j in config_lib.expand(c)
+            if j.id.endswith("split=0")}
   assert sorted(by_arm) == ["bp", "bp_norm", "bp_oja", "val_bp",
                             "val_bp_norm", "val_bp_oja"]
   val, test = by_arm["val_bp_oja"], by_arm["bp_oja"]
-  assert (val.seed, val.seeds, val.data_split) == (100, TUNING, 100)
+  assert (val.seed, val.data_split) == (100, 100)  # Split job 0.
   assert val.validation == data_lib.TEST_SIZE and test.validation == 0
-  assert (test.seed, test.seeds) == (0, SEEDS)
+  assert (test.seed, test.data_split) == (0, 0)
+  assert len([j for j in config_lib.expand(c) if j.arm == "val_bp"]) == TUNING
+  assert len([j for j in config_lib.expand(c) if j.arm == "bp"]) == SEEDS
   assert dict(val.sweep) == dict(test.sweep)
   assert config_lib.sweep_grid(test) == [{"lr": 0.01, "oja_lr": 0.001},
                                          {"lr": 0.01, "oja_lr": 0.01}]

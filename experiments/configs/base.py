@@ -24,9 +24,6 @@ def claim(statement: str, scope: str, arm: str, reference: str, *,
           at_passes: tuple[float, ...] = (), at_end: bool = True,
           axis_min: float | None = None,
           gains_below: float | None = None, gains_above: float | None = None,
-          chosen_on: str = "", tested_on: str = "",
-          good_inits: tuple[str, ...] = (),
-          layer_depths: tuple[int, ...] = (),
           controls: tuple[str, ...] = (), versus: tuple[str, ...] = (),
           margin: float = 0.0,
           pairs: tuple[tuple[str, str], ...] = (),
@@ -39,9 +36,8 @@ def claim(statement: str, scope: str, arm: str, reference: str, *,
   Args:
     statement: the claim in one sentence.
     scope: the settings the verdict counts, in words.
-    arm: the Oja arm whose comparisons decide the verdict (with
-      ``chosen_on``: the rule, ``bp_oja``, chosen on a sweep's Oja rates > 0).
-    reference: its baseline (with ``chosen_on``: ``bp``, Oja rate 0).
+    arm: the Oja arm whose comparisons decide the verdict.
+    reference: its baseline.
     secondary: arms compared with ``reference`` at the same settings and
       evaluation points, reported beside the verdict. The Holm family is
       ``arm``'s and ``secondary``'s comparisons together.
@@ -57,12 +53,6 @@ def claim(statement: str, scope: str, arm: str, reference: str, *,
     gains_below, gains_above: with ``model_gain`` swept, count the gains
       <= ``gains_below`` or >= ``gains_above``; the others are reported in
       the family.
-    chosen_on, tested_on: the arms of a validation-chosen comparison: each
-      rule at its best grid point of ``chosen_on``, compared on
-      ``tested_on`` ("": arms compared as they are).
-    good_inits: init schemes whose arms ``{reference}_{init}`` and
-      ``{arm}_{init}`` tell depth from initialization (deep_online).
-    layer_depths: axis values of the per-layer activation table.
     controls: non-plastic arms that keep weight or activity scale (a
       unit-norm projection, a good init). With ``config.tune``, a second
       verdict line, by the same rule, compares ``arm`` with the best of them
@@ -82,9 +72,7 @@ def claim(statement: str, scope: str, arm: str, reference: str, *,
       "beside": tuple(beside), "metric": metric,
       "at_passes": tuple(float(p) for p in at_passes), "at_end": at_end,
       "axis_min": axis_min, "gains_below": gains_below,
-      "gains_above": gains_above, "chosen_on": chosen_on,
-      "tested_on": tested_on, "good_inits": tuple(good_inits),
-      "layer_depths": tuple(layer_depths), "controls": tuple(controls),
+      "gains_above": gains_above, "controls": tuple(controls),
       "versus": tuple(versus), "margin": float(margin),
       "pairs": tuple(tuple(p) for p in pairs),
       "control_at": tuple(control_at)})

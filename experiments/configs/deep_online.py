@@ -5,37 +5,39 @@
 Accuracy against depth: hidden layers of equal width 100, trained one sample
 at a time for three passes over the training set (the claim is tested after
 the first pass and at the end), plain backprop (SGD) against backprop plus
-Oja's rule on every layer (``bp_oja``) or on hidden layers only
-(``bp_oja_hidden``), paired seeds. Xavier-uniform init (gain 1) as in the
-reference; to tell depth from initialization apart, BP and BP + Oja also run
-from He-normal and orthogonal init (``*_he``, ``*_orthogonal``), each with
-rates tuned at depth 20 with that init. Rates: docs/tuning.md (validation
-split), studies "deep" (depth 10, Xavier) and "deep_init" (depth 20).
+Oja's rule on every layer (``bp_oja``), Xavier-uniform init (gain 1) as in
+the reference. Two non-plastic controls for "Oja just keeps the scale":
+``bp_norm``, BP with each unit's incoming weight vector projected to unit
+norm after every step (the part of Oja's fixed point, orthonormal columns,
+that keeps scale), and ``bp_he``, BP from He-normal init.
+
+Every arm is tuned the same way (``tune``, ``experiments.tuned``): it sweeps
+its own grid (lr; and the Oja rate for the Oja arms) on 4 tuning seeds of
+their own, with 1,000 validation digits held out of each seed's training
+data, and at every depth and budget (1 pass, 3 passes: chosen separately)
+each arm is compared on the 12 verdict seeds' test sets at its own best
+validation point. The grids reach past every point the earlier runs chose.
 """
 
 import ml_collections
 
 from experiments.configs import base
 
-# Chosen on the validation split at depth 10 (docs/tuning.md, study "deep").
-BP_LR = 0.03
-OJA = {"lr": 0.003, "oja_lr": 0.003}
-OJA_HIDDEN = {"lr": 0.003, "oja_lr": 0.003}
-# Chosen on the validation split at depth 20 (study "deep_init").
-INIT_RATES = {
-    "bp_he": {"lr": 0.003, "oja_lr": 0.0},
-    "bp_oja_he": {"lr": 0.001, "oja_lr": 0.0003},
-    "bp_orthogonal": {"lr": 0.01, "oja_lr": 0.0},
-    "bp_oja_orthogonal": {"lr": 0.003, "oja_lr": 0.003},
-}
+LRS = (3e-4, 0.001, 0.003, 0.01, 0.03, 0.1)
+OJA_LRS = (1e-4, 3e-4, 0.001, 0.003, 0.01)
 PASSES = 3
 DEEP = 10  # The claim counts depths >= DEEP.
 
-# The test size (tests and `make results ARGS=--quick`).
-QUICK_ARGS = ["--config.seeds=2", "--config.num_samples=200",
-              "--config.eval_every=100", "--config.axis_values=(1,3)",
-              "--config.model.width=16",
-              "--config.select_arms=bp,bp_oja,bp_he,bp_oja_he"]
+# The test size (tests and `make results ARGS=--quick`): every arm, two
+# depths, half a pass per budget point.
+QUICK_ARGS = ["--config.seeds=2", "--config.tuning_seeds=2",
+              "--config.passes=0.1", "--config.eval_every=100",
+              "--config.axis_values=(1,3)", "--config.model.width=16",
+              "--config.arms.bp.sweep.lr=(0.01,0.1)",
+              "--config.arms.bp_oja.sweep.lr=(0.01,)",
+              "--config.arms.bp_oja.sweep.oja_lr=(0.001,0.01)",
+              "--config.arms.bp_norm.sweep.lr=(0.1,)",
+              "--config.arms.bp_he.sweep.lr=(0.01,)"]
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -43,27 +45,27 @@ def get_config() -> ml_collections.ConfigDict:
   c.experiment = "deep_online"
   c.seeds = base.VERDICT_SEEDS
   c.split_per_seed = True  # Every seed on its own train/test split.
-  c.num_samples = PASSES * 4000
+  c.tune = True
+  c.passes = PASSES
   c.eval_every = 1000
   c.model.width = 100
   c.model.depth = 2
   c.axis = "model.depth"
   c.axis_values = (2, 5, 10, 20, 30)
+  he = {"model": {"kernel_init": "he"}}
   c.arms = ml_collections.ConfigDict({
-      "bp": {"lr": BP_LR, "oja_lr": 0.0},
-      "bp_oja": {**OJA, "oja_layers": "all"},
-      "bp_oja_hidden": {**OJA_HIDDEN, "oja_layers": "hidden"},
-      **{arm: {**rates, "oja_layers": "all",
-               "model": {"kernel_init": arm.split("_")[-1]}}
-         for arm, rates in INIT_RATES.items()},
+      "bp": {"oja_lr": 0.0, "sweep": {"lr": LRS}},
+      "bp_oja": {"oja_layers": "all", "sweep": {"lr": LRS,
+                                                 "oja_lr": OJA_LRS}},
+      "bp_norm": {"oja_lr": 0.0, "oja_layers": "all", "unit_norm": True,
+                  "sweep": {"lr": LRS}},
+      "bp_he": {"oja_lr": 0.0, "sweep": {"lr": LRS}, **he},
   })
   c.claim = base.claim(
       "In deep networks trained online, Oja's rule lets backprop learn "
-      "where plain backprop does poorly (accuracy against depth); the "
-      "good-init arms tell whether this is a rescue from depth or from "
-      "Xavier initialization.",
+      "where plain backprop does poorly (accuracy against depth).",
       f"depth >= {DEEP} hidden layers, after 1 pass and after {PASSES}, "
-      "Xavier init", "bp_oja", "bp", secondary=("bp_oja_hidden",),
-      at_passes=(1,), at_end=True, axis_min=DEEP,
-      good_inits=("he", "orthogonal"), layer_depths=(10, 20))
+      "Xavier init, each arm at its validation-chosen rates for that depth "
+      "and budget", "bp_oja", "bp", at_passes=(1,), at_end=True,
+      axis_min=DEEP, controls=("bp_norm", "bp_he"))
   return c
