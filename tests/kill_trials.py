@@ -2,11 +2,12 @@ r"""Kill trials: a run stopped from outside leaves no process behind and resumes
 to the numbers of an uninterrupted run (issue 18 item 1).
 
   .venv/bin/python tests/kill_trials.py --trials=10 [--signals=KILL,TERM]
-      [--name=feedback_alignment] [--workers=2] [--root=DIR] [--keep]
+      [--name=recurrent_memory] [--workers=2] [--root=DIR] [--keep]
 
-Runs the config's quick size (``QUICK_ARGS``, with a checkpoint every 100
-samples and ``--workers`` worker processes) uninterrupted into one
-directory, then for each signal ``--trials`` times: starts it in a fresh
+Runs the config's quick size (``QUICK_ARGS``, with a checkpoint at every
+evaluation and ``--workers`` worker processes) uninterrupted into one
+directory (twice: the second, with the compilation cache filled, must give
+the same files and is timed), then for each signal ``--trials`` times: starts it in a fresh
 directory, waits until training has started (a job's fingerprint file
 appears) plus a random part of the uninterrupted run's training time, and
 sends
@@ -63,12 +64,19 @@ def quick_args(name: str) -> list[str]:
 
 
 def command(name: str, workdir: str, workers: int) -> list[str]:
-  """The run's command line: the quick size, checkpoints, workers."""
-  extra = ([f"--config.processes={workers}"] if name == "meta_plasticity"
-           else [f"--workers={workers}", "--config.checkpoint_every=100"])
+  """The run's command line: the quick size, a checkpoint at every
+  evaluation, the workers."""
+  args = quick_args(name)
+  if name == "meta_plasticity":
+    extra = [f"--config.processes={workers}"]
+  else:
+    every = [a.split("=", 1)[1] for a in args
+             if a.startswith("--config.eval_every=")]
+    extra = [f"--workers={workers}",
+             f"--config.checkpoint_every={every[0] if every else 100}"]
   return [sys.executable, "-m", "experiments.main",
-          f"--config=experiments/configs/{name}.py", *quick_args(name),
-          *extra, f"--workdir={workdir}"]
+          f"--config=experiments/configs/{name}.py", *args, *extra,
+          f"--workdir={workdir}"]
 
 
 def processes(token: str) -> list[int]:
@@ -230,7 +238,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--trials", type=int, default=10)
   parser.add_argument("--signals", default="KILL,TERM")
-  parser.add_argument("--name", default="feedback_alignment")
+  parser.add_argument("--name", default="recurrent_memory")
   parser.add_argument("--workers", type=int, default=2)
   parser.add_argument("--stop_s", type=float, default=15.0,
                       help="the longest a stop may take")
