@@ -224,10 +224,11 @@ def test_results_quick_runs_each_config_and_renders_every_section(tmp_path):
   for name in ("deep_online", "recurrent_memory"):
     assert f"## {name}" in text
     section = report.read_section(str(tmp_path / "runs" / name))
-    assert report.render(section, name, level=2) .split("\n")[0] in text
+    assert (tmp_path / "rec" / f"{name}.md").read_text().startswith(
+        report.render(section, name, level=1).split("\n")[0])
+    assert (tmp_path / "figs" / f"{name}-{section.figures[0]}").exists() or (
+        tmp_path / "figs" / section.figures[0]).exists()
   assert "**Verdict: no verdict.**" in text and " s wall on " in text
-  assert (tmp_path / "figs" / "deep_online.png").exists()
-  assert (tmp_path / "figs" / "recurrent_memory_curves.png").exists()
 
 
 def test_results_renders_a_section_and_copies_its_figures(tmp_path):
@@ -242,11 +243,22 @@ def test_results_renders_a_section_and_copies_its_figures(tmp_path):
   figs.mkdir()
   copied = results._copy_figures(  # pylint: disable=protected-access
       report.read_section(str(run_dir)), "other", str(run_dir), str(figs))
+  rec = tmp_path / "rec"
+  rec.mkdir()
+  readme = tmp_path / "README.md"
+  readme.write_text(f"# x\n{results.README_START}\nold\n{results.README_END}"
+                    "\nafter\n")
   text = results.render([outcome], {"other": copied}, str(tmp_path / "R.md"),
-                        str(figs), [])
+                        str(figs), [], str(rec), str(readme))
   assert "**Verdict: partly reproduced.** e" in text
-  assert "figs/other-fig.png" in text and (figs / "other-fig.png").exists()
-  assert "| [other](#other) | **partly reproduced** | e |" in text
+  assert "| [other](rec/other.md) | **partly reproduced** | - | e |" in text
+  page = (rec / "other.md").read_text()  # The full section.
+  assert page.startswith("# other\n") and "| a |" in page
+  assert "../figs/other-fig.png" in page and (figs / "other-fig.png").exists()
+  assert readme.read_text() == (
+      f"# x\n{results.README_START}\n| experiment | verdict | beyond a norm "
+      "control |\n|---|---|---|\n| [other](R.md#other) | partly reproduced "
+      f"| - |\n{results.README_END}\nafter\n")
 
 
 def test_results_only_one_experiment_keeps_the_other_records(tmp_path):
@@ -265,14 +277,15 @@ def test_results_only_one_experiment_keeps_the_other_records(tmp_path):
       "claim of tricks", "", [], [], "reproduced", "new"), "tricks")
   assert results.main([*args, "--only=tricks"]) == 0
   text = (tmp_path / "R.md").read_text()
-  assert "| [online](#online) | **mixed** | why online |" in text
-  assert "| [tricks](#tricks) | **reproduced** | new |" in text
+  assert "| [online](rec/online.md) | **mixed** | - | why online |" in text
+  assert "| [tricks](rec/tricks.md) | **reproduced** | - | new |" in text
   assert text.index("## online") < text.index("## tricks")
-  assert sorted(os.listdir(rec)) == ["online.json", "tricks.json"]
+  assert sorted(os.listdir(rec)) == ["online.json", "online.md",
+                                     "tricks.json", "tricks.md"]
   # A run that fails never replaces a result on record.
   (runs / "tricks" / "section.json").write_text("{damaged")
   assert results.main([*args, "--only=tricks"]) == 1
-  assert "| [tricks](#tricks) | **reproduced** | new |" in (
+  assert "| [tricks](rec/tricks.md) | **reproduced** | - | new |" in (
       tmp_path / "R.md").read_text()
 
 
