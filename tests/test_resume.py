@@ -39,10 +39,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEEP = f"--config={ROOT}/experiments/configs/deep_online.py"
 JOB = "depth=1-bp"
 TINY = [DEEP, "--config.select_arms=bp", "--config.seeds=2",
-        "--config.num_samples=300", "--config.eval_every=100",
+        "--config.passes=0", "--config.num_samples=300",
+        "--config.eval_every=100", "--config.tune=false",
+        "--config.arms.bp.sweep.lr=(0.03,)",
         "--config.checkpoint_every=100", "--config.axis_values=(1,)",
         "--config.model.width=16", "--config.split_per_seed=false",
         "--workers=1"]
+LR = "--config.arms.bp.sweep.lr=(0.3,)"  # Another config than TINY's.
+LR_CHANGED = "(lr: 0.03 -> 0.3; sweep_grid: [{'lr': 0.03}] -> [{'lr': 0.3}])"
 
 
 def tiny(workdir, *changed: str) -> list[str]:
@@ -92,7 +96,7 @@ def _copy(baseline, tmp_path):
 
 
 @pytest.mark.parametrize("change, fields", [
-    (["--config.arms.bp.lr=0.3"], "(lr: 0.03 -> 0.3)"),
+    ([LR], LR_CHANGED),
     (["--config.eval_batch_size=7"], "(eval_batch_size: 1000 -> 7)"),
     (["--config.num_samples=400"], "(num_samples: 300 -> 400)"),
     (["--config.seeds=3"], "(seeds: 2 -> 3)"),
@@ -150,14 +154,14 @@ def test_restart_discards_the_old_results_and_runs_the_new_config(
     baseline, tmp_path):
   workdir = _copy(baseline, tmp_path)
   (workdir / "run.log").write_text("kept")
-  run(tiny(workdir, "--config.arms.bp.lr=0.3", "--restart"))
+  run(tiny(workdir, LR, "--restart"))
   assert metrics(workdir) != metrics(baseline)
   assert json.loads((workdir / "config.json").read_text())["arms"]["bp"][
-      "lr"] == 0.3
+      "sweep"]["lr"] == [0.3]
   assert (workdir / "run.log").read_text() == "kept"
   # The same config again: finished, loaded, nothing recomputed.
   again = metrics(workdir)
-  run(tiny(workdir, "--config.arms.bp.lr=0.3"))
+  run(tiny(workdir, LR))
   assert metrics(workdir) == again
 
 
@@ -306,11 +310,11 @@ def test_a_job_loads_no_result_of_another_config(baseline, tmp_path):
   """A result written after the run's resume check (by a job with the same
   id, were ids not refused up front) is checked again as the job starts."""
   workdir = _copy(baseline, tmp_path)
-  parsed = main.parse(tiny(workdir, "--config.arms.bp.lr=0.3"))
+  parsed = main.parse(tiny(workdir, LR))
   job, = config_lib.validate(parsed.config, parsed.cli_fields)
   with pytest.raises(config_lib.ConfigError, match=exactly(
-      f"--workdir={workdir} holds job {JOB} from another config (lr: 0.03 -> "
-      "0.3); use a new --workdir, or --restart to discard the old "
+      f"--workdir={workdir} holds job {JOB} from another config "
+      f"{LR_CHANGED}; use a new --workdir, or --restart to discard the old "
       "results.")):
     runner.run_job(job, str(workdir), {})
 
