@@ -126,6 +126,16 @@ class Outcome(NamedTuple):
   # Invocations that built the run directory (a resume adds one); seconds
   # is their total.
   invocations: int = 1
+  # The protocol of the code that made it (PROTOCOL); "" for records made
+  # before the one tuning protocol, which the reports mark as such.
+  protocol: str = ""
+
+
+# Every arm tuned per setting and budget on tuning seeds, with controls
+# (issue 19). A record of an earlier protocol is marked in every report.
+PROTOCOL = "tuned-1"
+EARLIER = ("*earlier protocol* (rates tuned once, on split 0, no "
+           "non-plastic controls; rerun pending)")
 
 
 def machine() -> str:
@@ -375,20 +385,23 @@ def render(outcomes: list[Outcome],
       "section names, on the machine it names; nothing is copied from the "
       "paper. Experiments without a record have not been run on this code.",
       "", analysis.RULE,
-      "Every arm of a verdict is at its own validation-chosen rates for "
+      "In a record of the current protocol every arm of a verdict is at "
+      "its own validation-chosen rates for "
       "each setting and budget, chosen on tuning seeds that are not the "
       "verdict's, with validation held out of each seed's training data "
       "(experiments/tuned.py); no digit of any test set helps choose. The "
       "second verdict, by the same rule, compares the Oja arm with the best "
-      "non-plastic control that keeps weight or activity scale.", "",
+      "non-plastic control that keeps weight or activity scale. Records "
+      "made before it are marked *earlier protocol*.", "",
       STATISTICS, "",
       "| experiment | verdict | beyond a norm control | evidence |",
       "|---|---|---|---|"]
   for o in outcomes:
     s = sections[o.name]
     if isinstance(s, report.Section):
+      old = f"{EARLIER}: " if o.protocol != PROTOCOL else ""
       lines.append(f"| [{o.name}]({link(o.name)}) | **{s.verdict or '-'}** "
-                   f"| {s.control_verdict or '-'} | {s.evidence} |")
+                   f"| {s.control_verdict or '-'} | {old}{s.evidence} |")
     else:
       lines.append(f"| [{o.name}]({link(o.name)}) | failed | - | {s} |")
   done = {o.name for o in outcomes}
@@ -400,7 +413,8 @@ def render(outcomes: list[Outcome],
     s = sections[o.name]
     lines += ["", f"## {o.name}", ""]
     if isinstance(s, report.Section):
-      words = [f"**Claim.** {s.claim}" if s.claim else "",
+      words = [f"Made by the {EARLIER}." if o.protocol != PROTOCOL else "",
+               f"**Claim.** {s.claim}" if s.claim else "",
                f"**Verdict: {s.verdict}.** {s.evidence}" if s.verdict
                else "", f"**Beyond a norm control: {s.control_verdict}.** "
                f"{s.control_evidence}" if s.control_verdict else "",
@@ -431,6 +445,8 @@ def _readme_table(readme: str, outcomes, sections, results_md: str) -> None:
   for o in outcomes:
     s = sections[o.name]
     verdict = getattr(s, "verdict", "failed") or "-"
+    if o.protocol != PROTOCOL:
+      verdict += " (earlier protocol, rerun pending)"
     control = getattr(s, "control_verdict", "") or "-"
     rows.append(f"| [{o.name}]({results_md}#{o.name}) | {verdict} | "
                 f"{control} |")
@@ -505,7 +521,8 @@ def main(argv: list[str]) -> int:
       outcome = run_experiment(name, run_dir,
                                quick_args(name) if args.quick else [],
                                args.fresh, args.timeout)
-    outcome = outcome._replace(machine=outcome.machine or machine())
+    outcome = outcome._replace(machine=outcome.machine or machine(),
+                               protocol=PROTOCOL)
     sections = {}
     if outcome.error:
       sections[name] = outcome.error

@@ -238,7 +238,8 @@ def test_results_renders_a_section_and_copies_its_figures(tmp_path):
   section = report.Section("c", "", [("t", "| a |\n|---|")], ["fig.png"],
                            "partly reproduced", "e")
   report.write_section(str(run_dir), section, "other")
-  outcome = results.Outcome("other", str(run_dir), "cmd", 1.0, "")
+  outcome = results.Outcome("other", str(run_dir), "cmd", 1.0, "",
+                            protocol=results.PROTOCOL)
   figs = tmp_path / "figs"
   figs.mkdir()
   copied = results._copy_figures(  # pylint: disable=protected-access
@@ -259,6 +260,13 @@ def test_results_renders_a_section_and_copies_its_figures(tmp_path):
       f"# x\n{results.README_START}\n| experiment | verdict | beyond a norm "
       "control |\n|---|---|---|\n| [other](R.md#other) | partly reproduced "
       f"| - |\n{results.README_END}\nafter\n")
+  # A record of the earlier protocol (no protocol field) is marked so.
+  earlier = results.render([outcome._replace(protocol="")], {"other": copied},
+                           str(tmp_path / "R.md"), str(figs), [], str(rec),
+                           str(readme))
+  assert f"| - | {results.EARLIER}: e |" in earlier
+  assert "partly reproduced (earlier protocol, rerun pending) |" in (
+      readme.read_text())
 
 
 def test_results_only_one_experiment_keeps_the_other_records(tmp_path):
