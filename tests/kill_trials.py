@@ -67,7 +67,8 @@ def command(name: str, workdir: str, workers: int) -> list[str]:
   """The run's command line: the quick size, a checkpoint at every
   evaluation, the workers."""
   args = quick_args(name)
-  if name == "meta_plasticity":
+  if name == "meta_plasticity":  # Its worker count is a config field.
+    args = [a for a in args if not a.startswith("--config.processes=")]
     extra = [f"--config.processes={workers}"]
   else:
     every = [a.split("=", 1)[1] for a in args
