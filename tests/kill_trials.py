@@ -50,6 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM,
            "INT": signal.SIGINT, "WORKER": signal.SIGKILL}
 MARKER = "OJAX_KILL_TRIAL"
+META = False  # Trials of meta_plasticity (--name).
 # What each signal's run must print and exit with (None: no line, killed).
 EXPECTED = {"KILL": (-9, None), "TERM": (143, r"terminated: "),
             "INT": (130, r"interrupted: "),
@@ -130,9 +131,12 @@ def lock_free(workdir: str) -> bool:
 
 
 def started(workdir: str) -> bool:
-  """Training has started: a job's fingerprint is written before it trains."""
+  """Training has started: a job's fingerprint is written before it trains
+  (meta_plasticity: its config.json, written as its units start)."""
   return bool(glob.glob(os.path.join(workdir, "checkpoints", "*",
-                                     "fingerprint.json")))
+                                     "fingerprint.json"))) or (
+                                         META and os.path.exists(os.path.join(
+                                             workdir, "config.json")))
 
 
 def outputs(workdir: str) -> dict[str, bytes]:
@@ -247,6 +251,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--keep", action="store_true")
   args = parser.parse_args(argv)
+  global META
+  META = args.name == "meta_plasticity"
   kinds = args.signals.split(",")
   if args.trials < 1 or not kinds or set(kinds) - set(SIGNALS):
     parser.error(f"--trials >= 1 and --signals among {', '.join(SIGNALS)}")
