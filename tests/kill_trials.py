@@ -251,6 +251,10 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--keep", action="store_true")
   args = parser.parse_args(argv)
+  # A shell's background job (`cmd &`) starts with SIGINT ignored, and its
+  # children inherit that: they would never see the INT trials' signal.
+  if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   global META
   META = args.name == "meta_plasticity"
   kinds = args.signals.split(",")
