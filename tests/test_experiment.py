@@ -33,11 +33,12 @@ pytestmark = pytest.mark.usefixtures("fast_runs")
 def tiny_config(**overrides):
   c = deep_online.get_config()
   c.seeds, c.num_samples, c.eval_every = 2, 200, 100
+  c.passes, c.tune = 0, False  # num_samples; the arms as they are.
   c.split_per_seed = False  # One job per arm (tests name the jobs).
   c.axis_values = (1, 2)
   c.model.width = 16
   c.arms = {"bp": {"oja_lr": 0.0}, "bp_oja": {"oja_lr": 0.003}}
-  c.claim.secondary, c.claim.good_inits = (), ()  # Its arms: these two.
+  c.claim.controls = ()  # Its arms: these two.
   for k, v in overrides.items():
     config_lib._set(c, k, v)  # pylint: disable=protected-access
   return c
@@ -148,9 +149,13 @@ def test_one_seed_gives_no_interval_no_verdict_and_diverged_seeds_apart(
     tmp_path):
   config = online.get_config()
   config.seeds, config.num_samples, config.eval_every = 1, 100, 100
+  config.passes, config.tune = 0, False  # num_samples; no tuning arms.
   config.axis_values = ((8,),)
   config.select_arms = "bp,bp_oja"
-  config.arms.bp.lr = 1000.0  # Diverges.
+  config.arms.bp.sweep.lr = (1000.0,)  # Diverges.
+  config.arms.bp_oja.sweep.lr = (0.01,)
+  config.arms.bp_oja.sweep.oja_lr = (0.001,)
+  config.claim.controls = ()
   _run(config, tmp_path)
   rows = [r for r in _rows(tmp_path) if r["samples"] == 100]
   assert [(r["arm"], r["diverged_at"] >= 0) for r in rows] == [
@@ -160,7 +165,7 @@ def test_one_seed_gives_no_interval_no_verdict_and_diverged_seeds_apart(
   assert f"the rule needs at least {analysis.MIN_SEEDS_VERDICT}" in summary
   # The diverged seed is counted apart and gives no accuracy; one seed gives
   # no interval.
-  assert "| 8 | bp | n/a | n/a | 1 | 1 |" in summary
+  assert "| 8 | bp | 1000 | n/a | n/a | 1 | 1 |" in summary
   bp_oja = next(l for l in summary.splitlines()
                 if l.startswith("| 8 | bp_oja |"))
   assert "n/a" in bp_oja and "[0." not in bp_oja
@@ -215,9 +220,11 @@ def _cli(args, **kwargs):
 
 
 SWEEP = ["--config.select_arms=bp", "--config.seeds=1",
+         "--config.tune=false", "--config.passes=0",
          "--config.num_samples=200", "--config.eval_every=100",
          "--config.checkpoint_every=100", "--config.axis_values=(1,)",
-         "--config.model.width=16", "--config.sweep.lr=(0.01,0.03,0.1)"]
+         "--config.model.width=16",
+         "--config.arms.bp.sweep.lr=(0.01,0.03,0.1)"]
 
 
 def _close(a, b):
@@ -265,6 +272,10 @@ def test_one_pinned_worker_per_core_gives_the_numbers_of_one_process(
   """Two jobs run by two pinned single-threaded workers, against the same
   jobs run one after the other in one process pinned to one core."""
   args = ["--config.select_arms=bp,bp_oja", "--config.seeds=2",
+          "--config.tune=false", "--config.passes=0",
+          "--config.arms.bp.sweep.lr=(0.03,)",
+          "--config.arms.bp_oja.sweep.lr=(0.01,)",
+          "--config.arms.bp_oja.sweep.oja_lr=(0.003,)",
           "--config.num_samples=200", "--config.eval_every=100",
           "--config.axis_values=(1,)", "--config.model.width=16"]
   one, two = tmp_path / "one", tmp_path / "two"

@@ -172,6 +172,7 @@ def tiny_run(tmp_path_factory, fast_runs):  # pylint: disable=unused-argument
   the metrics.jsonl rows of its results."""
   c = deep_online.get_config()  # split_per_seed: split job k holds seed k.
   c.dataset, c.seeds, c.num_samples, c.eval_every = "digits", 2, 100, 50
+  c.passes, c.tune = 0, False  # num_samples; no tuning arms.
   c.axis_values, c.model.width = (1,), 8
   c.arms = {"bp": {"oja_lr": 0.0}}
   c.claim = None  # No bp_oja arm: no claim.
