@@ -145,10 +145,12 @@ def test_initial_spectral_radius_follows_the_config():
 @pytest.mark.slow
 def test_runner_writes_the_run_directory_contract(tmp_path):
   config = _cfg(seeds=2, num_samples=8, eval_every=4, batch_size=2,
-                axis_values=(1.5,), select_arms="bp,bp_oja_rec", **{
-                    "model.hidden": 8, "memory.delays": 3,
-                    "memory.length": 10, "memory.eval_batch": 2,
-                    "memory.eval_length": 40, "sweep.lr": (0.1,)})
+                axis_values=(1.5,), select_arms="bp,bp_oja_rec", tune=False,
+                **{"model.hidden": 8, "memory.delays": 3,
+                   "memory.length": 10, "memory.eval_batch": 2,
+                   "memory.eval_length": 40, "arms.bp.sweep.lr": (0.1,),
+                   "arms.bp_oja_rec.sweep.lr": (0.1,),
+                   "arms.bp_oja_rec.sweep.oja_lr": (0.003,)})
   prepared = runner.prepare(config)
   runner.run(config, prepared, str(tmp_path), "test")
   section = json.loads((tmp_path / "section.json").read_text())

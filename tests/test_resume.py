@@ -542,7 +542,9 @@ def _wait_for_checkpoint(workdir, proc):
   job = workdir / "checkpoints" / JOB
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
-    if job.exists() and any(p.name.isdigit() for p in job.iterdir()):
+    # A step counts once its digest is written (experiments.checkpoint).
+    if job.exists() and any(p.name.isdigit() and (p / checkpoint.DIGEST)
+                            .exists() for p in job.iterdir()):
       return
     time.sleep(0.02)
 
