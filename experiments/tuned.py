@@ -31,11 +31,14 @@ from experiments import report
 
 TUNED = ("lr", "oja_lr")  # Grid fields chosen on validation.
 
+FLAT = 0.02  # A grid whose validation means all lie within this is flat.
 EDGE_NOTE = (
     "Each rule's grid point with the best mean validation accuracy over the "
     "tuning seeds, chosen separately at each setting and budget; 'edge' "
     "names a chosen value at its grid's edge (the grid should reach past "
-    "it), with the reason where it cannot.")
+    f"it), and 'flat' a grid whose validation means all lie within {FLAT:g} "
+    "of one another (e.g. at chance at every rate), where no choice is "
+    "informative.")
 
 
 def tuning_arm(rule: str) -> str:
@@ -111,12 +114,14 @@ def choose(claim, rule: str, metric: str) -> Iterator[Chosen]:
       for setting, group in groups.items():
         g = max(group, key=lambda i: mean_scored(val, metric, i,
                                                  at_val.index))
+        means = [mean_scored(val, metric, i, at_val.index) for i in group]
+        flat = len(group) > 1 and max(means) - min(means) < FLAT
         yield Chosen(
             rule, test.job.axis_value, setting, budget,
             {k: v for k, v in val.grid[g].items() if k in TUNED},
             mean_scored(val, metric, g, at_val.index),
             int(val.history["diverged_at"].shape[-1]),
-            _edge(val.grid, group, g),
+            _edge(val.grid, group, g) + ("; flat" if flat else ""),
             analysis.value(test, metric, g, at_test.index),
             analysis.diverged(test, g, at_test.index), g, at_test.index)
 

@@ -151,6 +151,19 @@ def test_each_budget_chooses_its_own_point_on_validation(tmp_path):
                              _seeds(0.45, SEEDS))
   assert chosen["bp", "1 pass"].edge == "lr high"
   assert chosen["bp_oja", "1 pass"].edge == "oja_lr low"
+  # bp_norm's two points after one pass: 0.3 and 0.62 apart, not flat.
+  assert "flat" not in chosen["bp_norm", "1 pass"].edge
+
+
+def test_a_grid_whose_validation_means_are_close_is_flat(tmp_path):
+  run = _build(tmp_path)
+  val = analysis.find(run, "val_bp")
+  val.history["test_accuracy"][1, 1] = val.history["test_accuracy"][1, 0] + (
+      0.01)  # Both lrs within 0.02 after one pass.
+  claim = claims.Claim(run, run.config.claim)
+  one = next(c for c in tuned.choose(claim, "bp", "test_accuracy")
+             if c.budget == "1 pass")
+  assert one.rates == {"lr": 0.1} and one.edge == "lr high; flat"
 
 
 def test_the_claim_compares_test_values_at_the_chosen_points(tmp_path):
