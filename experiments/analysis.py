@@ -46,12 +46,10 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import ml_collections
 import numpy as np
-from scipy import stats as scipy_stats
 
 from experiments import schema
 from experiments import stats
@@ -337,110 +335,4 @@ def comparison_table(comparisons: Sequence[Comparison],
     lines.append(f"| {c.setting} | {c.arm} - {c.reference} | {c.diff} | "
                  f"{c.diff.p:.3g} | {c.p_adj:.3g} | {sig} | "
                  f"{c.diverged[0]} / {c.diverged[1]}{out} |")
-  return "\n".join(lines)
-
-
-def ratio_ci(num_a, num_b, den_a, den_b, level: float = stats.LEVEL,
-             num_resamples: int = 2000, seed: int = 0
-             ) -> stats.Estimate:
-  """Bootstrap CI of ``mean(num_a - num_b) / mean(den_a - den_b)``.
-
-  ``scipy.stats.bootstrap`` with ``paired=True`` (seeds are resampled
-  jointly: all four arrays are paired by index), seeded by ``seed``, and the
-  percentile interval of its bootstrap distribution (resamples whose ratio
-  is undefined are left out). Percentile rather than BCa: in a simulation
-  shaped like our seeds BCa covered the true ratio no better (87.6% / 94.7%
-  at 5 / 12 seeds for a nominal 98%, percentile 86% / 94.4%), and this gives
-  the committed sections' numbers (the earlier hand-written resampling drew
-  the same indices). A non-finite value makes the estimate NaN (a diverged
-  seed is not dropped silently); a denominator mean of exactly 0 gives NaN;
-  fewer than ``stats.MIN_SEEDS`` seeds give NaN bounds.
-  """
-  n_d = (np.asarray(num_a, np.float64) - np.asarray(num_b, np.float64)).ravel()
-  d_d = (np.asarray(den_a, np.float64) - np.asarray(den_b, np.float64)).ravel()
-  n, nan = int(n_d.size), float("nan")
-  if n == 0 or not (np.all(np.isfinite(n_d)) and np.all(np.isfinite(d_d))
-                    ) or d_d.mean() == 0:
-    return stats.Estimate(nan, nan, nan, n)
-  point = float(n_d.mean() / d_d.mean())
-  if n < stats.MIN_SEEDS:
-    return stats.Estimate(point, nan, nan, n)
-
-  def ratio(num, den, axis):
-    return np.mean(num, axis=axis) / np.mean(den, axis=axis)
-
-  with np.errstate(divide="ignore", invalid="ignore"), \
-      warnings.catch_warnings():
-    warnings.simplefilter("ignore", RuntimeWarning)
-    warnings.simplefilter("ignore", scipy_stats.DegenerateDataWarning)
-    ratios = scipy_stats.bootstrap(
-        (n_d, d_d), ratio, paired=True, vectorized=True,
-        method="percentile", confidence_level=level,
-        n_resamples=num_resamples,
-        rng=np.random.default_rng(seed)).bootstrap_distribution
-    ratios = ratios[np.isfinite(ratios)]
-  if ratios.size == 0:
-    return stats.Estimate(point, nan, nan, n)
-  alpha = (1 - level) / 2
-  low, high = np.quantile(ratios, [alpha, 1 - alpha])
-  return stats.Estimate(point, float(low), float(high), n)
-
-
-def layer_summary(result: JobResult, point: int = 0, at: int = -1
-                  ) -> dict[str, float]:
-  """Seed means at one evaluation: diagnostics reduced over layers.
-
-  ``orth_err_hidden`` / ``orth_err_out``: orthonormality error, mean over
-  hidden layers / of the output layer; ``pr_hidden``:
-  mean participation ratio of the hidden layers; ``act_last_hidden``: the
-  last hidden layer's activation norm; ``weight_norm``: ``sqrt(sum_l
-  ||K_l||^2)``; ``fb_cos_hidden``: mean feedback cosine of hidden layers.
-  Seeds that diverged are left out.
-  """
-  ok = ~diverged(result, point, at)
-  h = {k: (v[:, :, ok] if k != "samples" and v.ndim >= 3 else v)
-       for k, v in result.history.items()}
-  with warnings.catch_warnings():  # All seeds diverged: all-NaN slices.
-    warnings.simplefilter("ignore", RuntimeWarning)
-    out = _layer_means(h, point, at)
-  return {k: float(v) for k, v in out.items()}
-
-
-def _layer_means(h: dict[str, np.ndarray], point: int, at: int
-                 ) -> dict[str, float]:
-  out = {}
-  if "orthonormality_error" in h:
-    orth = h["orthonormality_error"][at, point]  # (S, L)
-    out["orth_err_hidden"] = np.nanmean(orth[:, :-1])
-    out["orth_err_out"] = np.nanmean(orth[:, -1])
-    out["pr_hidden"] = np.nanmean(h["participation_ratio"][at, point, :, :-1])
-    out["act_last_hidden"] = np.nanmean(h["activation_norm"][at, point, :,
-                                                             -2])
-    out["weight_norm"] = np.nanmean(np.sqrt(np.sum(
-        h["weight_norm"][at, point] ** 2, axis=-1)))
-  if "feedback_cosine" in h:
-    out["fb_cos_hidden"] = np.nanmean(h["feedback_cosine"][at, point, :, :-1])
-  return out
-
-
-def diagnostics_table(run: Run, keep=lambda v, g: True) -> str:
-  """Markdown: final diagnostics per (axis value, sweep point, arm)."""
-  cols = ["orth_err_hidden", "orth_err_out", "pr_hidden", "act_last_hidden",
-          "weight_norm", "fb_cos_hidden"]
-  rows = []
-  for r in run.results:
-    for g, point in enumerate(r.grid):
-      if keep(r.job.axis_value, point):
-        setting = ", ".join(([f"{r.job.axis_value}"] if run.config.axis
-                             else []) + [f"{k}={v:g}" for k, v in
-                                         point.items()]) or "-"
-        rows.append((setting, r.job.arm, layer_summary(r, g)))
-  used = [c for c in cols if any(c in s for _, _, s in rows)]
-  if not used:
-    return ""
-  lines = ["| setting | arm | " + " | ".join(used) + " |",
-           "|---|---|" + "---|" * len(used)]
-  for setting, arm, s in rows:
-    lines.append(f"| {setting} | {arm} | " + " | ".join(
-        f"{s.get(c, float('nan')):.3g}" for c in used) + " |")
   return "\n".join(lines)

@@ -206,12 +206,6 @@ def test_a_diverged_seed_scores_zero_in_its_pair():
   assert c.diff.p == pytest.approx(10 / 16)
 
 
-def test_ratio_ci_by_hand():
-  # Oja gains 1 per seed, the trick gains 2: half recovered, no spread.
-  est = analysis.ratio_ci([2, 3, 4], [1, 2, 3], [3, 4, 5], [1, 2, 3])
-  assert (est.mean, est.low, est.high) == pytest.approx((0.5, 0.5, 0.5))
-
-
 @pytest.mark.slow
 def test_results_quick_runs_each_config_and_renders_every_section(tmp_path):
   out = tmp_path / "RESULTS.md"

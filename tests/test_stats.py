@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from experiments import analysis
 from experiments import stats
 
 
@@ -195,62 +194,3 @@ def test_holm_on_the_textbook_example():
                              [0.6, 0.6, 0.6])
   assert stats.holm([0.5, 0.9]) == [1.0, 1.0]
 
-
-def test_ratio_ci_point_and_coverage_in_a_small_simulation():
-  # num and den share noise, as (oja - bp) and (trick - bp) share bp.
-  rng = np.random.default_rng(3)
-  covered, reps, n = 0, 60, 12
-  for _ in range(reps):
-    bp = rng.normal(0.4, 0.1, n)
-    oja = bp + rng.normal(0.3, 0.05, n)
-    trick = bp + rng.normal(0.5, 0.05, n)
-    est = analysis.ratio_ci(oja, bp, trick, bp)
-    assert est.mean == pytest.approx(np.mean(oja - bp) / np.mean(trick - bp),
-                                     rel=1e-14)
-    assert est.low < est.mean < est.high and est.n == n
-    covered += est.low <= 0.6 <= est.high
-  # Nominal 98%; over 12 seeds it covers ~94% (measured over 1000 runs).
-  assert covered / reps >= 0.9
-
-
-def test_ratio_ci_equals_the_percentile_bootstrap_written_out():
-  """The records' ratio intervals (deep_online, tricks) were made by this
-  resampling: 2000 joint resamples of the seeds drawn as
-  default_rng(0).integers(0, n, (2000, n)), percentile interval. scipy's
-  bootstrap draws the same indices; if it ever stops, this fails."""
-  rng = np.random.default_rng(7)
-  for n in (5, 12):
-    num_a, num_b, den_a, den_b = (np.round(rng.normal(m, 0.05, n), 3)
-                                  for m in (0.8, 0.5, 0.9, 0.5))
-    n_d, d_d = num_a - num_b, den_a - den_b
-    idx = np.random.default_rng(0).integers(0, n, (2000, n))
-    ratios = n_d[idx].mean(1) / d_d[idx].mean(1)
-    low, high = np.quantile(ratios, [0.01, 0.99])
-    est = analysis.ratio_ci(num_a, num_b, den_a, den_b)
-    assert est.mean == pytest.approx(n_d.mean() / d_d.mean(), rel=1e-14)
-    assert est.low == pytest.approx(low, abs=1e-12)
-    assert est.high == pytest.approx(high, abs=1e-12)
-
-
-def test_ratio_ci_degenerate_cases_without_warnings():
-  nan_bounds = lambda e: np.isnan(e.low) and np.isnan(e.high)
-  with np.errstate(all="raise"), warnings.catch_warnings():
-    warnings.simplefilter("error")
-    # No spread at all: the point.
-    est = analysis.ratio_ci([2, 3, 4], [1, 2, 3], [3, 4, 5], [1, 2, 3])
-    assert (est.mean, est.low, est.high) == (0.5, 0.5, 0.5)
-    # Denominator mean exactly 0: nothing.
-    assert str(analysis.ratio_ci([1, 2, 3], [0, 0, 0], [1, -1, 0],
-                                 [0, 0, 0])) == "n/a"
-    # Resamples whose denominator is 0 are left out of the interval.
-    est = analysis.ratio_ci([1, 2, 3, 4, 5], np.zeros(5), [1, 0, 1, 0, 1],
-                            np.zeros(5))
-    assert est.mean == pytest.approx(5.0)
-    assert np.isfinite(est.low) and np.isfinite(est.high)
-    assert est.low < est.high
-    # One seed: no interval. A non-finite seed (e.g. a diverged run) makes
-    # the estimate NaN: it is not dropped silently.
-    assert nan_bounds(analysis.ratio_ci([1.0], [0], [2], [0]))
-    est = analysis.ratio_ci([1, 2, np.nan, 3], np.zeros(4), [2, 3, 4, 5],
-                            np.zeros(4))
-    assert est.n == 4 and np.isnan(est.mean) and nan_bounds(est)
