@@ -305,8 +305,9 @@ def test_sgd_oja_unit_norm_acts_only_where_the_mask_is_true(oja_rate):
       _unit_columns(_sgd_oja_step(params, acts, "a", oja_rate)), rtol=1e-5,
       atol=1e-6)
   # b: neither the Oja term nor the projection, the SGD step alone.
-  np.testing.assert_array_equal(updates["b"]["kernel"],
-                                np.full((4, 4), -0.1 * np.float32(0.5)))
+  # In float32 on every numpy (1.26 would promote a Python float to float64).
+  np.testing.assert_array_equal(updates["b"]["kernel"], np.full(
+      (4, 4), np.float32(-0.1) * np.float32(0.5), np.float32))
 
 
 def test_sgd_oja_unit_norm_keeps_a_zero_column_and_skips_other_leaves():
