@@ -53,7 +53,7 @@ import numpy as np
 
 from experiments import schema
 from experiments import stats
-from experiments.config import Job, expand, num_splits
+from experiments.config import Job, expand
 from experiments.schema import JobResult, merge_splits
 
 MIN_SEEDS_VERDICT = 10
@@ -137,14 +137,14 @@ def load_run(run_dir: str) -> Run:
   """The config and the finished jobs (in config order) of ``run_dir``."""
   with open(os.path.join(run_dir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  results = []
-  for job in expand(config):
+  results, jobs = [], expand(config)
+  for job in jobs:
     path = os.path.join(run_dir, "jobs", f"{job.id}.json")
     if not os.path.exists(path):
       continue
     with open(path) as f:
       results.append(schema.result_from_json(job, json.load(f)))
-  results = merge_splits(results, num_splits(config))
+  results = merge_splits(results, jobs)
   if not results:
     raise FileNotFoundError(f"no finished jobs in {run_dir}/jobs")
   return from_results(run_dir, config, results)

@@ -420,10 +420,11 @@ def tuned_section(run: analysis.Run, claim: Claim) -> Section:
         "Scale, the mechanism the controls test: each arm at its chosen "
         f"point for the last budget (mean and {stats.LEVEL:.0%} t interval "
         "over the seeds that did not diverge)", scale))
-  figure = _chosen_figure(run, claim, chosen, rules)
+  # No chosen point (the tuning arms unfinished): no figure, no verdict.
+  figures = ([os.path.basename(_chosen_figure(run, claim, chosen, rules))]
+             if any(chosen.values()) else [])
   word, evidence = analysis.verdict(primary, secondary)
-  return Section(c.statement, claim.scope(), tables,
-                 [os.path.basename(figure)], word, evidence,
+  return Section(c.statement, claim.scope(), tables, figures, word, evidence,
                  *(control_verdict or ("", "")))
 
 

@@ -428,8 +428,7 @@ def run(config: ml_collections.ConfigDict, prepared: Prepared, run_dir: str,
   if lead:
     report.write_config(run_dir, config)
   results = merge_splits(run_jobs(prepared.jobs, run_dir, prepared.data,
-                                  workers, tensorboard),
-                         config_lib.num_splits(config))
+                                  workers, tensorboard), prepared.jobs)
   if lead:
     write_run(run_dir, results, config, command)
   return os.path.join(run_dir, "summary.md")

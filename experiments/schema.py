@@ -68,21 +68,32 @@ def result_to_json(result: JobResult, fingerprint: dict[str, Any]
           "history": {k: v.tolist() for k, v in result.history.items()}}
 
 
-def merge_splits(results: list[JobResult], splits: int) -> list[JobResult]:
-  """Joins each (axis value, arm)'s ``splits`` split jobs along the seeds
-  (``config.num_splits``).
+def merge_splits(results: list[JobResult], jobs: list[Job]) -> list[JobResult]:
+  """Joins each (axis value, arm)'s split jobs along the seeds
+  (``config.split_per_seed``).
 
-  ``history["data_split"]`` says which split each seed trained on. A group
-  with a split missing (an unfinished run) is left out, never half-paired.
+  ``jobs`` are all the jobs of the run (``config.expand``): they say how many
+  split jobs each group has, which differs between an arm (``seeds``) and its
+  tuning arm (``tuning_seeds``). ``history["data_split"]`` says which split
+  each seed trained on. A group with a split missing (an unfinished run) is
+  left out, never half-paired; a job that is not split is kept as it is.
   """
-  if splits == 1:
-    return list(results)
+  def group(job_id: str) -> str:
+    return job_id.split(config_lib.SPLIT_TAG)[0]
+
+  expected: dict[str, int] = {}
+  for job in jobs:
+    if config_lib.SPLIT_TAG in job.id:
+      expected[group(job.id)] = expected.get(group(job.id), 0) + 1
   groups: dict[str, list[JobResult]] = {}
-  for r in results:
-    groups.setdefault(r.job.id.split(config_lib.SPLIT_TAG)[0], []).append(r)
   out = []
+  for r in results:
+    if config_lib.SPLIT_TAG in r.job.id:
+      groups.setdefault(group(r.job.id), []).append(r)
+    else:
+      out.append(r)
   for job_id, parts in groups.items():
-    if len(parts) != splits:
+    if len(parts) != expected.get(job_id):
       continue
     first = parts[0]
     history = {"samples": first.history["samples"]}
@@ -94,7 +105,7 @@ def merge_splits(results: list[JobResult], splits: int) -> list[JobResult]:
          for p in parts], axis=2)
     cfg = copy.deepcopy(first.job.config)
     with cfg.unlocked():
-      cfg.seeds, cfg.split_per_seed = cfg.seeds * splits, True
+      cfg.seeds, cfg.split_per_seed = cfg.seeds * len(parts), True
       cfg.seed, cfg.data_split = first.job.config.seed, 0
     out.append(JobResult(first.job._replace(id=job_id, config=cfg),
                          first.grid, history))

@@ -180,7 +180,7 @@ def tiny_run(tmp_path_factory, fast_runs):  # pylint: disable=unused-argument
   run_dir = str(tmp_path_factory.mktemp("run"))
   prepared = runner.prepare(c)
   results = runner.run_jobs(prepared.jobs, run_dir, prepared.data)
-  rows = list(report.metric_rows(runner.merge_splits(results, 2),
+  rows = list(report.metric_rows(runner.merge_splits(results, prepared.jobs),
                                  c.experiment))  # metrics.jsonl's rows.
   return run_dir, prepared, json.loads(json.dumps(report.jsonable(rows)))
 

@@ -90,7 +90,7 @@ def test_merge_splits_joins_the_seeds_in_split_order():
   jobs = _split_jobs(seeds=3)
   assert [j.id for j in jobs] == ["bp-split=0", "bp-split=1", "bp-split=2"]
   results = [_split_result(j, v) for j, v in zip(jobs, (10.0, 20.0, 30.0))]
-  [merged] = schema.merge_splits(results, 3)
+  [merged] = schema.merge_splits(results, jobs)
   assert merged.job.id == "bp"
   assert merged.job.arm == "bp"
   assert merged.grid == [{}]
@@ -116,14 +116,38 @@ def test_merge_splits_leaves_out_a_group_with_a_split_missing():
   assert [j.id for j in jobs] == ["bp-split=0", "bp-split=1",
                                   "bp_oja-split=0", "bp_oja-split=1"]
   results = [_split_result(j, v) for j, v in zip(jobs, (1.0, 2.0, 3.0, 4.0))]
-  merged = schema.merge_splits(results, 2)
+  merged = schema.merge_splits(results, jobs)
   assert [r.job.id for r in merged] == ["bp", "bp_oja"]
   np.testing.assert_array_equal(merged[1].history["test_accuracy"],
                                 [[[3.0, 4.0]], [[4.0, 5.0]]])
-  partial = schema.merge_splits(results[:3], 2)  # bp_oja-split=1 unfinished.
+  partial = schema.merge_splits(results[:3], jobs)  # bp_oja-split=1 unfinished.
   assert [r.job.id for r in partial] == ["bp"]
   np.testing.assert_array_equal(partial[0].history["test_accuracy"],
                                 [[[1.0, 2.0]], [[2.0, 3.0]]])
+
+
+def test_merge_splits_counts_each_group_s_own_splits():
+  """A tuning arm has tuning_seeds split jobs, not seeds: both groups join."""
+  c = base.get_base_config()
+  c.experiment, c.num_samples, c.eval_every = "t", 160, 80
+  c.model.hidden = (16,)
+  c.arms = {"bp": {"oja_lr": 0.0}}
+  c.split_per_seed, c.seed, c.seeds = True, 3, 3
+  c.tune, c.tuning_seed, c.tuning_seeds = True, 1000, 2
+  jobs = config_lib.validate(c)
+  assert [j.id for j in jobs] == [
+      "bp-split=0", "bp-split=1", "bp-split=2",
+      "val_bp-split=0", "val_bp-split=1"]
+  results = [_split_result(j, float(k)) for k, j in enumerate(jobs)]
+  merged = schema.merge_splits(results, jobs)
+  assert [(r.job.id, r.job.config.seeds) for r in merged] == [
+      ("bp", 3), ("val_bp", 2)]
+  np.testing.assert_array_equal(merged[1].history["test_accuracy"],
+                                [[[3.0, 4.0]], [[4.0, 5.0]]])
+  np.testing.assert_array_equal(merged[1].history["data_split"],
+                                [[[1000, 1001]], [[1000, 1001]]])
+  # One tuning split unfinished: the tuning group is left out, bp is kept.
+  assert [r.job.id for r in schema.merge_splits(results[:4], jobs)] == ["bp"]
 
 
 def test_merge_splits_with_one_split_returns_the_results_as_they_are():
@@ -132,5 +156,5 @@ def test_merge_splits_with_one_split_returns_the_results_as_they_are():
   c.arms = {"bp": {"oja_lr": 0.0}}
   [job] = config_lib.validate(c)
   result = _split_result(job, 1.0)
-  merged = schema.merge_splits([result], 1)
+  merged = schema.merge_splits([result], [job])
   assert merged == [result] and merged[0] is result
