@@ -112,15 +112,14 @@ def choose(claim, rule: str, metric: str) -> Iterator[Chosen]:
       budget = (f"end ({at_test.samples} samples)" if point.passes is None
                 else point.label)
       for setting, group in groups.items():
-        g = max(group, key=lambda i: mean_scored(val, metric, i,
-                                                 at_val.index))
-        means = [mean_scored(val, metric, i, at_val.index) for i in group]
-        flat = len(group) > 1 and max(means) - min(means) < FLAT
+        means = {i: mean_scored(val, metric, i, at_val.index) for i in group}
+        g = max(group, key=means.get)  # The first of equal means.
+        flat = len(group) > 1 and max(means.values()) - min(
+            means.values()) < FLAT
         yield Chosen(
             rule, test.job.axis_value, setting, budget,
             {k: v for k, v in val.grid[g].items() if k in TUNED},
-            mean_scored(val, metric, g, at_val.index),
-            int(val.history["diverged_at"].shape[-1]),
+            means[g], int(val.history["diverged_at"].shape[-1]),
             _edge(val.grid, group, g) + ("; flat" if flat else ""),
             analysis.value(test, metric, g, at_test.index),
             analysis.diverged(test, g, at_test.index), g, at_test.index)
