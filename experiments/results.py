@@ -51,16 +51,15 @@ PREVIOUS = "4136eac"  # The last RESULTS.md made before the records.
 RUN_RECORD = "results_run.json"  # What results.py ran, in the run directory.
 # Which statistics code made the records' numbers (experiments/stats.py).
 STATISTICS = (
-    "Statistics: t intervals, sign-flip p-values and bootstrap resampling "
-    "come from scipy.stats (ttest_1samp, permutation_test, bootstrap) and "
-    "give the records' numbers exactly (the records were made by the "
-    "earlier hand-written versions: intervals equal to 1e-15, exact p "
-    "identical, ratio intervals identical), except the Monte Carlo "
-    "sign-flip p-values of meta_plasticity (100 held-out episodes, more "
-    "pairs than the exact test enumerates): scipy draws its random flips "
-    "differently, so rendered again they would move by Monte Carlo noise "
-    "(about +-0.0002 at p ~ 0.002; the closest significance call, Holm p "
-    "0.00714, stays below 0.02).")
+    "Statistics (`experiments/stats.py`): each paired difference is over "
+    "the verdict's seeds (meta_plasticity: meta-training seeds, each the "
+    "mean of its episodes), with a 98% Student-t interval "
+    "(scipy.stats.ttest_1samp) and the exact two-sided sign-flip p "
+    "(scipy.stats.permutation_test, every flip enumerated up to 16 pairs); "
+    "Holm's correction over each verdict's family of settings. A diverged "
+    "seed scores 0 in its pair. Every arm is at its own operating point, "
+    "chosen per setting and budget on validation data held out of every "
+    "split's test set, over tuning seeds that no verdict uses.")
 
 
 class RecordError(ValueError):
