@@ -36,7 +36,8 @@ EDGE_NOTE = (
     "Each rule's grid point with the best mean validation accuracy over the "
     "tuning seeds, chosen separately at each setting and budget; 'edge' "
     "names a chosen value at its grid's edge (the grid should reach past "
-    f"it), and 'flat' a grid whose validation means all lie within {FLAT:g} "
+    "it; past an Oja rate's low edge lies Oja rate 0, the arm without Oja "
+    f"that the table also holds), and 'flat' a grid whose validation means all lie within {FLAT:g} "
     "of one another (e.g. at chance at every rate), where no choice is "
     "informative.")
 
