@@ -6,12 +6,17 @@ JAX's persistent compilation cache, in one fresh folder per test run (made
 by the first process to import this file and inherited by every process it
 starts), compiles each program once; the cache holds XLA's executables, so
 no number changes. Set OJAX_TEST_JAX_CACHE to reuse a folder across runs.
+
+The tests of Ctrl-C need it to raise: a shell's background job (`make test
+&`) starts with SIGINT ignored, which every process it starts would inherit,
+so each test process takes Python's default handler back.
 """
 
 import atexit
 import functools
 import os
 import shutil
+import signal
 import tempfile
 
 if "OJAX_TEST_JAX_CACHE" not in os.environ:
@@ -20,6 +25,8 @@ if "OJAX_TEST_JAX_CACHE" not in os.environ:
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.environ["OJAX_TEST_JAX_CACHE"])
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
