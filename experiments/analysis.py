@@ -256,7 +256,9 @@ def verdict(primary: Sequence[Comparison],
   n = len(primary)
   if not n:
     return "no verdict", "no claim settings in this run."
-  arm, ref = primary[0].arm, primary[0].reference
+  arm = primary[0].arm
+  # Every reference the claim's arm met (tricks: one per trick), named.
+  ref = "`, `".join(dict.fromkeys(c.reference for c in primary))
   lost = [c for c in primary if not c.scored and any(c.diverged)]
   if lost:
     return "no verdict", (
@@ -299,10 +301,10 @@ def verdict(primary: Sequence[Comparison],
   text = (f"`{arm}` significantly better in {better}/{n} claim "
           f"settings, significantly worse in {worse}/{n}")
   if secondary:
-    other = secondary[0]
-    name = (other.arm if other.reference == ref else
-            f"{other.arm} vs {other.reference}")
-    text += (f"; `{name}` better in "
+    pairs = dict.fromkeys((c.arm, c.reference) for c in secondary)
+    name = ", ".join(f"`{a}`" if r == ref else f"`{a}` vs `{r}`"
+                     for a, r in pairs)
+    text += (f"; {name} better in "
              f"{sum(c.better for c in secondary)}/{len(secondary)}, worse in "
              f"{sum(c.worse for c in secondary)}/{len(secondary)}")
   text += " (Holm-adjusted sign-flip tests)"

@@ -383,3 +383,31 @@ def test_too_few_seeds_for_the_family_names_the_seeds_run():
       "with 10 seeds the sign-flip test cannot reach p < 0.02 after Holm "
       f"over 12 comparisons (smallest possible p: {12 * 2 / 2**10:.3g}); "
       "the family needs at least 11 seeds.")
+
+
+def test_the_evidence_names_every_arm_it_counts():
+  # tricks: one claim arm against five references, and a pair per trick.
+  # Two tricks at seeds 0-11 with BP + Oja 0.1 above; two pairs, one better.
+  seeds = 12
+  ok = _flags(seeds)
+  base = np.linspace(0.5, 0.6, seeds)
+  family = analysis.adjust(
+      [analysis.paired("end", "bp_oja", ref, base + 0.1, base, ok, ok)
+       for ref in ("bp_adam", "bp_he")] +
+      [analysis.paired("end", f"{ref}_oja", ref, base + d, base, ok, ok)
+       for ref, d in (("bp_adam", 0.1), ("bp_he", 0.0))] +
+      [analysis.paired("end", "bp_oja_hidden", "bp_adam", base, base, ok,
+                       ok)])
+  word, why = analysis.verdict(family[:2], family[2:])
+  assert word == "reproduced"
+  assert why == (
+      "`bp_oja` significantly better in 2/2 claim settings, significantly "
+      "worse in 0/2; `bp_adam_oja` vs `bp_adam`, `bp_he_oja` vs `bp_he`, "
+      "`bp_oja_hidden` vs `bp_adam` better in 1/3, worse in 0/3 "
+      "(Holm-adjusted sign-flip tests); diverged seeds over 2 settings: "
+      "`bp_oja` 0/24, `bp_adam`, `bp_he` 0/24 (a diverged seed scores 0, a "
+      "failure of its arm; both diverged: a tie).")
+  # One reference: a secondary arm against it is named alone.
+  word, why = analysis.verdict(family[:1], family[4:])
+  assert "; `bp_oja_hidden` better in 0/1, worse in 0/1 " in why
+  assert "`bp_oja` 0/12, `bp_adam` 0/12 " in why
