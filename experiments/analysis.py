@@ -258,7 +258,8 @@ def verdict(primary: Sequence[Comparison],
     return "no verdict", "no claim settings in this run."
   arm = primary[0].arm
   # Every reference the claim's arm met (tricks: one per trick), named.
-  ref = "`, `".join(dict.fromkeys(c.reference for c in primary))
+  refs = list(dict.fromkeys(c.reference for c in primary))
+  ref = "`, `".join(refs)
   lost = [c for c in primary if not c.scored and any(c.diverged)]
   if lost:
     return "no verdict", (
@@ -302,7 +303,7 @@ def verdict(primary: Sequence[Comparison],
           f"settings, significantly worse in {worse}/{n}")
   if secondary:
     pairs = dict.fromkeys((c.arm, c.reference) for c in secondary)
-    name = ", ".join(f"`{a}`" if r == ref else f"`{a}` vs `{r}`"
+    name = ", ".join(f"`{a}`" if refs == [r] else f"`{a}` vs `{r}`"
                      for a, r in pairs)
     text += (f"; {name} better in "
              f"{sum(c.better for c in secondary)}/{len(secondary)}, worse in "

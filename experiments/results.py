@@ -135,6 +135,8 @@ class Outcome(NamedTuple):
 PROTOCOL = "tuned-1"
 EARLIER = ("*earlier protocol* (rates tuned once, on split 0, no "
            "non-plastic controls; rerun pending)")
+# The verdict cell of an experiment that declares no claim (a map).
+NO_CLAIM = "descriptive map, no claim"
 
 
 def machine() -> str:
@@ -399,7 +401,7 @@ def render(outcomes: list[Outcome],
     s = sections[o.name]
     if isinstance(s, report.Section):
       old = f"{EARLIER}: " if o.protocol != PROTOCOL else ""
-      lines.append(f"| [{o.name}]({link(o.name)}) | **{s.verdict or '-'}** "
+      lines.append(f"| [{o.name}]({link(o.name)}) | **{_verdict(s)}** "
                    f"| {s.control_verdict or '-'} | {old}{s.evidence} |")
     else:
       lines.append(f"| [{o.name}]({link(o.name)}) | failed | - | {s} |")
@@ -433,6 +435,15 @@ def render(outcomes: list[Outcome],
   return text
 
 
+def _verdict(s) -> str:
+  """A section's verdict cell: its verdict, :data:`NO_CLAIM` for a section
+  that declares no claim (a map), ``-`` for a claim without a verdict, and
+  ``failed`` for an experiment that failed (its section is the message)."""
+  if not hasattr(s, "verdict"):
+    return "failed"
+  return s.verdict or ("-" if s.claim else NO_CLAIM)
+
+
 def _readme_table(readme: str, outcomes, sections, results_md: str) -> None:
   """The README's verdict table, from the records (between its markers)."""
   from experiments import report  # pylint: disable=g-import-not-at-top
@@ -443,7 +454,7 @@ def _readme_table(readme: str, outcomes, sections, results_md: str) -> None:
   rows = ["| experiment | verdict | beyond a norm control |", "|---|---|---|"]
   for o in outcomes:
     s = sections[o.name]
-    verdict = getattr(s, "verdict", "failed") or "-"
+    verdict = _verdict(s)
     if o.protocol != PROTOCOL:
       verdict += " (earlier protocol, rerun pending)"
     control = getattr(s, "control_verdict", "") or "-"

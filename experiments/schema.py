@@ -7,6 +7,7 @@ one another.
 
 from __future__ import annotations
 
+import collections
 import copy
 from typing import Any, NamedTuple
 
@@ -81,10 +82,8 @@ def merge_splits(results: list[JobResult], jobs: list[Job]) -> list[JobResult]:
   def group(job_id: str) -> str:
     return job_id.split(config_lib.SPLIT_TAG)[0]
 
-  expected: dict[str, int] = {}
-  for job in jobs:
-    if config_lib.SPLIT_TAG in job.id:
-      expected[group(job.id)] = expected.get(group(job.id), 0) + 1
+  expected = collections.Counter(group(j.id) for j in jobs
+                                 if config_lib.SPLIT_TAG in j.id)
   groups: dict[str, list[JobResult]] = {}
   out = []
   for r in results:

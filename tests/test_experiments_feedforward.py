@@ -262,6 +262,24 @@ def test_results_renders_a_section_and_copies_its_figures(tmp_path):
       readme.read_text())
 
 
+def test_a_section_without_a_claim_reads_as_a_map_in_both_tables(tmp_path):
+  run_dir = tmp_path / "landscape"
+  run_dir.mkdir()
+  report.write_section(str(run_dir), report.Section(
+      "", "", [("t", "| a |\n|---|")], [], "", ""), "landscape")
+  outcome = results.Outcome("landscape", str(run_dir), "cmd", 1.0, "",
+                            protocol=results.PROTOCOL)
+  readme = tmp_path / "README.md"
+  readme.write_text(f"{results.README_START}\n{results.README_END}\n")
+  text = results.render([outcome], {"landscape": report.read_section(
+      str(run_dir))}, str(tmp_path / "R.md"), str(tmp_path), [], "",
+                        str(readme))
+  assert ("| [landscape](#landscape) | **descriptive map, no claim** | - |"
+          in text)
+  assert "| landscape | descriptive map, no claim | - |" in (
+      readme.read_text().replace("[landscape](R.md#landscape)", "landscape"))
+
+
 def test_results_only_one_experiment_keeps_the_other_records(tmp_path):
   """--only=NAME replaces NAME's section; the others stay (any machine)."""
   runs, rec = tmp_path / "runs", tmp_path / "rec"

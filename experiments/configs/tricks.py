@@ -33,8 +33,10 @@ TRICKS = {
     "bp_he": {"model": {"kernel_init": "he"}},
     "bp_orthogonal": {"model": {"kernel_init": "orthogonal"}},
 }
-# A trick with Oja added tries fewer rates: the lrs around the trick's own.
-TRICK_OJA_LRS = (1e-4, 0.001, 0.01)
+# A trick with Oja added tries the trick's lr range (LRS) at decade steps:
+# with 1e-4..1e-2 alone, Adam + Oja chose the low edge and LayerNorm and
+# orthogonal init + Oja the high one (the first tuned run, issue 19).
+TRICK_OJA_LRS = (1e-5, 1e-4, 0.001, 0.01, 0.1)
 
 # The test size (tests and `make results ARGS=--quick`): each trick once.
 QUICK_ARGS = ["--config.seeds=2", "--config.tuning_seeds=2",
