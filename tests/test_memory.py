@@ -79,6 +79,25 @@ def test_oja_layers_routes_the_rate_to_the_named_kernels():
     np.testing.assert_array_equal(updates["W_out"], 0.0)
 
 
+def test_the_norm_control_projects_w_rec_and_w_in_units_to_unit_norm():
+  model, params = _model_and_params()
+  x = jax.random.normal(jax.random.PRNGKey(2), (3, 6, 1))
+  _, acts = model.apply({"params": params}, x)
+  arm = rm_config.get_config().arms.bp_norm
+  tx = config_lib.make_optimizer(_cfg(lr=0.1, oja_lr=arm.oja_lr,
+                                      oja_layers=arm.oja_layers,
+                                      unit_norm=arm.unit_norm))
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params, activations=acts)
+  new = optax.apply_updates(params, updates)
+  w_rec = np.asarray(params["W_rec"], np.float64)
+  # W_in has one input, so each unit's incoming vector is one weight: +-1.
+  np.testing.assert_allclose(new["W_in"], np.sign(params["W_in"]), rtol=1e-6)
+  np.testing.assert_allclose(
+      new["W_rec"], w_rec / np.linalg.norm(w_rec, axis=0), rtol=1e-5)
+  np.testing.assert_array_equal(new["W_out"], params["W_out"])
+
+
 def test_memory_targets_are_the_input_k_steps_back():
   batch = memory.memory_batch(jax.random.PRNGKey(3), 2, 9, 4)
   u = np.asarray(batch.u_BxTx1[..., 0])

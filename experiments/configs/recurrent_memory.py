@@ -9,9 +9,12 @@ spectral radii too small (0.5), about 1 and too large (1.5) (the axis).
 Arms: bp (SGD only), bp_oja (Oja's rule on W_rec, pre h_{t-1} / post h_t,
 and on W_in: the claim's test), and two attribution arms with Oja on W_rec
 only (bp_oja_rec) or W_in only (bp_oja_in). Oja on W_in changes the input's
-scale, so the non-plastic controls are BP with W_in scaled by 0.5, 2 or 4
-(``bp_in05``, ``bp_in2``, ``bp_in4``): the best of them on validation is "BP with W_in's scale
-tuned".
+scale, so the non-plastic controls are BP with W_in scaled by 0.25, 0.5, 2
+or 4 (``bp_in025`` ... ``bp_in4``; "BP with W_in's scale tuned"), and
+``bp_norm``, BP with each unit's incoming weights on W_rec and W_in projected
+to unit norm after every step (the scale Oja's fixed point keeps; on W_in,
+whose units have one input weight each, every weight is +-1). The best of
+them on validation at each radius is the second verdict's control.
 
 Every arm is tuned at every radius the same way (``tune``,
 ``experiments.tuned``): its grid runs on 4 tuning seeds (their own training
@@ -24,9 +27,13 @@ import ml_collections
 from experiments.configs import base
 
 LRS = (0.03, 0.1, 0.3, 1.0, 3.0)
-OJA_LRS = (1e-4, 1e-3, 3e-3, 1e-2)
-# The input-scale controls: arm name -> W_in's scale.
-INPUT_SCALES = {"bp_in05": 0.5, "bp_in2": 2.0, "bp_in4": 4.0}
+# The first tuned run chose Oja rate 1e-2, then the top, at radii 1 and 1.5.
+OJA_LRS = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+# The input-scale controls: arm name -> W_in's scale (the first tuned run
+# chose 0.5, then the lowest, at every radius).
+INPUT_SCALES = {"bp_in025": 0.25, "bp_in05": 0.5, "bp_in2": 2.0,
+                "bp_in4": 4.0}
+CONTROLS = (*INPUT_SCALES, "bp_norm")
 QUICK_ARGS = ["--config.seeds=2", "--config.tuning_seeds=2",
               "--config.num_samples=320", "--config.eval_every=160",
               "--config.model.hidden=16", "--config.memory.delays=5",
@@ -52,6 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
       "bp_oja_in": {**oja, "oja_layers": "W_in"},
       **{arm: {"oja_lr": 0.0, "model": {"input_scale": s},
                "sweep": {"lr": LRS}} for arm, s in INPUT_SCALES.items()},
+      "bp_norm": {"oja_lr": 0.0, "oja_layers": "W_rec,W_in",
+                  "unit_norm": True, "sweep": {"lr": LRS}},
   })
   # The attribution arms (Oja on one matrix) are reported, in the family.
   c.claim = base.claim(
@@ -60,5 +69,5 @@ def get_config() -> ml_collections.ConfigDict:
       "bp_oja vs bp at every initial radius, each at its validation-chosen "
       "rates there", "bp_oja", "bp",
       secondary=("bp_oja_rec", "bp_oja_in"), metric="memory_capacity",
-      at_end=True, controls=tuple(INPUT_SCALES))
+      at_end=True, controls=CONTROLS)
   return c
