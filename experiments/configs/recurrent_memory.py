@@ -9,8 +9,8 @@ spectral radii too small (0.5), about 1 and too large (1.5) (the axis).
 Arms: bp (SGD only), bp_oja (Oja's rule on W_rec, pre h_{t-1} / post h_t,
 and on W_in: the claim's test), and two attribution arms with Oja on W_rec
 only (bp_oja_rec) or W_in only (bp_oja_in). Oja on W_in changes the input's
-scale, so the non-plastic controls are BP with W_in scaled by 0.25, 0.5, 2
-or 4 (``bp_in025`` ... ``bp_in4``; "BP with W_in's scale tuned"), and
+scale, so the non-plastic controls are BP with W_in scaled by 1/16 to 4
+(``bp_in00625`` ... ``bp_in4``; "BP with W_in's scale tuned"), and
 ``bp_norm``, BP with each unit's incoming weights on W_rec and W_in projected
 to unit norm after every step (the scale Oja's fixed point keeps; on W_in,
 whose units have one input weight each, every weight is +-1). The best of
@@ -31,10 +31,11 @@ LRS = (0.03, 0.1, 0.3, 1.0, 3.0)
 # beats bp there at it); a grid to 3e-2 costs ~35 min more on 2 cores and
 # was left for a later run (the section marks the edge).
 OJA_LRS = (1e-4, 1e-3, 3e-3, 1e-2)
-# The input-scale controls: arm name -> W_in's scale (the first tuned run
-# chose 0.5, then the lowest, at every radius).
-INPUT_SCALES = {"bp_in025": 0.25, "bp_in05": 0.5, "bp_in2": 2.0,
-                "bp_in4": 4.0}
+# The input-scale controls: arm name -> W_in's scale. The first tuned run
+# chose 0.5, then the lowest, at every radius, the second 0.25 at radii 1
+# and 1.5; the grid goes on down to 1/16.
+INPUT_SCALES = {"bp_in00625": 0.0625, "bp_in0125": 0.125, "bp_in025": 0.25,
+                "bp_in05": 0.5, "bp_in2": 2.0, "bp_in4": 4.0}
 CONTROLS = (*INPUT_SCALES, "bp_norm")
 QUICK_ARGS = ["--config.seeds=2", "--config.tuning_seeds=2",
               "--config.num_samples=320", "--config.eval_every=160",
