@@ -61,6 +61,14 @@ MIN_SEEDS_VERDICT = 10
 # worst value the metric can take. Other keys (norms, losses) have none.
 FAILED = {"test_accuracy": 0.0, "online_accuracy": 0.0,
           "memory_capacity": 0.0}
+# Each metric's words in a table header ("val acc", "final test acc").
+WORDS = {"test_accuracy": "acc", "online_accuracy": "online acc",
+         "memory_capacity": "memory capacity"}
+
+
+def words(metric: str) -> str:
+  """``metric``'s words in a table header."""
+  return WORDS.get(metric, metric.replace("_", " "))
 RULE = ("Verdict rule: at each of the claim's N settings the reference-"
         "formulation arm (Oja on all layers) is compared with its baseline, "
         "paired over seeds (exact sign-flip test, p-values Holm-adjusted over "

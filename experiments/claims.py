@@ -219,7 +219,8 @@ def claim_section(run: analysis.Run, claim: Claim) -> Section:
             for x in analysis.pairwise(run, arm, c.reference, key=c.metric)]
   tables = _final_tables(run) + [
       (f"Paired difference in {c.metric.replace('_', ' ')} against "
-       f"{c.reference}", analysis.comparison_table(primary + secondary)),
+       f"{c.reference}", analysis.comparison_table(
+           primary + secondary, f"final test {analysis.words(c.metric)}")),
       (f"Paired difference against {c.reference} (reported, their own "
        "family)", analysis.comparison_table(beside) if beside else "")]
   passes = [p for p in claim.points if p.passes is not None]
@@ -358,6 +359,7 @@ def tuned_section(run: analysis.Run, claim: Claim) -> Section:
   chosen = {rule: {ch.key: ch for ch in tuned.choose(claim, rule, c.metric)}
             for rule in rules}
   ref = chosen.get(c.reference, {})
+  what = f"final test {analysis.words(c.metric)}"
 
   def against(arm, keys, base=c.reference, margin=0.0):
     return [tuned.compare(chosen[arm][k], chosen[base][k], axis, c.metric,
@@ -373,14 +375,14 @@ def tuned_section(run: analysis.Run, claim: Claim) -> Section:
       [x for a, b in c.get("pairs", ()) for x in against(a, counted, b)])
   tables = [("Operating points chosen on validation. " + tuned.EDGE_NOTE,
              tuned.chosen_table([chosen[r][k] for k in ref for r in rules
-                                 if k in chosen[r]], axis)),
+                                 if k in chosen[r]], axis, c.metric)),
             (f"The claim: {c.arm} against "
              f"{', '.join(c.get('versus') or (c.reference,))}"
              + (f" (non-inferiority: {c.arm} + {c.margin:g} - the other)"
                 if c.get("margin") else "") + " at the counted settings, "
              "each at its chosen point (paired over the verdict's seeds; "
              "Holm over this table)",
-             analysis.comparison_table(primary + secondary))]
+             analysis.comparison_table(primary + secondary, what))]
   control_verdict = None
   controls = [x for x in c.controls if x in chosen]
   good = _good_init(claim, ref, axis)
@@ -400,7 +402,7 @@ def tuned_section(run: analysis.Run, claim: Claim) -> Section:
         f"Beyond a norm control: {c.arm} against the best non-plastic "
         f"control ({', '.join(controls)}; best on validation at each "
         "setting and budget), paired over the verdict's seeds, Holm over "
-        "this table", analysis.comparison_table(beyond)))
+        "this table", analysis.comparison_table(beyond, what)))
     tables.append((f"Per setting: {c.arm} beats, ties with or loses to the "
                    "best non-plastic control",
                    report.table(["setting (control)", c.arm,
@@ -413,7 +415,8 @@ def tuned_section(run: analysis.Run, claim: Claim) -> Section:
   if others:
     tables.append((f"Every other arm and setting against {c.reference}, "
                    "each at its chosen point (reported, not counted; Holm "
-                   "over this table)", analysis.comparison_table(others)))
+                   "over this table)", analysis.comparison_table(others,
+                                                                 what)))
   scale = _scale_table(run, chosen, rules, axis)
   if scale:
     tables.append((

@@ -33,7 +33,8 @@ TUNED = ("lr", "oja_lr")  # Grid fields chosen on validation.
 
 FLAT = 0.02  # A grid whose validation means all lie within this is flat.
 EDGE_NOTE = (
-    "Each rule's grid point with the best mean validation accuracy over the "
+    "Each rule's grid point with the best mean validation value of the "
+    "claim's metric over the "
     "tuning seeds, chosen separately at each setting and budget; 'edge' "
     "names a chosen value at its grid's edge (the grid should reach past "
     "it; past an Oja rate's low edge lies Oja rate 0, the arm without Oja "
@@ -148,14 +149,15 @@ def best(candidates: Sequence[Chosen]) -> Chosen:
   return max(candidates, key=lambda c: c.val)
 
 
-def chosen_table(chosen: Sequence[Chosen], axis: str) -> str:
+def chosen_table(chosen: Sequence[Chosen], axis: str, metric: str) -> str:
   """Markdown: per setting, budget and rule, the chosen point, its mean
-  validation metric and the edges it sits at."""
+  validation ``metric`` and the edges it sits at."""
   rows = [[setting_label(axis, c), c.rule,
            ", ".join(f"{k}={v:g}" for k, v in c.rates.items()),
            f"{c.val:.3f}", c.edge] for c in chosen]
   return report.table(["setting, budget", "rule", "chosen point",
-                       "val acc (tuning seeds)", "edge"], rows)
+                       f"val {analysis.words(metric)} (tuning seeds)",
+                       "edge"], rows)
 
 
 def outcome(c: analysis.Comparison) -> str:

@@ -199,3 +199,19 @@ def test_a_margin_makes_the_verdict_a_non_inferiority_test(tmp_path):
   assert "bp_oja + 0.1 - bp_norm" in claim_table
   assert "0.1300 [0.1300, 0.1300]" in claim_table
   assert "0.0700 [0.0700, 0.0700]" in claim_table
+
+
+def test_the_tables_name_the_claim_s_metric(tmp_path):
+  run = _build(tmp_path)
+  text = claims.report.render(claims.section(run), "synthetic")
+  assert "| val acc (tuning seeds) |" in text
+  assert "| final test acc difference [98% CI] |" in text
+  for r in run.results:  # The same numbers as a memory capacity.
+    r.history["memory_capacity"] = r.history.pop("test_accuracy")
+  with run.config.unlocked():
+    run.config.claim.metric = "memory_capacity"
+  section = claims.section(run)
+  text = claims.report.render(section, "synthetic")
+  assert "| val memory capacity (tuning seeds) |" in text
+  assert "| final test memory capacity difference [98% CI] |" in text
+  assert " acc " not in text and section.verdict == "reproduced"
