@@ -543,7 +543,8 @@ def main(argv: list[str]) -> int:
                                        run_dir, args.figures)
       except (OSError, ValueError) as err:
         sections[name] = f"no readable section.json: {_one_line(err)}"
-    word = getattr(sections[name], "verdict", "FAILED " + str(sections[name]))
+    word = (f"FAILED {sections[name]}" if isinstance(sections[name], str)
+            else _verdict(sections[name]))
     print(f"[results] {name}: {word} ({outcome.seconds:.0f} s)", flush=True)
     if isinstance(sections[name], str):
       failed[name] = sections[name]
